@@ -1,0 +1,64 @@
+# Front door. `make run` and `make test` are the README's two commands; the rest are for
+# developers. The build itself is CMake (build/ release, build-asan/ sanitizers, build-fuzz/ clang).
+JOBS    ?= $(shell nproc)
+CONFIG  ?= examples/quickstart.yaml
+PYTHON  ?= $(shell for p in /usr/bin/python3 python3; do $$p -c 'import pytest' 2>/dev/null && { echo $$p; break; }; done)
+FUZZ_SECONDS ?= 20
+
+.PHONY: all setup build run test test-unit test-integration test-asan fuzz fuzz-smoke bench format format-check clean
+
+all: build
+
+setup:
+	@scripts/setup
+
+build/Makefile: CMakeLists.txt
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+
+build: setup build/Makefile
+	cmake --build build -j $(JOBS)
+
+run: build
+	./build/sluice run -c $(CONFIG)
+
+test: build
+	$(MAKE) --no-print-directory test-unit test-integration
+
+test-unit:
+	cd build && ctest --output-on-failure -j $(JOBS)
+
+test-integration:
+	SLUICE_BIN=$(CURDIR)/build/sluice $(PYTHON) -m pytest -q tests/integration
+
+build-asan/Makefile: CMakeLists.txt
+	CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSLUICE_SANITIZE=ON >/dev/null
+
+# The whole suite again with AddressSanitizer + UBSan (unit and integration).
+test-asan: setup build-asan/Makefile
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ctest --output-on-failure -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  SLUICE_BIN=$(CURDIR)/build-asan/sluice SLUICE_SANITIZED=1 $(PYTHON) -m pytest -q tests/integration
+
+build-fuzz/Makefile: CMakeLists.txt
+	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSLUICE_FUZZ=ON >/dev/null
+
+# Each fuzz target for FUZZ_SECONDS over its committed corpus (new inputs go to a scratch dir).
+fuzz: setup build-fuzz/Makefile
+	cmake --build build-fuzz -j $(JOBS)
+	scripts/fuzz $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
+
+bench: build
+	bench/compare
+
+format:
+	clang-format -i $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')
+
+format-check:
+	clang-format --dry-run --Werror $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')
+
+clean:
+	rm -rf build build-asan build-fuzz

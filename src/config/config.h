@@ -1,0 +1,237 @@
+/*
+ * The typed, immutable configuration generation. sl_config_load turns a YAML file (or buffer)
+ * into an sl_config_t whose every string and array lives in the generation's own arena, so the
+ * whole thing is freed as a unit when the last reference goes. Once returned it is never
+ * modified; threads share it read-only and hold references (sl_config_ref / sl_config_unref).
+ *
+ * Units: every duration is in milliseconds (uint64_t, `_ms`), every size in bytes (uint64_t).
+ * Positions (`pos`) are 1-based line/column of the YAML node that declared the item, for error
+ * messages of later stages (router compilation, upstream resolution).
+ */
+#ifndef SL_CONFIG_CONFIG_H
+#define SL_CONFIG_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "common/arena.h"
+#include "common/str.h"
+#include "http/method.h"
+
+typedef struct sl_config_pos {
+    uint32_t line, col;
+} sl_config_pos_t;
+
+/* ---- listeners ---------------------------------------------------------------------------- */
+
+typedef struct sl_listen_conf {
+    sl_str_t address; /* as written, e.g. "0.0.0.0:8080" or "[::1]:8080" */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    sl_config_pos_t pos;
+} sl_listen_conf_t;
+
+/* ---- upstreams ---------------------------------------------------------------------------- */
+
+typedef struct sl_target_conf {
+    sl_str_t address; /* as written: "127.0.0.1:9001", "[::1]:9001" or "users-2.internal:9001" */
+    sl_str_t host;    /* NUL-terminated; without brackets */
+    uint16_t port;
+    bool host_is_ip; /* a literal IPv4/IPv6 address: `addr` is filled; else resolved at runtime */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    uint32_t weight; /* 1..1000, default 1 */
+    sl_config_pos_t pos;
+} sl_target_conf_t;
+
+enum sl_balance {
+    SL_BALANCE_ROUND_ROBIN = 1,
+    SL_BALANCE_LEAST_CONN,
+    SL_BALANCE_HASH,
+    SL_BALANCE_P2C_EWMA,
+};
+
+typedef struct sl_upstream_conf {
+    sl_str_t name;
+    sl_target_conf_t *targets;
+    size_t ntargets;
+    enum sl_balance balance;        /* default round_robin */
+    uint64_t connect_timeout_ms;    /* default 1s */
+    uint64_t read_timeout_ms;       /* default 30s: between bytes of the response */
+    uint64_t send_timeout_ms;       /* default 30s: a blocked write to the upstream */
+    uint32_t keepalive_max_idle;    /* idle connections kept per worker per target; default 64 */
+    uint64_t keepalive_idle_timeout_ms; /* default 60s */
+    sl_config_pos_t pos;
+} sl_upstream_conf_t;
+
+/* ---- routes ------------------------------------------------------------------------------- */
+
+/* Methods a route matches are an SL_METHOD_BIT set (http/method.h). */
+
+enum sl_header_match_kind {
+    SL_HEADER_MATCH_EXACT = 1, /* value: equals, case-sensitive */
+    SL_HEADER_MATCH_PRESENT,   /* present: true */
+    SL_HEADER_MATCH_ABSENT,    /* present: false */
+    SL_HEADER_MATCH_REGEX,     /* regex: pcre2, anchored by the author if wanted */
+};
+
+typedef struct sl_header_match_conf {
+    sl_str_t name; /* NUL-terminated */
+    enum sl_header_match_kind kind;
+    sl_str_t value; /* exact value or regex source; NUL-terminated */
+    sl_config_pos_t pos;
+} sl_header_match_conf_t;
+
+typedef struct sl_route_match_conf {
+    sl_str_t *hosts; /* exact ("api.example.com") or leading wildcard ("*.example.com"); lowercased */
+    size_t nhosts;   /* 0 = any host */
+    sl_str_t path_exact;  /* at most one of the three path forms is set; none = any path */
+    sl_str_t path_prefix; /* segment-agnostic byte prefix, like nginx `location /x` */
+    sl_str_t path_regex;  /* pcre2 source, matched against the path without the query */
+    uint32_t methods;     /* SL_METHOD_BIT set; 0 = any */
+    sl_header_match_conf_t *headers;
+    size_t nheaders;
+    sl_config_pos_t pos;
+} sl_route_match_conf_t;
+
+typedef struct sl_header_kv_conf {
+    sl_str_t name; /* NUL-terminated, validated as a token */
+    sl_str_t value; /* NUL-terminated, validated: no CR, LF or NUL */
+} sl_header_kv_conf_t;
+
+/* Header edits applied in order remove, set, add. `set` replaces every existing field of that
+ * name; `add` appends one more. */
+typedef struct sl_header_edits_conf {
+    sl_header_kv_conf_t *set;
+    size_t nset;
+    sl_header_kv_conf_t *add;
+    size_t nadd;
+    sl_str_t *remove;
+    size_t nremove;
+} sl_header_edits_conf_t;
+
+typedef struct sl_respond_conf {
+    bool enabled;
+    uint16_t status; /* 100..599, default 200 */
+    sl_str_t body;
+    sl_str_t content_type; /* default "text/plain; charset=utf-8" (application/json for echo) */
+    bool echo;             /* answer with the request seen, as JSON */
+} sl_respond_conf_t;
+
+typedef struct sl_route_conf {
+    sl_str_t name;
+    sl_route_match_conf_t match;
+    sl_str_t upstream;     /* empty when `respond` is set */
+    size_t upstream_index; /* index into sl_config_t.upstreams, valid when upstream is set */
+    bool strip_prefix;     /* remove match.path_prefix before forwarding */
+    sl_str_t rewrite_regex; /* `rewrite: { regex, replacement }`: pcre2 substitute on the path */
+    sl_str_t rewrite_replacement;
+    uint64_t timeout_ms; /* whole request, all tries; 0 = none (only per-phase timeouts) */
+    sl_respond_conf_t respond;
+    sl_header_edits_conf_t request_headers;
+    sl_header_edits_conf_t response_headers;
+    sl_config_pos_t pos;
+} sl_route_conf_t;
+
+/* ---- the generation ----------------------------------------------------------------------- */
+
+enum sl_access_log_format {
+    SL_ACCESS_LOG_JSON = 1,
+};
+
+typedef struct sl_config {
+    atomic_uint refcount;
+    uint64_t generation; /* set by the owner that publishes it (reload counter) */
+    sl_arena_t arena;    /* owns every string and array below */
+    sl_str_t path;       /* the file it came from ("<buffer>" for in-memory sources) */
+
+    sl_listen_conf_t *listens;
+    size_t nlistens;
+    struct {
+        sl_str_t address; /* default "127.0.0.1:8001" */
+        struct sockaddr_storage addr;
+        socklen_t addrlen;
+        sl_str_t token_env; /* name of the env var holding the bearer token; required off loopback */
+        bool enabled;       /* false with `admin: off` */
+    } admin;
+    uint32_t workers; /* resolved: `auto` = number of online CPUs */
+
+    struct {
+        uint64_t max_connections;  /* default 100000 */
+        uint64_t max_header_bytes; /* default 16kb: request line + headers */
+        uint64_t max_uri_bytes;    /* default 8kb: request target; past it 414 */
+        uint64_t max_body_bytes;   /* default 10mb; 0 = unlimited */
+    } limits;
+    struct {
+        uint64_t client_header_ms; /* default 10s: from first byte to end of headers */
+        uint64_t client_idle_ms;   /* default 60s: keep-alive idle */
+        uint64_t client_body_ms;   /* default 60s: between body bytes from the client */
+        uint64_t drain_ms;         /* default 30s */
+    } timeouts;
+
+    sl_upstream_conf_t *upstreams;
+    size_t nupstreams;
+    sl_route_conf_t *routes;
+    size_t nroutes;
+
+    struct {
+        sl_str_t access_path; /* "stdout", "off" or a file path; default "stdout" */
+        enum sl_access_log_format access_format;
+        int level; /* enum sl_log_level */
+    } logging;
+} sl_config_t;
+
+/* One problem found while loading; `path` is the YAML path, e.g. "routes[2].match.path_prefix". */
+typedef struct sl_config_error {
+    sl_str_t file;
+    uint32_t line, col;
+    char message[256];
+} sl_config_error_t;
+
+typedef struct sl_config_errors {
+    sl_config_error_t *items; /* heap array owned by this struct; see sl_config_errors_dispose */
+    size_t count;
+    size_t cap;
+} sl_config_errors_t;
+
+/**
+ * Loads and validates `path`. On success returns 0 and sets `*out` to a new generation with
+ * refcount 1 (the caller owns that reference). On failure returns SL_ECONFIG (or a libuv/errno
+ * code if the file cannot be read, with one error naming the file) and fills `errs` with every
+ * problem found, each with a position; `*out` is untouched. `errs` must be zeroed by the caller
+ * and disposed with sl_config_errors_dispose in both cases.
+ */
+int sl_config_load_file(const char *path, sl_config_t **out, sl_config_errors_t *errs);
+
+/** The same from a buffer; `name` is used as the file name in errors. */
+int sl_config_load_buffer(const char *name, const char *data, size_t len, sl_config_t **out,
+                          sl_config_errors_t *errs);
+
+void sl_config_errors_dispose(sl_config_errors_t *errs);
+
+/** Writes each error as "file:line:col: message\n". */
+void sl_config_errors_print(const sl_config_errors_t *errs, FILE *fp);
+
+/** Takes one more reference; any thread. */
+sl_config_t *sl_config_ref(sl_config_t *c);
+
+/** Drops a reference; the last one frees the generation. Any thread. NULL is ignored. */
+void sl_config_unref(sl_config_t *c);
+
+/** Index of the upstream named `name`, or -1. */
+long sl_config_find_upstream(const sl_config_t *c, sl_str_t name);
+
+/* ---- units (also used by admin and CLI) ---------------------------------------------------- */
+
+/** "250ms", "30s", "5m", "1h", "2d" → milliseconds. A bare number is an error (units are required). */
+int sl_config_parse_duration(sl_str_t s, uint64_t *ms);
+/** "512", "16kb", "10mb", "1gb" (also k/m/g, kib/mib/gib; all powers of 1024) → bytes. */
+int sl_config_parse_size(sl_str_t s, uint64_t *bytes);
+/** "127.0.0.1:80", "[::1]:80", ":80" (= 0.0.0.0) → sockaddr. Numeric only. */
+int sl_config_parse_sockaddr(sl_str_t s, struct sockaddr_storage *addr, socklen_t *len);
+
+#endif
