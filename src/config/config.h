@@ -11,6 +11,7 @@
 #ifndef SL_CONFIG_CONFIG_H
 #define SL_CONFIG_CONFIG_H
 
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -59,11 +60,11 @@ typedef struct sl_upstream_conf {
     sl_str_t name;
     sl_target_conf_t *targets;
     size_t ntargets;
-    enum sl_balance balance;        /* default round_robin */
-    uint64_t connect_timeout_ms;    /* default 1s */
-    uint64_t read_timeout_ms;       /* default 30s: between bytes of the response */
-    uint64_t send_timeout_ms;       /* default 30s: a blocked write to the upstream */
-    uint32_t keepalive_max_idle;    /* idle connections kept per worker per target; default 64 */
+    enum sl_balance balance;            /* default round_robin */
+    uint64_t connect_timeout_ms;        /* default 1s */
+    uint64_t read_timeout_ms;           /* default 30s: between bytes of the response */
+    uint64_t send_timeout_ms;           /* default 30s: a blocked write to the upstream */
+    uint32_t keepalive_max_idle;        /* idle connections kept per worker per target; default 64 */
     uint64_t keepalive_idle_timeout_ms; /* default 60s */
     sl_config_pos_t pos;
 } sl_upstream_conf_t;
@@ -87,8 +88,8 @@ typedef struct sl_header_match_conf {
 } sl_header_match_conf_t;
 
 typedef struct sl_route_match_conf {
-    sl_str_t *hosts; /* exact ("api.example.com") or leading wildcard ("*.example.com"); lowercased */
-    size_t nhosts;   /* 0 = any host */
+    sl_str_t *hosts;      /* exact ("api.example.com") or leading wildcard ("*.example.com"); lowercased */
+    size_t nhosts;        /* 0 = any host */
     sl_str_t path_exact;  /* at most one of the three path forms is set; none = any path */
     sl_str_t path_prefix; /* segment-agnostic byte prefix, like nginx `location /x` */
     sl_str_t path_regex;  /* pcre2 source, matched against the path without the query */
@@ -99,7 +100,7 @@ typedef struct sl_route_match_conf {
 } sl_route_match_conf_t;
 
 typedef struct sl_header_kv_conf {
-    sl_str_t name; /* NUL-terminated, validated as a token */
+    sl_str_t name;  /* NUL-terminated, validated as a token */
     sl_str_t value; /* NUL-terminated, validated: no CR, LF or NUL */
 } sl_header_kv_conf_t;
 
@@ -125,9 +126,9 @@ typedef struct sl_respond_conf {
 typedef struct sl_route_conf {
     sl_str_t name;
     sl_route_match_conf_t match;
-    sl_str_t upstream;     /* empty when `respond` is set */
-    size_t upstream_index; /* index into sl_config_t.upstreams, valid when upstream is set */
-    bool strip_prefix;     /* remove match.path_prefix before forwarding */
+    sl_str_t upstream;      /* empty when `respond` is set */
+    size_t upstream_index;  /* index into sl_config_t.upstreams, valid when upstream is set */
+    bool strip_prefix;      /* remove match.path_prefix before forwarding */
     sl_str_t rewrite_regex; /* `rewrite: { regex, replacement }`: pcre2 substitute on the path */
     sl_str_t rewrite_replacement;
     uint64_t timeout_ms; /* whole request, all tries; 0 = none (only per-phase timeouts) */
@@ -196,6 +197,7 @@ typedef struct sl_config_errors {
     sl_config_error_t *items; /* heap array owned by this struct; see sl_config_errors_dispose */
     size_t count;
     size_t cap;
+    sl_arena_t strings; /* copies of the items' file names made by sl_config_errors_add */
 } sl_config_errors_t;
 
 /**
@@ -208,12 +210,21 @@ typedef struct sl_config_errors {
 int sl_config_load_file(const char *path, sl_config_t **out, sl_config_errors_t *errs);
 
 /** The same from a buffer; `name` is used as the file name in errors. */
-int sl_config_load_buffer(const char *name, const char *data, size_t len, sl_config_t **out,
-                          sl_config_errors_t *errs);
+int sl_config_load_buffer(const char *name, const char *data, size_t len, sl_config_t **out, sl_config_errors_t *errs);
 
 void sl_config_errors_dispose(sl_config_errors_t *errs);
 
-/** Writes each error as "file:line:col: message\n". */
+/**
+ * Appends one error (later stages, e.g. router compilation, report through this too). `file` is
+ * copied into `errs`, so it may be freed after the call; `line` 0 means "no position" (the item
+ * prints as "file: message"). The message is cut at 255 bytes.
+ */
+void sl_config_errors_add(sl_config_errors_t *errs, sl_str_t file, uint32_t line, uint32_t col, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+void sl_config_errors_vadd(sl_config_errors_t *errs, sl_str_t file, uint32_t line, uint32_t col, const char *fmt,
+                           va_list ap);
+
+/** Writes each error as "file:line:col: message\n" (or "file: message\n" without a position). */
 void sl_config_errors_print(const sl_config_errors_t *errs, FILE *fp);
 
 /** Takes one more reference; any thread. */

@@ -1,0 +1,44 @@
+/*
+ * Header lists of an exchange: arena-backed arrays that grow by doubling. Request headers start
+ * as the codec's parse array and are copied only if a filter adds to them.
+ */
+#include "http/exchange.h"
+
+#include <string.h>
+
+void sl_headers_add(sl_arena_t *a, sl_headers_t *h, sl_str_t name, sl_str_t value)
+{
+    if (h->len == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 16;
+        sl_header_t *items = sl_arena_alloc(a, cap * sizeof(*items));
+        if (h->len)
+            memcpy(items, h->items, h->len * sizeof(*items));
+        h->items = items;
+        h->cap = cap;
+    }
+    h->items[h->len].name = name;
+    h->items[h->len].value = value;
+    h->len++;
+}
+
+size_t sl_headers_remove(sl_headers_t *h, sl_str_t name)
+{
+    size_t w = 0, removed = 0;
+    for (size_t r = 0; r < h->len; r++) {
+        if (sl_str_caseeq(h->items[r].name, name)) {
+            removed++;
+            continue;
+        }
+        h->items[w++] = h->items[r];
+    }
+    h->len = w;
+    return removed;
+}
+
+const sl_header_t *sl_headers_find(const sl_headers_t *h, sl_str_t name)
+{
+    for (size_t i = 0; i < h->len; i++)
+        if (sl_str_caseeq(h->items[i].name, name))
+            return &h->items[i];
+    return NULL;
+}

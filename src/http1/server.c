@@ -1,0 +1,1116 @@
+/*
+ * HTTP/1.1 downstream connections: read → parse → exchange → pipeline → framed response → next
+ * request. Pipelined requests wait in the read buffer and are parsed after the current response
+ * ends, so they are answered in order. The exchange's downstream ops are implemented here; the
+ * pipeline and the proxy never see HTTP/1 framing.
+ */
+#include "http1/server.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <netinet/in.h>
+
+#include "common/bug.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "http/reply.h"
+#include "http1/parser.h"
+#include "pipeline/pipeline.h"
+#include "pipeline/snapshot.h"
+
+#define MAX_HEADERS 128
+/* Heads larger than one pooled buffer get a one-off buffer of this size at most. */
+#define MAX_HEAD_BUFFER (64 * 1024 + 1024)
+
+typedef struct sl_h1_conn sl_h1_conn_t;
+typedef struct sl_h1_active sl_h1_active_t;
+
+struct sl_h1_worker {
+    sl_h1_conn_t *conns; /* doubly linked, for drain */
+    size_t nconns;
+    bool draining;
+    void (*on_empty)(sl_worker_t *w);
+    sl_h1_active_t *free_active;
+    size_t nfree_active;
+    unsigned depth; /* conn_process frames on the stack, to keep pipelining iterative */
+    char date[32];  /* cached IMF-fixdate, refreshed once a second */
+    uint64_t date_sec;
+};
+
+static atomic_uint_fast64_t total_connections;
+
+enum conn_flag {
+    CONN_CLOSING = 1 << 0,
+    CONN_READING = 1 << 1,
+    CONN_CLOSE_AFTER = 1 << 2, /* close once the current response is written */
+    CONN_SAW_BYTES = 1 << 3,   /* the current request's first byte has arrived */
+    CONN_PEER_EOF = 1 << 4,
+    CONN_PROCESS_PENDING = 1 << 5, /* a pipelined request waits for the outer conn_process */
+};
+
+struct sl_h1_conn {
+    uv_tcp_t tcp;
+    sl_timeq_entry_t timeout;
+    sl_h1_conn_t *prev, *next;
+    sl_worker_t *worker;
+    sl_buf_t *rbuf;       /* NULL while idle with nothing buffered */
+    sl_h1_active_t *act;  /* NULL between requests */
+    uint32_t flags;
+};
+
+struct sl_h1_active {
+    sl_exchange_t x;
+    sl_h1_conn_t *conn;
+    sl_h1_active_t *next_free;
+    uv_write_t wreq;
+    sl_header_t parsed[MAX_HEADERS];
+    size_t head_start, head_end; /* the request head in rbuf; kept until the exchange ends */
+    /* response */
+    char *head;
+    size_t head_len;
+    bool head_pending; /* serialised, not yet written: goes out with the first body bytes */
+    bool resp_chunked;
+    bool resp_no_body;
+    bool finished;
+    bool writing;
+    sl_write_cb write_cb;
+    char chunk_hdr[24];
+    uv_buf_t iov[12];
+    /* request body */
+    sl_body_cb body_cb;
+    bool body_started;
+    bool body_wait_ack;
+    bool body_done;
+    bool body_delivering;
+    size_t body_ack_to; /* rbuf offset to consume on ack */
+    uint64_t body_remaining;
+    uint64_t body_received;
+    uint64_t max_body;
+    sl_h1_chunked_t chunked;
+    bool continue_sent;
+};
+
+static void conn_close(sl_h1_conn_t *c);
+static void conn_process(sl_h1_conn_t *c);
+static void exchange_end(sl_h1_conn_t *c);
+static void body_deliver(sl_h1_conn_t *c);
+static sl_h1_active_t *active_take(sl_h1_conn_t *c);
+static const sl_downstream_ops_t h1_ops;
+
+/* ---- per-worker state ----------------------------------------------------------------------- */
+
+void sl_h1_worker_init(sl_worker_t *w)
+{
+    w->h1 = sl_xcalloc(1, sizeof(*w->h1));
+}
+
+void sl_h1_worker_dispose(sl_worker_t *w)
+{
+    sl_h1_worker_t *hw = w->h1;
+    if (hw == NULL)
+        return;
+    while (hw->free_active != NULL) {
+        sl_h1_active_t *a = hw->free_active;
+        hw->free_active = a->next_free;
+        sl_arena_dispose(&a->x.arena);
+        free(a);
+    }
+    free(hw);
+    w->h1 = NULL;
+}
+
+size_t sl_h1_server_connections(const sl_worker_t *w)
+{
+    return w->h1 ? w->h1->nconns : 0;
+}
+
+uint64_t sl_h1_server_total_connections(void)
+{
+    return atomic_load_explicit(&total_connections, memory_order_relaxed);
+}
+
+static const sl_config_t *conn_cfg(const sl_h1_conn_t *c)
+{
+    return c->worker->snap->cfg;
+}
+
+static sl_timeq_t *timeq_for(sl_h1_conn_t *c, uint64_t ms)
+{
+    return sl_timeqs_get(&c->worker->timeqs, ms);
+}
+
+/* ---- timeouts --------------------------------------------------------------------------- */
+
+static void on_header_timeout(sl_timeq_entry_t *e)
+{
+    sl_h1_conn_t *c = SL_CONTAINER_OF(e, sl_h1_conn_t, timeout);
+    if (c->act == NULL && (c->flags & CONN_SAW_BYTES)) {
+        /* Part of a head arrived but not all of it in time: say so, then close (RFC 9110 §15.5.9). */
+        c->flags |= CONN_CLOSE_AFTER;
+        /* A minimal exchange just to answer 408 through the normal path. */
+        sl_h1_active_t *a = active_take(c);
+        a->x.method = SL_METHOD_GET;
+        a->x.method_token = SL_STR_LIT("-");
+        a->x.minor_version = 1;
+        sl_reply_error(&a->x, SL_CAUSE_CLIENT_TIMEOUT, NULL);
+        return;
+    }
+    conn_close(c);
+}
+
+static void on_idle_timeout(sl_timeq_entry_t *e)
+{
+    conn_close(SL_CONTAINER_OF(e, sl_h1_conn_t, timeout));
+}
+
+static void on_body_timeout(sl_timeq_entry_t *e)
+{
+    sl_h1_conn_t *c = SL_CONTAINER_OF(e, sl_h1_conn_t, timeout);
+    sl_h1_active_t *a = c->act;
+    if (a == NULL || a->body_done || a->body_cb == NULL) {
+        conn_close(c);
+        return;
+    }
+    c->flags |= CONN_CLOSE_AFTER;
+    a->body_done = true;
+    a->x.cause = SL_CAUSE_CLIENT_TIMEOUT;
+    a->body_cb(&a->x, SL_ETIMEDOUT, NULL, 0);
+}
+
+static void on_send_timeout(sl_timeq_entry_t *e)
+{
+    /* The client stopped reading what we write: drop it rather than hold buffers forever. */
+    conn_close(SL_CONTAINER_OF(e, sl_h1_conn_t, timeout));
+}
+
+/* ---- active exchange state -------------------------------------------------------------- */
+
+static sl_h1_active_t *active_take(sl_h1_conn_t *c)
+{
+    sl_h1_worker_t *hw = c->worker->h1;
+    sl_h1_active_t *a = hw->free_active;
+    if (a != NULL) {
+        hw->free_active = a->next_free;
+        hw->nfree_active--;
+    } else {
+        a = sl_xmalloc(sizeof(*a));
+        sl_arena_init(&a->x.arena, 4096);
+    }
+    sl_arena_t arena = a->x.arena;
+    memset(a, 0, offsetof(sl_h1_active_t, parsed));
+    memset(&a->head, 0, sizeof(*a) - offsetof(sl_h1_active_t, head));
+    a->x.arena = arena;
+    a->conn = c;
+    a->x.worker = c->worker;
+    a->x.down = &h1_ops;
+    a->x.down_ctx = a;
+    a->x.snap = sl_snapshot_ref(c->worker->snap);
+    a->x.start_ns = sl_time_mono_ns();
+    a->x.route_index = -1;
+    a->x.upstream_connect_ns = -1;
+    a->x.upstream_first_byte_ns = -1;
+    a->wreq.data = c;
+    c->act = a;
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+            uv_ip4_name(in, a->x.client_ip, sizeof(a->x.client_ip));
+            a->x.client_port = ntohs(in->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(in6, a->x.client_ip, sizeof(a->x.client_ip));
+            a->x.client_port = ntohs(in6->sin6_port);
+        }
+    }
+    return a;
+}
+
+static void active_release(sl_h1_conn_t *c)
+{
+    sl_h1_active_t *a = c->act;
+    if (a == NULL)
+        return;
+    c->act = NULL;
+    sl_snapshot_t *snap = a->x.snap;
+    sl_arena_reset(&a->x.arena);
+    sl_snapshot_unref(snap);
+    sl_h1_worker_t *hw = c->worker->h1;
+#ifndef SLUICE_SANITIZE
+    if (hw->nfree_active < 1024) {
+        a->next_free = hw->free_active;
+        hw->free_active = a;
+        hw->nfree_active++;
+        return;
+    }
+#endif
+    (void)hw;
+    sl_arena_dispose(&a->x.arena);
+    free(a);
+}
+
+/* ---- connection lifecycle --------------------------------------------------------------- */
+
+static void on_close(uv_handle_t *h)
+{
+    sl_h1_conn_t *c = h->data;
+    sl_h1_worker_t *hw = c->worker->h1;
+    sl_buf_put(&c->worker->bufs, c->rbuf);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        hw->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    hw->nconns--;
+    atomic_fetch_sub_explicit(&total_connections, 1, memory_order_relaxed);
+    sl_worker_t *w = c->worker;
+    free(c);
+    if (hw->draining && hw->nconns == 0 && hw->on_empty) {
+        void (*cb)(sl_worker_t *) = hw->on_empty;
+        hw->on_empty = NULL;
+        cb(w);
+    }
+}
+
+static void conn_close(sl_h1_conn_t *c)
+{
+    if (c->flags & CONN_CLOSING)
+        return;
+    c->flags |= CONN_CLOSING;
+    sl_timeq_cancel(&c->timeout);
+    sl_h1_active_t *a = c->act;
+    if (a != NULL) {
+        if (!a->finished) {
+            if (a->x.on_abort) {
+                void (*abort_cb)(sl_exchange_t *) = a->x.on_abort;
+                a->x.on_abort = NULL;
+                abort_cb(&a->x);
+            }
+            if (a->x.status == 0)
+                a->x.status = 499; /* client closed before a response: logged like nginx */
+            sl_pipeline_log(&a->x);
+        }
+        /* A write still in flight references the arena: release after uv_close completes
+         * the write callback (libuv cancels it with UV_ECANCELED first). */
+        if (!a->writing)
+            active_release(c);
+    }
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    sl_h1_conn_t *c = h->data;
+    (void)suggested;
+    if (c->rbuf == NULL)
+        c->rbuf = sl_buf_get(&c->worker->bufs);
+    sl_buf_t *b = c->rbuf;
+    if (b->len == b->cap && c->act == NULL && b->off > 0)
+        sl_buf_compact(b);
+    buf->base = b->data + b->len;
+    buf->len = b->cap - b->len;
+}
+
+static void grow_head_buffer(sl_h1_conn_t *c)
+{
+    /* Only heads longer than a pooled buffer get here (max_header_bytes > 16 KiB). */
+    sl_buf_t *old = c->rbuf;
+    sl_buf_t *nb = sl_xmalloc(sizeof(*nb) + MAX_HEAD_BUFFER);
+    nb->next_free = NULL;
+    nb->cap = MAX_HEAD_BUFFER;
+    nb->off = 0;
+    nb->len = old->len - old->off;
+    memcpy(nb->data, old->data + old->off, nb->len);
+    c->rbuf = nb;
+    sl_buf_put(&c->worker->bufs, old); /* frees it when its size is not the pool's */
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    sl_h1_conn_t *c = s->data;
+    (void)buf;
+    if (nread > 0) {
+        c->rbuf->len += (size_t)nread;
+        if (c->act == NULL) {
+            conn_process(c);
+        } else if (c->act->body_started && !c->act->body_done) {
+            body_deliver(c);
+        } else if (c->rbuf->len == c->rbuf->cap) {
+            /* Pipelined bytes filled the buffer while a response is pending: pause reading. */
+            uv_read_stop(s);
+            c->flags &= ~CONN_READING;
+        }
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (nread == UV_ENOBUFS) {
+        uv_read_stop(s);
+        c->flags &= ~CONN_READING;
+        if (c->act == NULL)
+            conn_process(c);
+        return;
+    }
+    /* EOF or error. Idle or mid-head: just close. During an exchange: the client left. */
+    c->flags |= CONN_PEER_EOF;
+    sl_h1_active_t *a = c->act;
+    if (a != NULL && a->body_started && !a->body_done && a->body_cb != NULL) {
+        a->body_done = true;
+        c->flags |= CONN_CLOSE_AFTER;
+        sl_body_cb cb = a->body_cb;
+        cb(&a->x, SL_ECLOSED, NULL, 0);
+        if (c->act == a && !(c->flags & CONN_CLOSING))
+            conn_close(c);
+        return;
+    }
+    conn_close(c);
+}
+
+static void start_reading(sl_h1_conn_t *c)
+{
+    if (c->flags & (CONN_READING | CONN_CLOSING | CONN_PEER_EOF))
+        return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->flags |= CONN_READING;
+}
+
+void sl_h1_server_accept(sl_listener_t *l)
+{
+    sl_worker_t *w = l->worker;
+    sl_h1_worker_t *hw = w->h1;
+    sl_h1_conn_t *c = sl_xcalloc(1, sizeof(*c));
+    c->worker = w;
+    uv_tcp_init(&w->loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = hw->conns;
+    if (hw->conns)
+        hw->conns->prev = c;
+    hw->conns = c;
+    hw->nconns++;
+    uint64_t total = atomic_fetch_add_explicit(&total_connections, 1, memory_order_relaxed) + 1;
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    const sl_config_t *cfg = conn_cfg(c);
+    if (hw->draining || total > cfg->limits.max_connections) {
+        /* Over the connection limit: close at once so the rest keep being served. */
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    sl_timeq_add(&w->timeqs, timeq_for(c, cfg->timeouts.client_header_ms), &c->timeout, on_header_timeout);
+    start_reading(c);
+}
+
+/* ---- request heads ---------------------------------------------------------------------- */
+
+static sl_str_t host_without_port(sl_str_t authority)
+{
+    if (authority.len && authority.ptr[0] == '[') {
+        const char *end = memchr(authority.ptr, ']', authority.len);
+        if (end)
+            return (sl_str_t){authority.ptr + 1, (size_t)(end - authority.ptr - 1)};
+        return authority;
+    }
+    const char *colon = memchr(authority.ptr, ':', authority.len);
+    return colon ? (sl_str_t){authority.ptr, (size_t)(colon - authority.ptr)} : authority;
+}
+
+static void reply_parse_error(sl_h1_conn_t *c, int err)
+{
+    sl_h1_active_t *a = active_take(c);
+    c->flags |= CONN_CLOSE_AFTER;
+    a->x.method = SL_METHOD_OTHER;
+    a->x.method_token = SL_STR_LIT("-");
+    a->x.minor_version = 1;
+    a->x.cause_detail = sl_h1_error_reason(err);
+    char id[33];
+    sl_request_id_generate(id);
+    a->x.request_id = sl_arena_str_dup(&a->x.arena, (sl_str_t){id, 32});
+    sl_reply_error(&a->x, sl_h1_error_cause(err), sl_h1_error_reason(err));
+}
+
+static void conn_process_one(sl_h1_conn_t *c);
+
+static void conn_process(sl_h1_conn_t *c)
+{
+    /* A response finished synchronously inside conn_process_one may find the next pipelined
+     * request already buffered; it is parsed here, in a loop, not by recursion. */
+    sl_h1_worker_t *hw = c->worker->h1;
+    if (hw->depth > 0) {
+        c->flags |= CONN_PROCESS_PENDING;
+        return;
+    }
+    do {
+        c->flags &= ~CONN_PROCESS_PENDING;
+        hw->depth++;
+        conn_process_one(c);
+        hw->depth--;
+    } while ((c->flags & (CONN_PROCESS_PENDING | CONN_CLOSING)) == CONN_PROCESS_PENDING);
+}
+
+static void conn_process_one(sl_h1_conn_t *c)
+{
+    if (c->act != NULL || (c->flags & CONN_CLOSING))
+        return;
+    sl_buf_t *b = c->rbuf;
+    if (b == NULL || b->off == b->len) {
+        return;
+    }
+    const sl_config_t *cfg = conn_cfg(c);
+    if (!(c->flags & CONN_SAW_BYTES)) {
+        /* The header timeout counts from a request's first byte (or from accept). */
+        c->flags |= CONN_SAW_BYTES;
+        sl_timeq_add(&c->worker->timeqs, timeq_for(c, cfg->timeouts.client_header_ms), &c->timeout,
+                     on_header_timeout);
+    }
+    sl_h1_limits_t limits = {
+        .max_head_bytes = cfg->limits.max_header_bytes,
+        .max_uri_bytes = cfg->limits.max_uri_bytes,
+        .max_headers = MAX_HEADERS,
+    };
+    sl_h1_request_t req;
+    sl_header_t hdrs[MAX_HEADERS];
+    req.headers = hdrs;
+    int r = sl_h1_parse_request(b->data + b->off, b->len - b->off, &req, &limits);
+    if (r == SL_EINCOMPLETE) {
+        if (b->len == b->cap) {
+            if (b->off > 0) {
+                sl_buf_compact(b);
+            } else if (b->cap < MAX_HEAD_BUFFER) {
+                grow_head_buffer(c);
+            } else {
+                reply_parse_error(c, SL_EH1_HEADER_TOO_LARGE);
+                return;
+            }
+        }
+        start_reading(c);
+        return;
+    }
+    if (r < 0) {
+        reply_parse_error(c, r);
+        return;
+    }
+    sl_timeq_cancel(&c->timeout);
+    c->flags &= ~CONN_SAW_BYTES;
+    sl_h1_active_t *a = active_take(c);
+    sl_exchange_t *x = &a->x;
+    a->head_start = b->off;
+    a->head_end = b->off + (size_t)r;
+    b->off = a->head_end;
+    memcpy(a->parsed, hdrs, req.nheaders * sizeof(sl_header_t));
+    x->method = req.method_id;
+    x->method_token = req.method;
+    x->target = req.target;
+    x->path = req.path;
+    x->query = req.query;
+    x->authority = req.host;
+    x->host = host_without_port(req.host);
+    x->minor_version = req.minor_version;
+    x->req_headers.items = a->parsed;
+    x->req_headers.len = req.nheaders;
+    x->req_headers.cap = req.nheaders; /* any addition copies into the arena */
+    x->keep_alive = req.keep_alive;
+    x->expect_continue = req.expect_continue;
+    switch (req.body) {
+    case SL_H1_BODY_LENGTH:
+        x->req_body_kind = req.content_length ? SL_BODY_LENGTH : SL_BODY_NONE;
+        x->req_content_length = req.content_length;
+        a->body_remaining = req.content_length;
+        break;
+    case SL_H1_BODY_CHUNKED:
+        x->req_body_kind = SL_BODY_STREAM;
+        sl_h1_chunked_init(&a->chunked);
+        break;
+    default:
+        x->req_body_kind = SL_BODY_NONE;
+        break;
+    }
+    x->bytes_in = (uint64_t)r;
+    if (!x->keep_alive || c->worker->h1->draining)
+        c->flags |= CONN_CLOSE_AFTER;
+    const sl_header_t *rid = sl_headers_find(&x->req_headers, SL_STR_LIT("X-Request-Id"));
+    if (rid != NULL && sl_request_id_valid(rid->value)) {
+        x->request_id = rid->value;
+    } else {
+        char *id = sl_arena_alloc(&x->arena, 33);
+        sl_request_id_generate(id);
+        x->request_id = (sl_str_t){id, 32};
+    }
+    a->max_body = cfg->limits.max_body_bytes;
+    if (x->req_body_kind == SL_BODY_LENGTH && a->max_body && x->req_content_length > a->max_body) {
+        /* Refuse before reading a byte of it; the connection closes since the body is unread. */
+        c->flags |= CONN_CLOSE_AFTER;
+        sl_reply_error(x, SL_CAUSE_REQUEST_TOO_LARGE, NULL);
+        return;
+    }
+    sl_pipeline_process(x);
+}
+
+/* ---- request body ----------------------------------------------------------------------- */
+
+static void body_need_more(sl_h1_conn_t *c)
+{
+    sl_buf_t *b = c->rbuf;
+    sl_h1_active_t *a = c->act;
+    if (b->off == b->len) {
+        /* Everything after the head was consumed: reuse that space for the next read. */
+        b->off = b->len = a->head_end;
+    }
+    if (b->len == b->cap && b->off > a->head_end) {
+        size_t n = b->len - b->off;
+        memmove(b->data + a->head_end, b->data + b->off, n);
+        b->off = a->head_end;
+        b->len = a->head_end + n;
+    }
+    const sl_config_t *cfg = a->x.snap->cfg;
+    sl_timeq_add(&c->worker->timeqs, timeq_for(c, cfg->timeouts.client_body_ms), &c->timeout, on_body_timeout);
+    start_reading(c);
+}
+
+static void body_fail(sl_h1_conn_t *c, enum sl_cause cause, int err)
+{
+    sl_h1_active_t *a = c->act;
+    a->body_done = true;
+    a->x.cause = cause;
+    c->flags |= CONN_CLOSE_AFTER;
+    sl_timeq_cancel(&c->timeout);
+    a->body_cb(&a->x, err, NULL, 0);
+}
+
+static void body_deliver(sl_h1_conn_t *c)
+{
+    sl_h1_active_t *a = c->act;
+    if (a->body_delivering)
+        return; /* a resume from inside the callback: the loop below continues */
+    a->body_delivering = true;
+    while (c->act == a && !a->body_wait_ack && !a->body_done && !(c->flags & CONN_CLOSING)) {
+        sl_buf_t *b = c->rbuf;
+        size_t avail = b->len - b->off;
+        const char *p = b->data + b->off;
+        if (a->x.req_body_kind == SL_BODY_LENGTH) {
+            if (a->body_remaining == 0) {
+                a->body_done = true;
+                sl_timeq_cancel(&c->timeout);
+                a->body_cb(&a->x, 0, NULL, 0);
+                break;
+            }
+            if (avail == 0) {
+                body_need_more(c);
+                break;
+            }
+            size_t n = avail < a->body_remaining ? avail : (size_t)a->body_remaining;
+            a->body_remaining -= n;
+            a->body_received += n;
+            a->x.bytes_in += n;
+            a->body_ack_to = b->off + n;
+            a->body_wait_ack = true;
+            a->body_cb(&a->x, 0, p, n);
+            continue;
+        }
+        /* chunked */
+        if (avail == 0) {
+            body_need_more(c);
+            break;
+        }
+        size_t consumed = 0;
+        sl_str_t out = SL_STR_NULL;
+        int r = sl_h1_chunked_decode(&a->chunked, p, avail, &consumed, &out);
+        if (r < 0) {
+            body_fail(c, SL_CAUSE_BAD_REQUEST, r);
+            break;
+        }
+        a->x.bytes_in += consumed;
+        if (r == SL_H1_CHUNK_NEED_MORE) {
+            b->off += consumed;
+            body_need_more(c);
+            break;
+        }
+        if (r == SL_H1_CHUNK_TRAILER) {
+            /* Trailers are not forwarded yet (docs/http1.md); the fields were validated. */
+            b->off += consumed;
+            continue;
+        }
+        if (r == SL_H1_CHUNK_DONE) {
+            b->off += consumed;
+            a->body_done = true;
+            sl_timeq_cancel(&c->timeout);
+            a->body_cb(&a->x, 0, NULL, 0);
+            break;
+        }
+        a->body_received += out.len;
+        if (a->max_body && a->body_received > a->max_body) {
+            b->off += consumed;
+            body_fail(c, SL_CAUSE_REQUEST_TOO_LARGE, SL_ETOOBIG);
+            break;
+        }
+        a->body_ack_to = b->off + consumed;
+        a->body_wait_ack = true;
+        a->body_cb(&a->x, 0, out.ptr, out.len);
+    }
+    if (c->act == a)
+        a->body_delivering = false;
+}
+
+static void h1_body_start(sl_exchange_t *x, sl_body_cb cb)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    a->body_cb = cb;
+    a->body_started = true;
+    if (x->req_body_kind == SL_BODY_NONE) {
+        a->body_done = true;
+        cb(x, 0, NULL, 0);
+        return;
+    }
+    if (x->expect_continue && !a->continue_sent && c->rbuf->off == c->rbuf->len && x->minor_version >= 1) {
+        /* RFC 9110 §10.1.1: the client waits for this before sending the body. */
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
+        a->continue_sent = true;
+        if (uv_try_write((uv_stream_t *)&c->tcp, &b, 1) != (int)b.len) {
+            /* A fresh socket's send buffer cannot be full; treat a short write as a dead peer. */
+            body_fail(c, SL_CAUSE_NONE, SL_ECLOSED);
+            return;
+        }
+    }
+    body_deliver(c);
+}
+
+static void h1_body_resume(sl_exchange_t *x)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    if (!a->body_wait_ack)
+        return;
+    a->body_wait_ack = false;
+    c->rbuf->off = a->body_ack_to;
+    body_deliver(c);
+}
+
+/* ---- response ---------------------------------------------------------------------------- */
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 103: return "Early Hints";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 499: return "Client Closed Request";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+static sl_str_t date_header(sl_worker_t *w)
+{
+    sl_h1_worker_t *hw = w->h1;
+    uint64_t now = sl_time_wall_ms();
+    if (now / 1000 != hw->date_sec || hw->date[0] == '\0') {
+        hw->date_sec = now / 1000;
+        sl_time_format_http(hw->date, sizeof(hw->date), now);
+    }
+    return (sl_str_t){hw->date, 29};
+}
+
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static int h1_send_head(sl_exchange_t *x)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    SL_BUG_ON(x->head_sent);
+    x->head_sent = true;
+    sl_pipeline_response_headers(x);
+    int st = x->status;
+    bool bodiless_status = (st >= 100 && st < 200) || st == 204 || st == 304;
+    a->resp_no_body = bodiless_status || x->method == SL_METHOD_HEAD;
+    if (c->worker->h1->draining)
+        c->flags |= CONN_CLOSE_AFTER;
+    const char *framing = NULL;
+    char clen[48];
+    if (!bodiless_status) {
+        if (x->resp_body_kind == SL_BODY_LENGTH || x->resp_body_kind == SL_BODY_NONE) {
+            uint64_t n = x->resp_body_kind == SL_BODY_LENGTH ? x->resp_content_length : 0;
+            snprintf(clen, sizeof(clen), "Content-Length: %llu\r\n", (unsigned long long)n);
+            framing = clen;
+        } else if (x->minor_version >= 1) {
+            if (x->method != SL_METHOD_HEAD) {
+                framing = "Transfer-Encoding: chunked\r\n";
+                a->resp_chunked = true;
+            }
+        } else {
+            /* HTTP/1.0 has no chunked coding: the end of the body is the end of the connection. */
+            c->flags |= CONN_CLOSE_AFTER;
+        }
+    }
+    bool close_after = (c->flags & CONN_CLOSE_AFTER) != 0;
+    sl_str_t date = date_header(c->worker);
+    const char *reason = reason_phrase(st);
+    size_t size = 64 + strlen(reason) + 48 + date.len + 48 + x->request_id.len + 32 + 24;
+    bool have_date = false;
+    for (size_t i = 0; i < x->resp_headers.len; i++) {
+        size += x->resp_headers.items[i].name.len + x->resp_headers.items[i].value.len + 4;
+        if (!have_date && sl_str_caseeq(x->resp_headers.items[i].name, SL_STR_LIT("Date")))
+            have_date = true;
+    }
+    char *head = sl_arena_alloc(&x->arena, size);
+    char *p = head;
+    p += snprintf(p, 64 + strlen(reason), "HTTP/1.1 %d %s\r\n", st, reason);
+    if (!have_date) {
+        p = put(p, "Date: ", 6);
+        p = put(p, date.ptr, date.len);
+        p = put(p, "\r\n", 2);
+    }
+    for (size_t i = 0; i < x->resp_headers.len; i++) {
+        const sl_header_t *h = &x->resp_headers.items[i];
+        p = put(p, h->name.ptr, h->name.len);
+        p = put(p, ": ", 2);
+        p = put(p, h->value.ptr, h->value.len);
+        p = put(p, "\r\n", 2);
+    }
+    if (framing)
+        p = put(p, framing, strlen(framing));
+    if (x->request_id.len) {
+        p = put(p, "X-Request-Id: ", 14);
+        p = put(p, x->request_id.ptr, x->request_id.len);
+        p = put(p, "\r\n", 2);
+    }
+    if (close_after)
+        p = put(p, "Connection: close\r\n", 19);
+    else if (x->minor_version == 0)
+        p = put(p, "Connection: keep-alive\r\n", 24);
+    p = put(p, "\r\n", 2);
+    a->head = head;
+    a->head_len = (size_t)(p - head);
+    a->head_pending = true;
+    return 0;
+}
+
+static void on_write_done(uv_write_t *req, int status);
+
+static size_t iov_total(const uv_buf_t *iov, unsigned n)
+{
+    size_t t = 0;
+    for (unsigned i = 0; i < n; i++)
+        t += iov[i].len;
+    return t;
+}
+
+/* Writes iov: first without blocking, the rest through uv_write. Returns 1 (all written now),
+ * 0 (pending: on_write_done will run) or < 0. */
+static int conn_write(sl_h1_conn_t *c, uv_buf_t *iov, unsigned n)
+{
+    sl_h1_active_t *a = c->act;
+    size_t total = iov_total(iov, n);
+    a->x.bytes_out += total;
+    int w = uv_try_write((uv_stream_t *)&c->tcp, iov, n);
+    if (w == UV_EAGAIN)
+        w = 0;
+    if (w < 0)
+        return w;
+    if ((size_t)w == total)
+        return 1;
+    size_t skip = (size_t)w;
+    unsigned i = 0;
+    while (skip >= iov[i].len) {
+        skip -= iov[i].len;
+        i++;
+    }
+    iov[i].base += skip;
+    iov[i].len -= skip;
+    int err = uv_write(&a->wreq, (uv_stream_t *)&c->tcp, iov + i, n - i, on_write_done);
+    if (err)
+        return err;
+    a->writing = true;
+    sl_timeq_add(&c->worker->timeqs, timeq_for(c, a->x.snap->cfg->timeouts.client_idle_ms), &c->timeout,
+                 on_send_timeout);
+    return 0;
+}
+
+static int h1_send_body(sl_exchange_t *x, const sl_str_t *parts, size_t nparts, sl_write_cb cb)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    SL_BUG_ON(a->writing);
+    if (c->flags & CONN_CLOSING)
+        return SL_ECLOSED;
+    unsigned n = 0;
+    if (a->head_pending) {
+        a->iov[n++] = uv_buf_init(a->head, (unsigned)a->head_len);
+        a->head_pending = false;
+    }
+    if (!a->resp_no_body) {
+        size_t total = 0;
+        for (size_t i = 0; i < nparts; i++)
+            total += parts[i].len;
+        if (total > 0) {
+            if (a->resp_chunked) {
+                int len = snprintf(a->chunk_hdr, sizeof(a->chunk_hdr), "%zx\r\n", total);
+                a->iov[n++] = uv_buf_init(a->chunk_hdr, (unsigned)len);
+            }
+            for (size_t i = 0; i < nparts && n < SL_ARRAY_SIZE(a->iov) - 1; i++)
+                if (parts[i].len)
+                    a->iov[n++] = uv_buf_init((char *)parts[i].ptr, (unsigned)parts[i].len);
+            if (a->resp_chunked)
+                a->iov[n++] = uv_buf_init("\r\n", 2);
+        }
+    }
+    if (n == 0)
+        return 1;
+    a->write_cb = cb;
+    int r = conn_write(c, a->iov, n);
+    if (r != 0)
+        a->write_cb = NULL; /* on error the caller aborts the exchange */
+    return r;
+}
+
+static void finish_written(sl_h1_conn_t *c)
+{
+    sl_h1_active_t *a = c->act;
+    a->finished = true;
+    sl_pipeline_log(&a->x);
+    exchange_end(c);
+}
+
+static void h1_finish(sl_exchange_t *x)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    SL_BUG_ON(a->writing);
+    if (c->flags & CONN_CLOSING)
+        return;
+    if (!x->head_sent)
+        h1_send_head(x);
+    unsigned n = 0;
+    if (a->head_pending) {
+        a->iov[n++] = uv_buf_init(a->head, (unsigned)a->head_len);
+        a->head_pending = false;
+    }
+    if (a->resp_chunked && !a->resp_no_body)
+        a->iov[n++] = uv_buf_init("0\r\n\r\n", 5);
+    a->finished = true; /* no abort from here on: only the write remains */
+    if (n == 0) {
+        finish_written(c);
+        return;
+    }
+    a->write_cb = NULL;
+    int r = conn_write(c, a->iov, n);
+    if (r == 1) {
+        finish_written(c);
+    } else if (r < 0) {
+        sl_pipeline_log(&a->x);
+        conn_close(c);
+    }
+}
+
+static void on_write_done(uv_write_t *req, int status)
+{
+    sl_h1_conn_t *c = req->data;
+    sl_h1_active_t *a = c->act;
+    a->writing = false;
+    if (c->flags & CONN_CLOSING) {
+        /* The connection died while this write was queued; release what conn_close left. */
+        if (a->finished && a->write_cb == NULL)
+            sl_pipeline_log(&a->x);
+        active_release(c);
+        return;
+    }
+    sl_timeq_cancel(&c->timeout);
+    if (status < 0) {
+        sl_write_cb cb = a->write_cb;
+        a->write_cb = NULL;
+        if (cb)
+            cb(&a->x, status); /* the handler aborts the exchange */
+        else
+            sl_pipeline_log(&a->x); /* the final write of a finished exchange */
+        conn_close(c);
+        return;
+    }
+    if (a->finished && a->write_cb == NULL) {
+        finish_written(c);
+        return;
+    }
+    sl_write_cb cb = a->write_cb;
+    a->write_cb = NULL;
+    if (cb)
+        cb(&a->x, 0);
+}
+
+static void h1_abort(sl_exchange_t *x)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    a->x.on_abort = NULL;
+    if (!a->finished) {
+        a->finished = true;
+        sl_pipeline_log(x);
+    }
+    conn_close(c);
+}
+
+static int h1_send_informational(sl_exchange_t *x, int status, const sl_header_t *h, size_t n)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    if (x->minor_version == 0 || status == 101)
+        return 0; /* HTTP/1.0 clients get no interim responses (RFC 9110 §15.2) */
+    if (status == 100 && a->continue_sent)
+        return 0;
+    size_t size = 64;
+    for (size_t i = 0; i < n; i++)
+        size += h[i].name.len + h[i].value.len + 4;
+    char *buf = sl_arena_alloc(&x->arena, size);
+    char *p = buf + snprintf(buf, 64, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
+    for (size_t i = 0; i < n; i++) {
+        p = put(p, h[i].name.ptr, h[i].name.len);
+        p = put(p, ": ", 2);
+        p = put(p, h[i].value.ptr, h[i].value.len);
+        p = put(p, "\r\n", 2);
+    }
+    p = put(p, "\r\n", 2);
+    if (status == 100)
+        a->continue_sent = true;
+    uv_buf_t b = uv_buf_init(buf, (unsigned)(p - buf));
+    int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    /* Interim responses are small and precede the final one; a short write means a client that
+     * does not read at all, which the final response's send timeout will deal with. */
+    return w < 0 && w != UV_EAGAIN ? w : 0;
+}
+
+static const sl_downstream_ops_t h1_ops = {
+    .send_head = h1_send_head,
+    .send_body = h1_send_body,
+    .finish = h1_finish,
+    .abort = h1_abort,
+    .body_start = h1_body_start,
+    .body_resume = h1_body_resume,
+    .send_informational = h1_send_informational,
+};
+
+/* ---- end of an exchange: keep-alive or close ------------------------------------------- */
+
+static bool skip_unread_body(sl_h1_conn_t *c)
+{
+    /* The answer came before the body was read (an error, a respond route). Keep the
+     * connection only if the rest of the body is already buffered and can be skipped. */
+    sl_h1_active_t *a = c->act;
+    sl_buf_t *b = c->rbuf;
+    sl_exchange_t *x = &a->x;
+    if (x->req_body_kind == SL_BODY_NONE || a->body_done)
+        return !a->body_started || a->body_done;
+    if (a->body_wait_ack)
+        b->off = a->body_ack_to;
+    if (x->req_body_kind == SL_BODY_LENGTH) {
+        if (b->len - b->off < a->body_remaining)
+            return false;
+        b->off += a->body_remaining;
+        return true;
+    }
+    for (;;) {
+        size_t consumed = 0;
+        sl_str_t out;
+        int r = sl_h1_chunked_decode(&a->chunked, b->data + b->off, b->len - b->off, &consumed, &out);
+        b->off += consumed;
+        if (r == SL_H1_CHUNK_DONE)
+            return true;
+        if (r < 0 || r == SL_H1_CHUNK_NEED_MORE)
+            return false;
+    }
+}
+
+static void exchange_end(sl_h1_conn_t *c)
+{
+    if (!skip_unread_body(c))
+        c->flags |= CONN_CLOSE_AFTER;
+    bool close_after = (c->flags & (CONN_CLOSE_AFTER | CONN_PEER_EOF)) != 0;
+    const sl_config_t *cfg = c->act->x.snap->cfg;
+    uint64_t idle_ms = cfg->timeouts.client_idle_ms;
+    active_release(c);
+    if (close_after) {
+        conn_close(c);
+        return;
+    }
+    sl_buf_t *b = c->rbuf;
+    if (b != NULL) {
+        if (b->off == b->len) {
+            sl_buf_put(&c->worker->bufs, b);
+            c->rbuf = NULL;
+        } else {
+            sl_buf_compact(b);
+        }
+    }
+    sl_timeq_add(&c->worker->timeqs, timeq_for(c, idle_ms), &c->timeout, on_idle_timeout);
+    start_reading(c);
+    if (c->rbuf != NULL)
+        conn_process(c); /* a pipelined request is already here */
+}
+
+/* ---- drain ----------------------------------------------------------------------------- */
+
+void sl_h1_server_drain(sl_worker_t *w, void (*on_empty)(sl_worker_t *w))
+{
+    sl_h1_worker_t *hw = w->h1;
+    hw->draining = true;
+    hw->on_empty = on_empty;
+    sl_h1_conn_t *c = hw->conns;
+    while (c != NULL) {
+        sl_h1_conn_t *next = c->next;
+        if (c->act == NULL)
+            conn_close(c);
+        else
+            c->flags |= CONN_CLOSE_AFTER;
+        c = next;
+    }
+    if (hw->nconns == 0 && hw->on_empty) {
+        hw->on_empty = NULL;
+        on_empty(w);
+    }
+}
+
+void sl_h1_server_close_all(sl_worker_t *w)
+{
+    sl_h1_conn_t *c = w->h1->conns;
+    while (c != NULL) {
+        sl_h1_conn_t *next = c->next;
+        conn_close(c);
+        c = next;
+    }
+}

@@ -1,0 +1,141 @@
+/*
+ * Worker threads and their listeners. Sockets are created (and bind errors reported) on the
+ * main thread before any worker starts; each worker then adopts its own SO_REUSEPORT sockets
+ * into its loop and runs until its owner closes everything.
+ */
+#include "net/worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "common/bug.h"
+#include "common/log.h"
+
+int sl_listen_socket(const struct sockaddr *addr, socklen_t addrlen, int backlog, int *fd_out)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+        goto fail;
+    if (addr->sa_family == AF_INET6)
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, addr, addrlen) != 0 || listen(fd, backlog) != 0)
+        goto fail;
+    *fd_out = fd;
+    return 0;
+fail:;
+    int err = -errno;
+    close(fd);
+    return err;
+}
+
+static void on_listener_connection(uv_stream_t *server, int status)
+{
+    sl_listener_t *l = server->data;
+    if (status < 0) {
+        /* EMFILE and friends: log and keep listening; the backlog holds the rest. */
+        sl_log_warn("worker %u: accept failed: %s", l->worker->id, uv_strerror(status));
+        return;
+    }
+    l->worker->on_connection(l);
+}
+
+static void on_async(uv_async_t *a)
+{
+    sl_worker_t *w = a->data;
+    if (w->on_wakeup)
+        w->on_wakeup(w);
+}
+
+int sl_worker_init(sl_worker_t *w, unsigned id, const int *fds, size_t nfds)
+{
+    int err = uv_loop_init(&w->loop);
+    if (err) {
+        for (size_t i = 0; i < nfds; i++)
+            close(fds[i]);
+        return err;
+    }
+    w->id = id;
+    w->loop.data = w;
+    uv_async_init(&w->loop, &w->async, on_async);
+    w->async.data = w;
+    sl_buf_pool_init(&w->bufs, SL_WORKER_BUF_SIZE, 4096);
+    sl_timeqs_init(&w->timeqs, &w->loop);
+    w->listeners = sl_xcalloc(nfds ? nfds : 1, sizeof(*w->listeners));
+    w->nlisteners = nfds;
+    for (size_t i = 0; i < nfds; i++) {
+        sl_listener_t *l = &w->listeners[i];
+        uv_tcp_init(&w->loop, &l->tcp);
+        l->tcp.data = l;
+        l->worker = w;
+        l->index = (unsigned)i;
+        err = uv_tcp_open(&l->tcp, fds[i]);
+        if (err) {
+            sl_log_error("worker %u: cannot adopt listening socket: %s", id, uv_strerror(err));
+            for (size_t j = i + 1; j < nfds; j++)
+                close(fds[j]);
+            return err; /* the caller runs the loop to close what was opened */
+        }
+    }
+    return 0;
+}
+
+static void worker_main(void *arg)
+{
+    sl_worker_t *w = arg;
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        int err = uv_listen((uv_stream_t *)&w->listeners[i].tcp, 4096, on_listener_connection);
+        if (err)
+            sl_log_error("worker %u: listen failed: %s", w->id, uv_strerror(err));
+    }
+    w->listening = true;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (w->on_exit)
+        w->on_exit(w);
+}
+
+int sl_worker_start(sl_worker_t *w)
+{
+    return uv_thread_create(&w->thread, worker_main, w);
+}
+
+void sl_worker_wakeup(sl_worker_t *w)
+{
+    uv_async_send(&w->async);
+}
+
+void sl_worker_stop_listening(sl_worker_t *w)
+{
+    if (!w->listening)
+        return;
+    w->listening = false;
+    for (size_t i = 0; i < w->nlisteners; i++)
+        uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+}
+
+void sl_worker_close(sl_worker_t *w)
+{
+    if (!uv_is_closing((uv_handle_t *)&w->async))
+        uv_close((uv_handle_t *)&w->async, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->timeqs.timer))
+        sl_timeqs_close(&w->timeqs);
+}
+
+void sl_worker_join(sl_worker_t *w)
+{
+    uv_thread_join(&w->thread);
+    uv_run(&w->loop, UV_RUN_NOWAIT);
+    if (uv_loop_close(&w->loop) != 0)
+        sl_log_warn("worker %u: loop closed with handles still open", w->id);
+    sl_buf_pool_dispose(&w->bufs);
+    free(w->listeners);
+    w->listeners = NULL;
+}

@@ -1,0 +1,352 @@
+/*
+ * Process wiring. The main thread owns the config file, snapshots, signals and the admin
+ * listener; it talks to workers only by publishing a snapshot pointer or a command and waking
+ * them (uv_async), so workers never wait on the main thread.
+ */
+#include "server/gateway.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "admin/admin.h"
+#include "common/bug.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "config/config.h"
+#include "http1/parser.h"
+#include "http1/server.h"
+#include "net/worker.h"
+#include "pipeline/pipeline.h"
+#include "pipeline/snapshot.h"
+#include "router/router.h"
+#include "upstream/proxy.h"
+
+enum worker_cmd {
+    CMD_NONE = 0,
+    CMD_DRAIN = 1 << 0,
+    CMD_CLOSE_ALL = 1 << 1,
+};
+
+typedef struct worker_slot {
+    sl_worker_t w;
+    _Atomic(sl_snapshot_t *) pending; /* a new snapshot for this worker, owned reference */
+    atomic_int cmds;
+    struct gateway *gw;
+    bool draining;
+} worker_slot_t;
+
+typedef struct gateway {
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_async_t worker_exited;
+    uv_timer_t drain_timer;
+    const char *config_path;
+    sl_snapshot_t *current;
+    uint64_t generation;
+    worker_slot_t *slots;
+    size_t nworkers;
+    atomic_size_t exited;
+    sl_admin_t *admin;
+    bool draining;
+} gateway_t;
+
+/* ---- building snapshots ------------------------------------------------------------------ */
+
+static int build_snapshot(const char *path, uv_loop_t *loop, uint64_t generation, sl_snapshot_t **out)
+{
+    sl_config_errors_t errs = {0};
+    sl_config_t *cfg = NULL;
+    int err = sl_config_load_file(path, &cfg, &errs);
+    sl_router_t *router = NULL;
+    if (err == 0)
+        err = sl_router_create(cfg, &router, &errs);
+    if (err != 0) {
+        sl_config_errors_print(&errs, stderr);
+        if (errs.count == 0)
+            fprintf(stderr, "%s: %s\n", path, sl_strerror(err));
+        sl_config_errors_dispose(&errs);
+        sl_config_unref(cfg);
+        return err;
+    }
+    sl_config_errors_dispose(&errs);
+    cfg->generation = generation;
+    sl_snapshot_t *snap = sl_snapshot_create(cfg, router);
+    sl_proxy_attach(snap, loop);
+    *out = snap;
+    return 0;
+}
+
+int sl_gateway_check(const char *config_path)
+{
+    sl_h1_register_errors();
+    sl_snapshot_t *snap = NULL;
+    if (build_snapshot(config_path, NULL, 1, &snap) != 0)
+        return 1;
+    const sl_config_t *c = snap->cfg;
+    printf("%s: ok: %zu listener%s, %zu upstream%s, %zu route%s, %u worker%s\n", config_path, c->nlistens,
+           c->nlistens == 1 ? "" : "s", c->nupstreams, c->nupstreams == 1 ? "" : "s", c->nroutes,
+           c->nroutes == 1 ? "" : "s", c->workers, c->workers == 1 ? "" : "s");
+    sl_snapshot_unref(snap);
+    return 0;
+}
+
+/* ---- worker side --------------------------------------------------------------------------- */
+
+static void worker_on_empty(sl_worker_t *w)
+{
+    worker_slot_t *slot = SL_CONTAINER_OF(w, worker_slot_t, w);
+    sl_upstream_worker_close_idle(w);
+    sl_worker_close(w);
+    (void)slot;
+}
+
+static void worker_on_wakeup(sl_worker_t *w)
+{
+    worker_slot_t *slot = SL_CONTAINER_OF(w, worker_slot_t, w);
+    sl_snapshot_t *snap = atomic_exchange(&slot->pending, NULL);
+    if (snap != NULL) {
+        sl_snapshot_t *old = w->snap;
+        w->snap = snap;
+        sl_snapshot_unref(old);
+    }
+    int cmds = atomic_exchange(&slot->cmds, 0);
+    if ((cmds & CMD_DRAIN) && !slot->draining) {
+        slot->draining = true;
+        sl_worker_stop_listening(w);
+        sl_upstream_worker_close_idle(w);
+        sl_h1_server_drain(w, worker_on_empty);
+    }
+    if (cmds & CMD_CLOSE_ALL)
+        sl_h1_server_close_all(w);
+}
+
+static void worker_thread_exit_notify(gateway_t *gw)
+{
+    atomic_fetch_add(&gw->exited, 1);
+    uv_async_send(&gw->worker_exited);
+}
+
+/* Runs in the worker thread after its loop ended. */
+static void worker_main_done(sl_worker_t *w)
+{
+    worker_slot_t *slot = SL_CONTAINER_OF(w, worker_slot_t, w);
+    worker_thread_exit_notify(slot->gw);
+}
+
+/* ---- main thread ----------------------------------------------------------------------- */
+
+static void publish(gateway_t *gw, sl_snapshot_t *snap)
+{
+    sl_snapshot_t *old = gw->current;
+    gw->current = snap;
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        sl_snapshot_t *prev = atomic_exchange(&gw->slots[i].pending, sl_snapshot_ref(snap));
+        sl_snapshot_unref(prev);
+        sl_worker_wakeup(&gw->slots[i].w);
+    }
+    sl_snapshot_unref(old);
+}
+
+static void reload(gateway_t *gw)
+{
+    sl_snapshot_t *snap = NULL;
+    if (build_snapshot(gw->config_path, &gw->loop, gw->generation + 1, &snap) != 0) {
+        sl_log_error("reload of %s failed; the running config (generation %llu) stays", gw->config_path,
+                     (unsigned long long)gw->generation);
+        return;
+    }
+    const sl_config_t *old = gw->current->cfg, *cfg = snap->cfg;
+    bool same_listen = old->nlistens == cfg->nlistens;
+    for (size_t i = 0; same_listen && i < cfg->nlistens; i++)
+        same_listen = sl_str_eq(old->listens[i].address, cfg->listens[i].address);
+    if (!same_listen)
+        sl_log_warn("reload: listener changes need a restart; the old listeners stay");
+    gw->generation++;
+    sl_log_set_level((enum sl_log_level)cfg->logging.level);
+    if (!sl_str_eq(old->logging.access_path, cfg->logging.access_path))
+        sl_accesslog_open(cfg->logging.access_path);
+    publish(gw, snap);
+    sl_log_info("config reloaded: generation %llu", (unsigned long long)gw->generation);
+}
+
+static void on_drain_deadline(uv_timer_t *t)
+{
+    gateway_t *gw = t->data;
+    sl_log_warn("drain: deadline reached; closing the remaining connections");
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        atomic_fetch_or(&gw->slots[i].cmds, CMD_CLOSE_ALL);
+        sl_worker_wakeup(&gw->slots[i].w);
+    }
+}
+
+static void start_drain(gateway_t *gw)
+{
+    if (gw->draining)
+        return;
+    gw->draining = true;
+    sl_log_info("draining: no new connections; waiting up to %llums for in-flight requests",
+                (unsigned long long)gw->current->cfg->timeouts.drain_ms);
+    if (gw->admin)
+        sl_admin_set_ready(gw->admin, false);
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        atomic_fetch_or(&gw->slots[i].cmds, CMD_DRAIN);
+        sl_worker_wakeup(&gw->slots[i].w);
+    }
+    uv_timer_start(&gw->drain_timer, on_drain_deadline, gw->current->cfg->timeouts.drain_ms, 0);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    gateway_t *gw = s->data;
+    if (signum == SIGHUP)
+        reload(gw);
+    else
+        start_drain(gw);
+}
+
+static void on_worker_exited(uv_async_t *a)
+{
+    gateway_t *gw = a->data;
+    if (atomic_load(&gw->exited) < gw->nworkers)
+        return;
+    uv_close((uv_handle_t *)&gw->sigterm, NULL);
+    uv_close((uv_handle_t *)&gw->sigint, NULL);
+    uv_close((uv_handle_t *)&gw->sighup, NULL);
+    uv_close((uv_handle_t *)&gw->worker_exited, NULL);
+    uv_timer_stop(&gw->drain_timer);
+    uv_close((uv_handle_t *)&gw->drain_timer, NULL);
+    if (gw->admin)
+        sl_admin_stop(gw->admin);
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            sl_log_warn("cannot raise the open-files limit: %s", strerror(errno));
+    }
+}
+
+int sl_gateway_run(const char *config_path)
+{
+    sl_h1_register_errors();
+    gateway_t *gw = sl_xcalloc(1, sizeof(*gw));
+    gw->config_path = config_path;
+    gw->generation = 1;
+    uv_loop_init(&gw->loop);
+    int rc = 1;
+    if (build_snapshot(config_path, &gw->loop, gw->generation, &gw->current) != 0)
+        goto out_loop;
+    const sl_config_t *cfg = gw->current->cfg;
+    sl_log_set_level((enum sl_log_level)cfg->logging.level);
+    raise_nofile();
+    int err = sl_accesslog_open(cfg->logging.access_path);
+    if (err) {
+        fprintf(stderr, "sluice: cannot open access log %.*s: %s\n", SL_STR_FMT(cfg->logging.access_path),
+                sl_strerror(err));
+        goto out_snap;
+    }
+
+    /* Bind everything before starting anything, so a taken port fails the start cleanly. */
+    gw->nworkers = cfg->workers ? cfg->workers : 1;
+    gw->slots = sl_xcalloc(gw->nworkers, sizeof(*gw->slots));
+    int *fds = sl_xcalloc(gw->nworkers * cfg->nlistens + 1, sizeof(int));
+    size_t nfds = 0;
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        for (size_t l = 0; l < cfg->nlistens; l++) {
+            err = sl_listen_socket((const struct sockaddr *)&cfg->listens[l].addr, cfg->listens[l].addrlen, 4096,
+                                   &fds[nfds]);
+            if (err) {
+                fprintf(stderr, "sluice: cannot listen on %.*s: %s\n", SL_STR_FMT(cfg->listens[l].address),
+                        sl_strerror(err));
+                for (size_t k = 0; k < nfds; k++)
+                    close(fds[k]);
+                free(fds);
+                goto out_slots;
+            }
+            nfds++;
+        }
+    }
+    if (cfg->admin.enabled) {
+        err = sl_admin_start(&gw->loop, (const struct sockaddr *)&cfg->admin.addr, &gw->admin);
+        if (err) {
+            fprintf(stderr, "sluice: cannot listen on admin address %.*s: %s\n", SL_STR_FMT(cfg->admin.address),
+                    sl_strerror(err));
+            for (size_t k = 0; k < nfds; k++)
+                close(fds[k]);
+            free(fds);
+            goto out_slots;
+        }
+    }
+
+    uv_signal_init(&gw->loop, &gw->sigterm);
+    uv_signal_init(&gw->loop, &gw->sigint);
+    uv_signal_init(&gw->loop, &gw->sighup);
+    gw->sigterm.data = gw->sigint.data = gw->sighup.data = gw;
+    uv_signal_start(&gw->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&gw->sigint, on_signal, SIGINT);
+    uv_signal_start(&gw->sighup, on_signal, SIGHUP);
+    signal(SIGPIPE, SIG_IGN);
+    uv_async_init(&gw->loop, &gw->worker_exited, on_worker_exited);
+    gw->worker_exited.data = gw;
+    uv_timer_init(&gw->loop, &gw->drain_timer);
+    gw->drain_timer.data = gw;
+
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        worker_slot_t *slot = &gw->slots[i];
+        slot->gw = gw;
+        sl_worker_t *w = &slot->w;
+        err = sl_worker_init(w, (unsigned)i, fds + i * cfg->nlistens, cfg->nlistens);
+        SL_BUG_ON(err != 0); /* adopting an fd we just created cannot fail but for OOM */
+        w->snap = sl_snapshot_ref(gw->current);
+        w->on_connection = sl_h1_server_accept;
+        w->on_wakeup = worker_on_wakeup;
+        sl_h1_worker_init(w);
+        sl_upstream_worker_init(w);
+        w->on_exit = worker_main_done;
+        SL_BUG_ON(sl_worker_start(w) != 0);
+    }
+    free(fds);
+    if (gw->admin)
+        sl_admin_set_ready(gw->admin, true);
+    sl_log_info("sluice %s: %zu worker%s, %zu listener%s, %zu route%s (config %s, generation %llu)", SLUICE_VERSION,
+                gw->nworkers, gw->nworkers == 1 ? "" : "s", cfg->nlistens, cfg->nlistens == 1 ? "" : "s",
+                cfg->nroutes, cfg->nroutes == 1 ? "" : "s", config_path, (unsigned long long)gw->generation);
+
+    uv_run(&gw->loop, UV_RUN_DEFAULT);
+
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        sl_worker_t *w = &gw->slots[i].w;
+        uv_thread_join(&w->thread);
+        sl_snapshot_unref(atomic_exchange(&gw->slots[i].pending, NULL));
+        sl_snapshot_unref(w->snap);
+        w->snap = NULL;
+        sl_h1_worker_dispose(w);
+        sl_upstream_worker_dispose(w);
+        if (uv_loop_close(&w->loop) != 0)
+            sl_log_warn("worker %zu: loop closed with handles open", i);
+        sl_buf_pool_dispose(&w->bufs);
+        free(w->listeners);
+    }
+    sl_log_info("stopped");
+    rc = 0;
+out_slots:
+    free(gw->slots);
+out_snap:
+    sl_accesslog_close();
+    sl_snapshot_unref(gw->current);
+out_loop:
+    uv_run(&gw->loop, UV_RUN_NOWAIT);
+    uv_loop_close(&gw->loop);
+    free(gw);
+    return rc;
+}

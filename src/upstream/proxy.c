@@ -1,0 +1,907 @@
+/*
+ * The proxy handler: exchange in, upstream HTTP/1.1 out, response back. One state machine per
+ * exchange (arena-allocated): pick a target, get a connection, send the head, stream the body
+ * up, parse the response head, stream the body down. Backpressure: upstream reads pause while
+ * a slice is being written to the client; client body reads pause while a slice is being
+ * written upstream. Every failure before the response head reaches the client becomes a
+ * gateway error with its cause; after that, the client connection is closed.
+ */
+#include "upstream/proxy.h"
+
+#include <arpa/inet.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/bug.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/time.h"
+#include "http/reply.h"
+#include "http1/parser.h"
+#include "upstream/connpool.h"
+
+void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+void sl__connpool_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread);
+
+#define MAX_RESP_HEADERS 128
+
+/* ---- runtime state of a snapshot's upstreams -------------------------------------------- */
+
+typedef struct target_rt {
+    const sl_target_conf_t *conf;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    atomic_int resolved; /* 1 resolved, 0 pending, -1 failed */
+    uv_getaddrinfo_t gai;
+    struct upstreams_rt *owner;
+} target_rt_t;
+
+typedef struct upstream_rt {
+    const sl_upstream_conf_t *conf;
+    target_rt_t *targets;
+    size_t ntargets;
+    uint16_t *wrr; /* smooth weighted round-robin order, one entry per unit of weight */
+    size_t nwrr;
+    atomic_size_t rr;
+} upstream_rt_t;
+
+typedef struct upstreams_rt {
+    atomic_uint refs; /* the snapshot + pending resolutions */
+    upstream_rt_t *ups;
+    size_t nups;
+} upstreams_rt_t;
+
+static void upstreams_unref(void *p)
+{
+    upstreams_rt_t *u = p;
+    if (atomic_fetch_sub(&u->refs, 1) != 1)
+        return;
+    for (size_t i = 0; i < u->nups; i++) {
+        free(u->ups[i].targets);
+        free(u->ups[i].wrr);
+    }
+    free(u->ups);
+    free(u);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    target_rt_t *t = req->data;
+    if (status == 0 && res != NULL) {
+        memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
+        t->addrlen = (socklen_t)res->ai_addrlen;
+        if (t->addr.ss_family == AF_INET)
+            ((struct sockaddr_in *)&t->addr)->sin_port = htons(t->conf->port);
+        else
+            ((struct sockaddr_in6 *)&t->addr)->sin6_port = htons(t->conf->port);
+        atomic_store_explicit(&t->resolved, 1, memory_order_release);
+    } else {
+        sl_log_warn("upstream target %.*s: cannot resolve: %s", SL_STR_FMT(t->conf->address), uv_strerror(status));
+        atomic_store_explicit(&t->resolved, -1, memory_order_release);
+    }
+    uv_freeaddrinfo(res);
+    upstreams_unref(t->owner);
+}
+
+static void build_wrr(upstream_rt_t *u)
+{
+    /* nginx's smooth weighted round robin, unrolled once into a table: the order spreads each
+     * target's turns evenly instead of in bursts, and picking is one atomic increment. */
+    size_t total = 0;
+    for (size_t i = 0; i < u->ntargets; i++)
+        total += u->targets[i].conf->weight ? u->targets[i].conf->weight : 1;
+    if (total > 65536)
+        total = 65536;
+    u->wrr = sl_xmalloc(total * sizeof(*u->wrr));
+    u->nwrr = total;
+    long *cur = sl_xcalloc(u->ntargets, sizeof(long));
+    for (size_t k = 0; k < total; k++) {
+        size_t best = 0;
+        for (size_t i = 0; i < u->ntargets; i++) {
+            cur[i] += u->targets[i].conf->weight ? u->targets[i].conf->weight : 1;
+            if (cur[i] > cur[best])
+                best = i;
+        }
+        cur[best] -= (long)total;
+        u->wrr[k] = (uint16_t)best;
+    }
+    free(cur);
+}
+
+static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route);
+
+void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop)
+{
+    const sl_config_t *cfg = snap->cfg;
+    upstreams_rt_t *u = sl_xcalloc(1, sizeof(*u));
+    atomic_init(&u->refs, 1);
+    u->nups = cfg->nupstreams;
+    u->ups = sl_xcalloc(u->nups ? u->nups : 1, sizeof(*u->ups));
+    for (size_t i = 0; i < u->nups; i++) {
+        upstream_rt_t *up = &u->ups[i];
+        up->conf = &cfg->upstreams[i];
+        up->ntargets = up->conf->ntargets;
+        up->targets = sl_xcalloc(up->ntargets ? up->ntargets : 1, sizeof(*up->targets));
+        for (size_t j = 0; j < up->ntargets; j++) {
+            target_rt_t *t = &up->targets[j];
+            t->conf = &up->conf->targets[j];
+            t->owner = u;
+            if (t->conf->host_is_ip) {
+                memcpy(&t->addr, &t->conf->addr, t->conf->addrlen);
+                t->addrlen = t->conf->addrlen;
+                atomic_init(&t->resolved, 1);
+                continue;
+            }
+            atomic_init(&t->resolved, 0);
+            t->gai.data = t;
+            struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+            atomic_fetch_add(&u->refs, 1);
+            if (main_loop == NULL ||
+                uv_getaddrinfo(main_loop, &t->gai, on_resolved, t->conf->host.ptr, NULL, &hints) != 0) {
+                atomic_store(&t->resolved, -1);
+                atomic_fetch_sub(&u->refs, 1);
+            }
+        }
+        if (up->ntargets)
+            build_wrr(up);
+    }
+    snap->upstreams = u;
+    snap->upstreams_release = upstreams_unref;
+    snap->proxy = proxy_start;
+}
+
+void sl_upstream_worker_init(sl_worker_t *w)
+{
+    w->up = sl__connpool_worker_create();
+}
+
+void sl_upstream_worker_close_idle(sl_worker_t *w)
+{
+    sl_connpool_close_idle(w);
+}
+
+void sl_upstream_worker_dispose(sl_worker_t *w)
+{
+    sl__connpool_worker_destroy(w->up);
+    w->up = NULL;
+}
+
+/* ---- per-exchange proxy state -------------------------------------------------------------- */
+
+enum proxy_state {
+    PX_CONNECTING = 1,
+    PX_AWAIT_HEAD,
+    PX_BODY,
+    PX_DONE,
+};
+
+typedef struct proxy {
+    sl_exchange_t *x;
+    const sl_route_conf_t *route;
+    upstream_rt_t *up;
+    target_rt_t *target;
+    sl_upconn_t *conn;
+    sl_timeq_entry_t phase_timeout; /* connect, then read/send */
+    sl_timeq_entry_t route_timeout;
+    enum proxy_state state;
+    uint64_t connect_start_ns;
+    bool reused;
+    bool retried;
+    /* request */
+    char *head;
+    size_t head_len;
+    bool req_has_body;
+    bool req_chunked;
+    bool req_body_started;
+    bool req_body_done;
+    bool req_writing;
+    bool req_head_written;
+    char chunk_hdr[24];
+    uv_buf_t wiov[4];
+    /* response */
+    enum sl_h1_body_kind resp_kind;
+    uint64_t resp_remaining;
+    sl_h1_chunked_t chunked;
+    bool client_writing;
+    bool upstream_eof;
+    bool got_response_bytes;
+} proxy_t;
+
+static void proxy_connect(proxy_t *px);
+static void response_process(proxy_t *px);
+
+static sl_timeqs_t *timeqs_of(proxy_t *px)
+{
+    return &px->x->worker->timeqs;
+}
+
+static void phase_timeout_set(proxy_t *px, uint64_t ms, sl_timeq_cb cb)
+{
+    sl_timeq_add(timeqs_of(px), sl_timeqs_get(timeqs_of(px), ms), &px->phase_timeout, cb);
+}
+
+static void conn_drop(proxy_t *px)
+{
+    if (px->conn != NULL) {
+        px->conn->pinned = false;
+        sl_upconn_close(px->conn);
+        px->conn = NULL;
+    }
+}
+
+static void proxy_cleanup(proxy_t *px)
+{
+    sl_timeq_cancel(&px->phase_timeout);
+    sl_timeq_cancel(&px->route_timeout);
+    px->state = PX_DONE;
+    px->x->on_abort = NULL;
+}
+
+/* Ends the exchange with a gateway error (before the head was sent) or by closing the client
+ * connection (after). */
+static void proxy_fail(proxy_t *px, enum sl_cause cause, const char *detail)
+{
+    sl_exchange_t *x = px->x;
+    conn_drop(px);
+    proxy_cleanup(px);
+    x->cause = cause;
+    x->cause_detail = detail;
+    if (!x->head_sent) {
+        sl_reply_error(x, cause, NULL);
+    } else if (!px->client_writing) {
+        x->down->abort(x);
+    }
+    /* With a client write in flight, its callback sees PX_DONE and aborts then. */
+}
+
+static void proxy_on_abort(sl_exchange_t *x)
+{
+    proxy_t *px = x->handler_data;
+    conn_drop(px);
+    proxy_cleanup(px);
+}
+
+static void on_route_timeout(sl_timeq_entry_t *e)
+{
+    proxy_t *px = SL_CONTAINER_OF(e, proxy_t, route_timeout);
+    proxy_fail(px, SL_CAUSE_UPSTREAM_TIMEOUT, "route timeout");
+}
+
+static void on_connect_timeout(sl_timeq_entry_t *e)
+{
+    proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
+    proxy_fail(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, "connect timed out");
+}
+
+static void on_read_timeout(sl_timeq_entry_t *e)
+{
+    proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
+    proxy_fail(px, SL_CAUSE_UPSTREAM_TIMEOUT, "read timed out");
+}
+
+static void on_send_timeout(sl_timeq_entry_t *e)
+{
+    proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
+    proxy_fail(px, SL_CAUSE_UPSTREAM_TIMEOUT, "send timed out");
+}
+
+/* ---- the request head ------------------------------------------------------------------- */
+
+static bool is_hop_by_hop(sl_str_t name, const sl_headers_t *all)
+{
+    static const sl_str_t hop[] = {
+        SL_STR_LIT("Connection"), SL_STR_LIT("Keep-Alive"),        SL_STR_LIT("Proxy-Connection"),
+        SL_STR_LIT("TE"),         SL_STR_LIT("Trailer"),           SL_STR_LIT("Transfer-Encoding"),
+        SL_STR_LIT("Upgrade"),    SL_STR_LIT("Content-Length"),
+    };
+    for (size_t i = 0; i < SL_ARRAY_SIZE(hop); i++)
+        if (sl_str_caseeq(name, hop[i]))
+            return true;
+    /* RFC 9110 §7.6.1: fields named in Connection are hop-by-hop too. */
+    for (size_t i = 0; i < all->len; i++) {
+        if (!sl_str_caseeq(all->items[i].name, SL_STR_LIT("Connection")))
+            continue;
+        sl_str_t v = all->items[i].value;
+        size_t p = 0;
+        while (p < v.len) {
+            while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == '\t' || v.ptr[p] == ','))
+                p++;
+            size_t s = p;
+            while (p < v.len && v.ptr[p] != ',' && v.ptr[p] != ' ' && v.ptr[p] != '\t')
+                p++;
+            if (p > s && sl_str_caseeq(name, (sl_str_t){v.ptr + s, p - s}))
+                return true;
+        }
+    }
+    return false;
+}
+
+static bool is_replaced_request_header(sl_str_t name)
+{
+    /* Set by the gateway itself: a client's copy must not reach the upstream as if ours. */
+    return sl_str_caseeq(name, SL_STR_LIT("X-Forwarded-Proto")) ||
+           sl_str_caseeq(name, SL_STR_LIT("X-Forwarded-Host")) || sl_str_caseeq(name, SL_STR_LIT("X-Request-Id")) ||
+           sl_str_caseeq(name, SL_STR_LIT("Expect")) || sl_str_caseeq(name, SL_STR_LIT("X-Forwarded-For")) ||
+           sl_str_caseeq(name, SL_STR_LIT("Forwarded"));
+}
+
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static int build_request_head(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    sl_str_t path = x->path;
+    if (sl_router_rewrite_path(x->snap->router, (size_t)x->route_index, x->path, &x->arena, &path) != 0)
+        return SL_ETOOBIG;
+    const sl_headers_t *h = &x->req_headers;
+    const sl_header_t *xff = NULL, *fwd = NULL;
+    size_t size = 256 + x->method_token.len + path.len + x->query.len + 2 * x->authority.len + x->request_id.len +
+                  4 * sizeof(x->client_ip);
+    for (size_t i = 0; i < h->len; i++) {
+        size += h->items[i].name.len + h->items[i].value.len + 4;
+        if (xff == NULL && sl_str_caseeq(h->items[i].name, SL_STR_LIT("X-Forwarded-For")))
+            xff = &h->items[i];
+        if (fwd == NULL && sl_str_caseeq(h->items[i].name, SL_STR_LIT("Forwarded")))
+            fwd = &h->items[i];
+    }
+    char *head = sl_arena_alloc(&x->arena, size);
+    char *p = head;
+    p = put(p, x->method_token.ptr, x->method_token.len);
+    *p++ = ' ';
+    p = put(p, path.ptr, path.len);
+    if (x->query.len) {
+        *p++ = '?';
+        p = put(p, x->query.ptr, x->query.len);
+    }
+    p = put(p, " HTTP/1.1\r\n", 11);
+    bool have_host = false;
+    for (size_t i = 0; i < h->len; i++) {
+        const sl_header_t *f = &h->items[i];
+        if (is_hop_by_hop(f->name, h) || is_replaced_request_header(f->name))
+            continue;
+        if (sl_str_caseeq(f->name, SL_STR_LIT("Host"))) {
+            /* absolute-form wins over Host (RFC 9112 §3.2.2): send the authority we routed on */
+            have_host = true;
+            p = put(p, "Host: ", 6);
+            p = put(p, x->authority.ptr, x->authority.len);
+            p = put(p, "\r\n", 2);
+            continue;
+        }
+        p = put(p, f->name.ptr, f->name.len);
+        p = put(p, ": ", 2);
+        p = put(p, f->value.ptr, f->value.len);
+        p = put(p, "\r\n", 2);
+    }
+    if (!have_host && x->authority.len) {
+        p = put(p, "Host: ", 6);
+        p = put(p, x->authority.ptr, x->authority.len);
+        p = put(p, "\r\n", 2);
+    }
+    /* X-Forwarded-For: every earlier hop's list (all fields, in order) plus this client. */
+    p = put(p, "X-Forwarded-For: ", 17);
+    for (size_t i = 0; xff != NULL && i < h->len; i++)
+        if (sl_str_caseeq(h->items[i].name, SL_STR_LIT("X-Forwarded-For")) && h->items[i].value.len) {
+            p = put(p, h->items[i].value.ptr, h->items[i].value.len);
+            p = put(p, ", ", 2);
+        }
+    p = put(p, x->client_ip, strlen(x->client_ip));
+    p = put(p, "\r\nX-Forwarded-Proto: http\r\n", 27);
+    if (x->authority.len) {
+        p = put(p, "X-Forwarded-Host: ", 18);
+        p = put(p, x->authority.ptr, x->authority.len);
+        p = put(p, "\r\n", 2);
+    }
+    /* Forwarded (RFC 7239): earlier elements kept, ours appended; IPv6 quoted in brackets. */
+    p = put(p, "Forwarded: ", 11);
+    for (size_t i = 0; fwd != NULL && i < h->len; i++)
+        if (sl_str_caseeq(h->items[i].name, SL_STR_LIT("Forwarded")) && h->items[i].value.len) {
+            p = put(p, h->items[i].value.ptr, h->items[i].value.len);
+            p = put(p, ", ", 2);
+        }
+    bool v6 = strchr(x->client_ip, ':') != NULL;
+    p += sprintf(p, v6 ? "for=\"[%s]\";proto=http" : "for=%s;proto=http", x->client_ip);
+    if (x->authority.len) {
+        p = put(p, ";host=\"", 7);
+        p = put(p, x->authority.ptr, x->authority.len);
+        *p++ = '"';
+    }
+    p = put(p, "\r\nX-Request-Id: ", 16);
+    p = put(p, x->request_id.ptr, x->request_id.len);
+    p = put(p, "\r\n", 2);
+    if (x->req_body_kind == SL_BODY_LENGTH)
+        p += sprintf(p, "Content-Length: %llu\r\n", (unsigned long long)x->req_content_length);
+    else if (x->req_body_kind == SL_BODY_STREAM)
+        p = put(p, "Transfer-Encoding: chunked\r\n", 28);
+    p = put(p, "\r\n", 2);
+    SL_BUG_ON((size_t)(p - head) > size);
+    px->head = head;
+    px->head_len = (size_t)(p - head);
+    px->req_has_body = x->req_body_kind != SL_BODY_NONE;
+    px->req_chunked = x->req_body_kind == SL_BODY_STREAM;
+    return 0;
+}
+
+/* ---- writing upstream ------------------------------------------------------------------------ */
+
+static void request_body_cb(sl_exchange_t *x, int status, const char *data, size_t len);
+
+static void on_upstream_written(uv_write_t *req, int status)
+{
+    sl_upconn_t *c = req->data;
+    proxy_t *px = c->user;
+    if (px == NULL)
+        return; /* the exchange was torn down while this write was queued */
+    px->req_writing = false;
+    if (px->state == PX_AWAIT_HEAD || px->state == PX_BODY) {
+        if (px->state == PX_AWAIT_HEAD)
+            phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+    }
+    if (status < 0) {
+        /* The upstream stopped reading our request; its response (if any) will tell. */
+        if (!px->got_response_bytes)
+            proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed");
+        return;
+    }
+    if (px->req_has_body && !px->req_body_done) {
+        if (!px->req_body_started) {
+            px->req_body_started = true;
+            px->x->down->body_start(px->x, request_body_cb);
+        } else {
+            px->x->down->body_resume(px->x);
+        }
+    }
+}
+
+/* 1: written now; 0: pending; <0: error. */
+static int upstream_write(proxy_t *px, uv_buf_t *iov, unsigned n)
+{
+    sl_upconn_t *c = px->conn;
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += iov[i].len;
+    int w = uv_try_write((uv_stream_t *)&c->tcp, iov, n);
+    if (w == UV_EAGAIN)
+        w = 0;
+    if (w < 0)
+        return w;
+    if ((size_t)w == total)
+        return 1;
+    size_t skip = (size_t)w;
+    unsigned i = 0;
+    while (skip >= iov[i].len) {
+        skip -= iov[i].len;
+        i++;
+    }
+    iov[i].base += skip;
+    iov[i].len -= skip;
+    int err = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, iov + i, n - i, on_upstream_written);
+    if (err)
+        return err;
+    px->req_writing = true;
+    if (px->state == PX_AWAIT_HEAD)
+        phase_timeout_set(px, px->up->conf->send_timeout_ms, on_send_timeout);
+    return 0;
+}
+
+static void request_body_cb(sl_exchange_t *x, int status, const char *data, size_t len)
+{
+    proxy_t *px = x->handler_data;
+    if (px->state == PX_DONE)
+        return;
+    if (status < 0) {
+        /* The client's body failed (timeout, too large, bad chunk, gone): the upstream got a
+         * truncated request, so that connection cannot be reused. */
+        px->req_body_done = true;
+        conn_drop(px);
+        proxy_cleanup(px);
+        if (x->cause != SL_CAUSE_NONE && !x->head_sent)
+            sl_reply_error(x, x->cause, NULL);
+        else
+            x->down->abort(x);
+        return;
+    }
+    unsigned n = 0;
+    if (len == 0) {
+        px->req_body_done = true;
+        if (!px->req_chunked)
+            return;
+        px->wiov[n++] = uv_buf_init("0\r\n\r\n", 5);
+    } else {
+        if (px->req_chunked) {
+            int hl = snprintf(px->chunk_hdr, sizeof(px->chunk_hdr), "%zx\r\n", len);
+            px->wiov[n++] = uv_buf_init(px->chunk_hdr, (unsigned)hl);
+        }
+        px->wiov[n++] = uv_buf_init((char *)data, (unsigned)len);
+        if (px->req_chunked)
+            px->wiov[n++] = uv_buf_init("\r\n", 2);
+    }
+    int r = upstream_write(px, px->wiov, n);
+    if (r < 0) {
+        if (!px->got_response_bytes)
+            proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed");
+        return;
+    }
+    if (r == 1 && len > 0)
+        x->down->body_resume(x);
+}
+
+static void send_request(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    px->state = PX_AWAIT_HEAD;
+    px->conn->user = px;
+    phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+    px->wiov[0] = uv_buf_init(px->head, (unsigned)px->head_len);
+    int r = upstream_write(px, px->wiov, 1);
+    if (r < 0) {
+        if (px->reused && !px->retried) {
+            /* A pooled connection the server had just closed: try once on a fresh one. */
+            px->retried = true;
+            conn_drop(px);
+            proxy_connect(px);
+            return;
+        }
+        proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed");
+        return;
+    }
+    px->req_head_written = true;
+    if (r == 1 && px->req_has_body) {
+        px->req_body_started = true;
+        x->down->body_start(x, request_body_cb);
+    }
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    sl_upconn_t *c = req->data;
+    proxy_t *px = c->user;
+    if (px == NULL)
+        return;
+    if (status < 0) {
+        proxy_fail(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, uv_strerror(status));
+        return;
+    }
+    c->connected = true;
+    px->x->upstream_connect_ns = (int64_t)(sl_time_mono_ns() - px->connect_start_ns);
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_read_start((uv_stream_t *)&c->tcp, sl__connpool_on_alloc, sl__connpool_on_read);
+    send_request(px);
+}
+
+static void proxy_connect(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    target_rt_t *t = px->target;
+    int resolved = atomic_load_explicit(&t->resolved, memory_order_acquire);
+    if (resolved != 1) {
+        proxy_fail(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, resolved == 0 ? "name not resolved yet" : "name not resolved");
+        return;
+    }
+    sl_connpool_t *pool = sl_connpool_get(x->worker, (struct sockaddr *)&t->addr, t->addrlen);
+    sl_upconn_t *c = px->retried ? NULL : sl_connpool_acquire(pool);
+    if (c != NULL) {
+        px->conn = c;
+        px->reused = true;
+        send_request(px);
+        return;
+    }
+    px->reused = false;
+    c = sl_connpool_create_conn(pool);
+    px->conn = c;
+    c->user = px;
+    px->state = PX_CONNECTING;
+    px->connect_start_ns = sl_time_mono_ns();
+    phase_timeout_set(px, px->up->conf->connect_timeout_ms, on_connect_timeout);
+    int err = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&t->addr, on_connected);
+    if (err) {
+        proxy_fail(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, uv_strerror(err));
+        return;
+    }
+}
+
+/* ---- the response ------------------------------------------------------------------------ */
+
+static bool is_hop_by_hop_response(sl_str_t name, const sl_header_t *all, size_t n)
+{
+    sl_headers_t h = {(sl_header_t *)all, n, n};
+    return is_hop_by_hop(name, &h);
+}
+
+static void response_done(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    sl_upconn_t *c = px->conn;
+    px->conn = NULL;
+    bool reusable = px->resp_kind != SL_H1_BODY_CLOSE && !px->upstream_eof && (px->req_body_done || !px->req_has_body) &&
+                    !px->req_writing;
+    if (c != NULL) {
+        c->pinned = false;
+        if (reusable) {
+            sl_connpool_release(c, px->up->conf->keepalive_max_idle, px->up->conf->keepalive_idle_timeout_ms);
+        } else {
+            sl_upconn_close(c);
+        }
+    }
+    proxy_cleanup(px);
+    x->down->finish(x);
+}
+
+static void on_client_written(sl_exchange_t *x, int status)
+{
+    proxy_t *px = x->handler_data;
+    px->client_writing = false;
+    if (px->conn)
+        px->conn->pinned = false;
+    if (px->state == PX_DONE) {
+        x->down->abort(x);
+        return;
+    }
+    if (status < 0) {
+        conn_drop(px);
+        proxy_cleanup(px);
+        x->down->abort(x);
+        return;
+    }
+    sl_buf_t *b = px->conn->rbuf;
+    (void)b;
+    phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+    uv_read_start((uv_stream_t *)&px->conn->tcp, sl__connpool_on_alloc, sl__connpool_on_read);
+    response_process(px);
+}
+
+/* Sends one body slice to the client; returns true if the caller may go on at once. */
+static bool forward_slice(proxy_t *px, const char *data, size_t len)
+{
+    sl_exchange_t *x = px->x;
+    sl_str_t part = {data, len};
+    px->client_writing = true;
+    px->conn->pinned = true;
+    int r = x->down->send_body(x, &part, 1, on_client_written);
+    if (r == 1) {
+        px->client_writing = false;
+        px->conn->pinned = false;
+        return true;
+    }
+    if (r < 0) {
+        px->client_writing = false;
+        conn_drop(px);
+        proxy_cleanup(px);
+        x->down->abort(x);
+        return false;
+    }
+    /* Pending: the client is slower than the upstream. Stop the read timeout (the wait is on
+     * the client's side) until the slice is written. */
+    sl_timeq_cancel(&px->phase_timeout);
+    return false;
+}
+
+static void response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head_len)
+{
+    sl_exchange_t *x = px->x;
+    sl_buf_t *b = px->conn->rbuf;
+    x->status = resp->status;
+    for (size_t i = 0; i < resp->nheaders; i++) {
+        const sl_header_t *h = &resp->headers[i];
+        if (is_hop_by_hop_response(h->name, resp->headers, resp->nheaders))
+            continue;
+        sl_headers_add(&x->arena, &x->resp_headers, h->name, h->value);
+    }
+    px->resp_kind = resp->body;
+    switch (resp->body) {
+    case SL_H1_BODY_LENGTH:
+        x->resp_body_kind = SL_BODY_LENGTH;
+        x->resp_content_length = resp->content_length;
+        px->resp_remaining = resp->content_length;
+        break;
+    case SL_H1_BODY_CHUNKED:
+        x->resp_body_kind = SL_BODY_STREAM;
+        sl_h1_chunked_init(&px->chunked);
+        break;
+    case SL_H1_BODY_CLOSE:
+        x->resp_body_kind = SL_BODY_STREAM;
+        break;
+    default:
+        x->resp_body_kind = SL_BODY_NONE;
+        if (x->method == SL_METHOD_HEAD) {
+            /* A HEAD response keeps the length the GET would have had (RFC 9110 §9.3.2). */
+            for (size_t i = 0; i < resp->nheaders; i++)
+                if (sl_str_caseeq(resp->headers[i].name, SL_STR_LIT("Content-Length"))) {
+                    unsigned long long v;
+                    if (sl_str_to_u64(resp->headers[i].value, &v)) {
+                        x->resp_body_kind = SL_BODY_LENGTH;
+                        x->resp_content_length = v;
+                    }
+                }
+        }
+        break;
+    }
+    /* send_head copies every header slice into the exchange arena before we consume. */
+    if (x->down->send_head(x) != 0) {
+        conn_drop(px);
+        proxy_cleanup(px);
+        x->down->abort(x);
+        return;
+    }
+    b->off += head_len;
+    px->state = PX_BODY;
+}
+
+static void response_process(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    while (px->state == PX_AWAIT_HEAD || px->state == PX_BODY) {
+        sl_upconn_t *c = px->conn;
+        sl_buf_t *b = c->rbuf;
+        size_t avail = b ? b->len - b->off : 0;
+        if (px->state == PX_AWAIT_HEAD) {
+            if (avail == 0) {
+                if (px->upstream_eof)
+                    proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed before responding");
+                return;
+            }
+            sl_h1_response_t resp;
+            sl_header_t hdrs[MAX_RESP_HEADERS];
+            resp.headers = hdrs;
+            sl_h1_limits_t limits = {.max_head_bytes = b->cap - 1024, .max_uri_bytes = 0, .max_headers = MAX_RESP_HEADERS};
+            int r = sl_h1_parse_response(b->data + b->off, avail, &resp, &limits, x->method == SL_METHOD_HEAD);
+            if (r == SL_EINCOMPLETE) {
+                if (px->upstream_eof)
+                    proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed in the response head");
+                return;
+            }
+            if (r < 0) {
+                proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, sl_h1_error_reason(r));
+                return;
+            }
+            if (x->upstream_first_byte_ns < 0)
+                x->upstream_first_byte_ns = (int64_t)(sl_time_mono_ns() - x->start_ns);
+            if (resp.status < 200) {
+                if (resp.status == 101) {
+                    /* Upgrades are not proxied yet (WebSocket support is a later feature). */
+                    proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, "protocol upgrade not supported");
+                    return;
+                }
+                x->down->send_informational(x, resp.status, resp.headers, resp.nheaders);
+                b->off += (size_t)r;
+                continue;
+            }
+            response_head(px, &resp, (size_t)r);
+            if (px->state != PX_BODY)
+                return;
+            continue;
+        }
+        /* PX_BODY */
+        if (px->resp_kind == SL_H1_BODY_NONE) {
+            response_done(px);
+            return;
+        }
+        if (px->resp_kind == SL_H1_BODY_LENGTH) {
+            if (px->resp_remaining == 0) {
+                response_done(px);
+                return;
+            }
+            if (avail == 0) {
+                if (px->upstream_eof)
+                    proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed mid-body");
+                return;
+            }
+            size_t n = avail < px->resp_remaining ? avail : (size_t)px->resp_remaining;
+            const char *data = b->data + b->off;
+            b->off += n;
+            px->resp_remaining -= n;
+            if (!forward_slice(px, data, n))
+                return;
+            continue;
+        }
+        if (px->resp_kind == SL_H1_BODY_CLOSE) {
+            if (avail == 0) {
+                if (px->upstream_eof)
+                    response_done(px);
+                return;
+            }
+            const char *data = b->data + b->off;
+            b->off += avail;
+            if (!forward_slice(px, data, avail))
+                return;
+            continue;
+        }
+        /* chunked */
+        if (avail == 0) {
+            if (px->upstream_eof)
+                proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed mid-body");
+            return;
+        }
+        size_t consumed = 0;
+        sl_str_t out = SL_STR_NULL;
+        int r = sl_h1_chunked_decode(&px->chunked, b->data + b->off, avail, &consumed, &out);
+        if (r < 0) {
+            proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, sl_h1_error_reason(r));
+            return;
+        }
+        b->off += consumed;
+        if (r == SL_H1_CHUNK_NEED_MORE)
+            continue;
+        if (r == SL_H1_CHUNK_TRAILER)
+            continue;
+        if (r == SL_H1_CHUNK_DONE) {
+            response_done(px);
+            return;
+        }
+        if (!forward_slice(px, out.ptr, out.len))
+            return;
+    }
+}
+
+void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
+{
+    proxy_t *px = c->user;
+    if (nread > 0) {
+        c->rbuf->len += (size_t)nread;
+        px->got_response_bytes = true;
+        if (px->state == PX_AWAIT_HEAD || !px->client_writing)
+            phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+        if (!px->client_writing)
+            response_process(px);
+        return;
+    }
+    if (nread == UV_ENOBUFS) {
+        /* The buffer is full of bytes still being written to the client: wait for them. */
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        if (px->state == PX_AWAIT_HEAD)
+            proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, "response head too large");
+        return;
+    }
+    /* EOF or error from the upstream. */
+    px->upstream_eof = true;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (!px->got_response_bytes && px->reused && !px->retried && !px->req_body_started) {
+        /* Closed under us right as we reused it (the keep-alive race): retry once, fresh. */
+        px->retried = true;
+        conn_drop(px);
+        proxy_connect(px);
+        return;
+    }
+    if (!px->client_writing)
+        response_process(px);
+}
+
+/* ---- entry --------------------------------------------------------------------------------- */
+
+static target_rt_t *pick_target(upstream_rt_t *up)
+{
+    size_t n = atomic_fetch_add_explicit(&up->rr, 1, memory_order_relaxed);
+    return &up->targets[up->wrr[n % up->nwrr]];
+}
+
+static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
+{
+    upstreams_rt_t *u = x->snap->upstreams;
+    proxy_t *px = sl_arena_alloc(&x->arena, sizeof(*px));
+    memset(px, 0, sizeof(*px));
+    px->x = x;
+    px->route = route;
+    px->up = &u->ups[route->upstream_index];
+    x->handler_data = px;
+    x->on_abort = proxy_on_abort;
+    x->upstream_name = px->up->conf->name;
+    if (px->up->ntargets == 0) {
+        proxy_fail(px, SL_CAUSE_NO_HEALTHY_UPSTREAM, "no targets");
+        return;
+    }
+    px->target = pick_target(px->up);
+    x->target_addr = px->target->conf->address;
+    if (build_request_head(px) != 0) {
+        proxy_fail(px, SL_CAUSE_URI_TOO_LONG, "rewritten path too long");
+        return;
+    }
+    if (route->timeout_ms)
+        sl_timeq_add_at(timeqs_of(px), &px->route_timeout, route->timeout_ms, on_route_timeout);
+    proxy_connect(px);
+}

@@ -1,0 +1,30 @@
+/*
+ * The proxy: the terminal handler of routes with an upstream. It picks a target (balancer),
+ * takes a pooled keep-alive connection or opens one (connpool), forwards the request head with
+ * hop-by-hop headers removed and X-Forwarded-* / Forwarded / X-Request-Id set, streams the
+ * request body up and the response body down with backpressure both ways, and maps every
+ * failure to its cause (upstream_connect_failed, upstream_reset, upstream_bad_response,
+ * upstream_timeout). All of it runs on the exchange's worker thread.
+ */
+#ifndef SL_UPSTREAM_PROXY_H
+#define SL_UPSTREAM_PROXY_H
+
+#include "net/worker.h"
+#include "pipeline/snapshot.h"
+
+/**
+ * Builds the upstreams' runtime state for `snap` (targets, balancer tables) and installs the
+ * proxy handler in it. Hostname targets are resolved asynchronously on `main_loop` (the main
+ * thread's); until a name resolves, connects to it fail with upstream_connect_failed.
+ * Main thread only.
+ */
+void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop);
+
+/** Per-worker pools (w->up). Worker thread, before serving. */
+void sl_upstream_worker_init(sl_worker_t *w);
+/** Closes every pooled connection (drain); the worker's loop finishes the closes. */
+void sl_upstream_worker_close_idle(sl_worker_t *w);
+/** Frees w->up after the loop ended. */
+void sl_upstream_worker_dispose(sl_worker_t *w);
+
+#endif
