@@ -23,9 +23,9 @@ _Noreturn void sl_bug(const char *file, int line, const char *cond);
 #define SL_DEBUG_BUG_ON(cond) SL_BUG_ON(cond)
 #endif
 
-#define SL_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define SL_MIN(a, b)     ((a) < (b) ? (a) : (b))
-#define SL_MAX(a, b)     ((a) > (b) ? (a) : (b))
+#define SL_ARRAY_SIZE(a)                   (sizeof(a) / sizeof((a)[0]))
+#define SL_MIN(a, b)                       ((a) < (b) ? (a) : (b))
+#define SL_MAX(a, b)                       ((a) > (b) ? (a) : (b))
 #define SL_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 /** malloc/calloc/realloc/strndup that abort on failure; free with free(). */

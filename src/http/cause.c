@@ -14,8 +14,7 @@ static const sl_cause_info_t causes[SL_CAUSE__COUNT] = {
     [SL_CAUSE_ROUTE_NOT_FOUND] = {"route_not_found", 404, SL_FAILURE_ROUTING, "No route matches this request."},
     [SL_CAUSE_METHOD_NOT_ALLOWED] = {"method_not_allowed", 405, SL_FAILURE_ROUTING,
                                      "This method is not allowed on this path."},
-    [SL_CAUSE_CLIENT_TIMEOUT] = {"client_timeout", 408, SL_FAILURE_LATENCY,
-                                 "The request was not received in time."},
+    [SL_CAUSE_CLIENT_TIMEOUT] = {"client_timeout", 408, SL_FAILURE_LATENCY, "The request was not received in time."},
     [SL_CAUSE_REQUEST_TOO_LARGE] = {"request_too_large", 413, SL_FAILURE_RESOURCES,
                                     "The request body is larger than allowed."},
     [SL_CAUSE_URI_TOO_LONG] = {"uri_too_long", 414, SL_FAILURE_RESOURCES, "The request URI is too long."},
@@ -51,7 +50,7 @@ const sl_cause_info_t *sl_cause_info(enum sl_cause c)
 
 const char *sl_failure_name(enum sl_failure f)
 {
-    static const char *const names[SL_FAILURE__COUNT] = {"",        "connectivity", "routing",  "auth",
-                                                          "rate_limit", "latency",      "resources"};
+    static const char *const names[SL_FAILURE__COUNT] = {"",           "connectivity", "routing",  "auth",
+                                                         "rate_limit", "latency",      "resources"};
     return (unsigned)f < SL_FAILURE__COUNT ? names[f] : "";
 }

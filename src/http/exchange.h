@@ -31,8 +31,8 @@ typedef struct sl_headers {
 
 enum sl_body_kind {
     SL_BODY_NONE = 0,
-    SL_BODY_LENGTH,  /* content_length bytes */
-    SL_BODY_STREAM,  /* length unknown until the end (chunked on HTTP/1.1) */
+    SL_BODY_LENGTH, /* content_length bytes */
+    SL_BODY_STREAM, /* length unknown until the end (chunked on HTTP/1.1) */
 };
 
 /*
@@ -77,10 +77,10 @@ struct sl_exchange {
     uint64_t start_ns;
     enum sl_method method;
     sl_str_t method_token;
-    sl_str_t target; /* as sent */
-    sl_str_t path;   /* without the query */
-    sl_str_t query;  /* without '?' */
-    sl_str_t host;   /* without the port, as sent (any case) */
+    sl_str_t target;    /* as sent */
+    sl_str_t path;      /* without the query */
+    sl_str_t query;     /* without '?' */
+    sl_str_t host;      /* without the port, as sent (any case) */
     sl_str_t authority; /* the Host value with port */
     int minor_version;  /* HTTP/1.x; 2 for HTTP/2 */
     sl_headers_t req_headers;

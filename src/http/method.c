@@ -3,8 +3,8 @@
  */
 #include "http/method.h"
 
-static const char *const names[SL_METHOD__COUNT] = {"",      "GET",     "HEAD",    "POST",  "PUT",
-                                                      "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"};
+static const char *const names[SL_METHOD__COUNT] = {"",       "GET",   "HEAD",    "POST",    "PUT",
+                                                    "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"};
 
 enum sl_method sl_method_from_str(sl_str_t t)
 {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 
 #include "common/bug.h"
@@ -57,9 +58,14 @@ struct sl_h1_conn {
     sl_timeq_entry_t timeout;
     sl_h1_conn_t *prev, *next;
     sl_worker_t *worker;
-    sl_buf_t *rbuf;       /* NULL while idle with nothing buffered */
-    sl_h1_active_t *act;  /* NULL between requests */
+    sl_buf_t *rbuf;      /* NULL while idle with nothing buffered */
+    sl_h1_active_t *act; /* NULL between requests */
     uint32_t flags;
+    /* The peer, captured once at accept (not a getpeername per request), kept compact
+     * because it stays in every idle connection. */
+    uint16_t peer_port;
+    uint8_t peer_family; /* AF_INET, AF_INET6 or 0 when unknown */
+    uint8_t peer_addr[16];
 };
 
 struct sl_h1_active {
@@ -215,19 +221,9 @@ static sl_h1_active_t *active_take(sl_h1_conn_t *c)
     a->x.upstream_first_byte_ns = -1;
     a->wreq.data = c;
     c->act = a;
-    struct sockaddr_storage ss;
-    int sslen = sizeof(ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-            uv_ip4_name(in, a->x.client_ip, sizeof(a->x.client_ip));
-            a->x.client_port = ntohs(in->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-            uv_ip6_name(in6, a->x.client_ip, sizeof(a->x.client_ip));
-            a->x.client_port = ntohs(in6->sin6_port);
-        }
-    }
+    if (c->peer_family != 0)
+        inet_ntop(c->peer_family, c->peer_addr, a->x.client_ip, sizeof(a->x.client_ip));
+    a->x.client_port = c->peer_port;
     return a;
 }
 
@@ -405,6 +401,21 @@ void sl_h1_server_accept(sl_listener_t *l)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+            c->peer_family = AF_INET;
+            c->peer_port = ntohs(in->sin_port);
+            memcpy(c->peer_addr, &in->sin_addr, 4);
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+            c->peer_family = AF_INET6;
+            c->peer_port = ntohs(in6->sin6_port);
+            memcpy(c->peer_addr, &in6->sin6_addr, 16);
+        }
+    }
     sl_timeq_add(&w->timeqs, timeq_for(c, cfg->timeouts.client_header_ms), &c->timeout, on_header_timeout);
     start_reading(c);
 }
@@ -468,8 +479,7 @@ static void conn_process_one(sl_h1_conn_t *c)
     if (!(c->flags & CONN_SAW_BYTES)) {
         /* The header timeout counts from a request's first byte (or from accept). */
         c->flags |= CONN_SAW_BYTES;
-        sl_timeq_add(&c->worker->timeqs, timeq_for(c, cfg->timeouts.client_header_ms), &c->timeout,
-                     on_header_timeout);
+        sl_timeq_add(&c->worker->timeqs, timeq_for(c, cfg->timeouts.client_header_ms), &c->timeout, on_header_timeout);
     }
     sl_h1_limits_t limits = {
         .max_head_bytes = cfg->limits.max_header_bytes,
@@ -700,38 +710,70 @@ static void h1_body_resume(sl_exchange_t *x)
 static const char *reason_phrase(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 103: return "Early Hints";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 103:
+        return "Early Hints";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 499:
+        return "Client Closed Request";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
     }
 }
 
@@ -752,6 +794,19 @@ static char *put(char *p, const char *s, size_t n)
     return p + n;
 }
 
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
 static int h1_send_head(sl_exchange_t *x)
 {
     sl_h1_active_t *a = x->down_ctx;
@@ -769,7 +824,9 @@ static int h1_send_head(sl_exchange_t *x)
     if (!bodiless_status) {
         if (x->resp_body_kind == SL_BODY_LENGTH || x->resp_body_kind == SL_BODY_NONE) {
             uint64_t n = x->resp_body_kind == SL_BODY_LENGTH ? x->resp_content_length : 0;
-            snprintf(clen, sizeof(clen), "Content-Length: %llu\r\n", (unsigned long long)n);
+            char *e = put(clen, "Content-Length: ", 16);
+            e = put_u64(e, n);
+            e = put(e, "\r\n", 3);
             framing = clen;
         } else if (x->minor_version >= 1) {
             if (x->method != SL_METHOD_HEAD) {
@@ -792,8 +849,11 @@ static int h1_send_head(sl_exchange_t *x)
             have_date = true;
     }
     char *head = sl_arena_alloc(&x->arena, size);
-    char *p = head;
-    p += snprintf(p, 64 + strlen(reason), "HTTP/1.1 %d %s\r\n", st, reason);
+    char *p = put(head, "HTTP/1.1 ", 9);
+    p = put_u64(p, (uint64_t)st);
+    *p++ = ' ';
+    p = put(p, reason, strlen(reason));
+    p = put(p, "\r\n", 2);
     if (!have_date) {
         p = put(p, "Date: ", 6);
         p = put(p, date.ptr, date.len);

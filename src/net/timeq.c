@@ -86,8 +86,7 @@ sl_timeq_t *sl_timeqs_get(sl_timeqs_t *t, uint64_t duration_ms)
     for (unsigned i = 1; i < t->nqueues; i++) {
         if (t->queues[i].duration_ms == duration_ms)
             return &t->queues[i];
-        if (t->queues[i].duration_ms > duration_ms &&
-            (best == NULL || t->queues[i].duration_ms < best->duration_ms))
+        if (t->queues[i].duration_ms > duration_ms && (best == NULL || t->queues[i].duration_ms < best->duration_ms))
             best = &t->queues[i];
     }
     if (t->nqueues < SL_TIMEQ_MAX) {

@@ -38,10 +38,10 @@ struct sl_worker {
     sl_buf_pool_t bufs; /* read and body buffers, SL_WORKER_BUF_SIZE each */
     sl_timeqs_t timeqs;
     /* set by the owner before sl_worker_start */
-    void (*on_connection)(sl_listener_t *l);  /* a connection is ready to uv_accept on l->tcp */
-    void (*on_wakeup)(sl_worker_t *w);        /* after sl_worker_wakeup, in the worker thread */
-    void (*on_exit)(sl_worker_t *w);          /* in the worker thread, after its loop ended */
-    void *data;                               /* the owner's per-worker state */
+    void (*on_connection)(sl_listener_t *l); /* a connection is ready to uv_accept on l->tcp */
+    void (*on_wakeup)(sl_worker_t *w);       /* after sl_worker_wakeup, in the worker thread */
+    void (*on_exit)(sl_worker_t *w);         /* in the worker thread, after its loop ended */
+    void *data;                              /* the owner's per-worker state */
     /* Per-worker state of the layers above, opaque here (each module owns its own). */
     struct sl_snapshot *snap;      /* the current config snapshot (pipeline/snapshot.h) */
     struct sl_h1_worker *h1;       /* downstream HTTP/1 connections (http1/server.h) */

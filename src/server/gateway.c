@@ -319,8 +319,8 @@ int sl_gateway_run(const char *config_path)
     if (gw->admin)
         sl_admin_set_ready(gw->admin, true);
     sl_log_info("sluice %s: %zu worker%s, %zu listener%s, %zu route%s (config %s, generation %llu)", SLUICE_VERSION,
-                gw->nworkers, gw->nworkers == 1 ? "" : "s", cfg->nlistens, cfg->nlistens == 1 ? "" : "s",
-                cfg->nroutes, cfg->nroutes == 1 ? "" : "s", config_path, (unsigned long long)gw->generation);
+                gw->nworkers, gw->nworkers == 1 ? "" : "s", cfg->nlistens, cfg->nlistens == 1 ? "" : "s", cfg->nroutes,
+                cfg->nroutes == 1 ? "" : "s", config_path, (unsigned long long)gw->generation);
 
     uv_run(&gw->loop, UV_RUN_DEFAULT);
 

@@ -28,7 +28,7 @@ struct sl_upconn {
     sl_connpool_t *pool;
     sl_upconn_t *prev, *next; /* idle list */
     sl_buf_t *rbuf;
-    void *user; /* the proxy exchange using it; NULL while idle */
+    void *user;        /* the proxy exchange using it; NULL while idle */
     uint32_t requests; /* served on this connection */
     bool connected;
     bool closing;

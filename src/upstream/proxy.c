@@ -205,6 +205,7 @@ typedef struct proxy {
     enum sl_h1_body_kind resp_kind;
     uint64_t resp_remaining;
     sl_h1_chunked_t chunked;
+    bool resp_keep_alive;
     bool client_writing;
     bool upstream_eof;
     bool got_response_bytes;
@@ -290,29 +291,42 @@ static void on_send_timeout(sl_timeq_entry_t *e)
 
 /* ---- the request head ------------------------------------------------------------------- */
 
-static bool is_hop_by_hop(sl_str_t name, const sl_headers_t *all)
+/* The Connection fields of a message, found once so each field's check is O(1) in the
+ * common case (no Connection field, or one with a single token). */
+typedef struct conn_fields {
+    const sl_header_t *items[4];
+    size_t n;
+} conn_fields_t;
+
+static void conn_fields_collect(const sl_header_t *h, size_t n, conn_fields_t *cf)
+{
+    cf->n = 0;
+    for (size_t i = 0; i < n && cf->n < SL_ARRAY_SIZE(cf->items); i++)
+        if (h[i].name.len == 10 && sl_str_caseeq(h[i].name, SL_STR_LIT("Connection")))
+            cf->items[cf->n++] = &h[i];
+}
+
+static bool is_hop_by_hop(sl_str_t name, const conn_fields_t *cf)
 {
     static const sl_str_t hop[] = {
-        SL_STR_LIT("Connection"), SL_STR_LIT("Keep-Alive"),        SL_STR_LIT("Proxy-Connection"),
-        SL_STR_LIT("TE"),         SL_STR_LIT("Trailer"),           SL_STR_LIT("Transfer-Encoding"),
+        SL_STR_LIT("Connection"), SL_STR_LIT("Keep-Alive"),     SL_STR_LIT("Proxy-Connection"),
+        SL_STR_LIT("TE"),         SL_STR_LIT("Trailer"),        SL_STR_LIT("Transfer-Encoding"),
         SL_STR_LIT("Upgrade"),    SL_STR_LIT("Content-Length"),
     };
     for (size_t i = 0; i < SL_ARRAY_SIZE(hop); i++)
-        if (sl_str_caseeq(name, hop[i]))
+        if (name.len == hop[i].len && sl_str_caseeq(name, hop[i]))
             return true;
     /* RFC 9110 §7.6.1: fields named in Connection are hop-by-hop too. */
-    for (size_t i = 0; i < all->len; i++) {
-        if (!sl_str_caseeq(all->items[i].name, SL_STR_LIT("Connection")))
-            continue;
-        sl_str_t v = all->items[i].value;
+    for (size_t i = 0; i < cf->n; i++) {
+        sl_str_t v = cf->items[i]->value;
         size_t p = 0;
         while (p < v.len) {
             while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == '\t' || v.ptr[p] == ','))
                 p++;
-            size_t s = p;
+            size_t st = p;
             while (p < v.len && v.ptr[p] != ',' && v.ptr[p] != ' ' && v.ptr[p] != '\t')
                 p++;
-            if (p > s && sl_str_caseeq(name, (sl_str_t){v.ptr + s, p - s}))
+            if (p > st && sl_str_caseeq(name, (sl_str_t){v.ptr + st, p - st}))
                 return true;
         }
     }
@@ -334,6 +348,19 @@ static char *put(char *p, const char *s, size_t n)
     return p + n;
 }
 
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
 static int build_request_head(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
@@ -343,7 +370,7 @@ static int build_request_head(proxy_t *px)
     const sl_headers_t *h = &x->req_headers;
     const sl_header_t *xff = NULL, *fwd = NULL;
     size_t size = 256 + x->method_token.len + path.len + x->query.len + 2 * x->authority.len + x->request_id.len +
-                  4 * sizeof(x->client_ip);
+                  px->target->conf->address.len + 4 * sizeof(x->client_ip);
     for (size_t i = 0; i < h->len; i++) {
         size += h->items[i].name.len + h->items[i].value.len + 4;
         if (xff == NULL && sl_str_caseeq(h->items[i].name, SL_STR_LIT("X-Forwarded-For")))
@@ -362,9 +389,11 @@ static int build_request_head(proxy_t *px)
     }
     p = put(p, " HTTP/1.1\r\n", 11);
     bool have_host = false;
+    conn_fields_t cf;
+    conn_fields_collect(h->items, h->len, &cf);
     for (size_t i = 0; i < h->len; i++) {
         const sl_header_t *f = &h->items[i];
-        if (is_hop_by_hop(f->name, h) || is_replaced_request_header(f->name))
+        if (is_hop_by_hop(f->name, &cf) || is_replaced_request_header(f->name))
             continue;
         if (sl_str_caseeq(f->name, SL_STR_LIT("Host"))) {
             /* absolute-form wins over Host (RFC 9112 §3.2.2): send the authority we routed on */
@@ -379,9 +408,11 @@ static int build_request_head(proxy_t *px)
         p = put(p, f->value.ptr, f->value.len);
         p = put(p, "\r\n", 2);
     }
-    if (!have_host && x->authority.len) {
+    if (!have_host) {
+        /* HTTP/1.0 without Host: HTTP/1.1 upstreams require one; name the target. */
+        sl_str_t host = x->authority.len ? x->authority : px->target->conf->address;
         p = put(p, "Host: ", 6);
-        p = put(p, x->authority.ptr, x->authority.len);
+        p = put(p, host.ptr, host.len);
         p = put(p, "\r\n", 2);
     }
     /* X-Forwarded-For: every earlier hop's list (all fields, in order) plus this client. */
@@ -405,8 +436,16 @@ static int build_request_head(proxy_t *px)
             p = put(p, h->items[i].value.ptr, h->items[i].value.len);
             p = put(p, ", ", 2);
         }
-    bool v6 = strchr(x->client_ip, ':') != NULL;
-    p += sprintf(p, v6 ? "for=\"[%s]\";proto=http" : "for=%s;proto=http", x->client_ip);
+    size_t iplen = strlen(x->client_ip);
+    if (memchr(x->client_ip, ':', iplen) != NULL) {
+        p = put(p, "for=\"[", 6);
+        p = put(p, x->client_ip, iplen);
+        p = put(p, "]\";proto=http", 13);
+    } else {
+        p = put(p, "for=", 4);
+        p = put(p, x->client_ip, iplen);
+        p = put(p, ";proto=http", 11);
+    }
     if (x->authority.len) {
         p = put(p, ";host=\"", 7);
         p = put(p, x->authority.ptr, x->authority.len);
@@ -415,9 +454,11 @@ static int build_request_head(proxy_t *px)
     p = put(p, "\r\nX-Request-Id: ", 16);
     p = put(p, x->request_id.ptr, x->request_id.len);
     p = put(p, "\r\n", 2);
-    if (x->req_body_kind == SL_BODY_LENGTH)
-        p += sprintf(p, "Content-Length: %llu\r\n", (unsigned long long)x->req_content_length);
-    else if (x->req_body_kind == SL_BODY_STREAM)
+    if (x->req_body_kind == SL_BODY_LENGTH) {
+        p = put(p, "Content-Length: ", 16);
+        p = put_u64(p, x->req_content_length);
+        p = put(p, "\r\n", 2);
+    } else if (x->req_body_kind == SL_BODY_STREAM)
         p = put(p, "Transfer-Encoding: chunked\r\n", 28);
     p = put(p, "\r\n", 2);
     SL_BUG_ON((size_t)(p - head) > size);
@@ -608,19 +649,13 @@ static void proxy_connect(proxy_t *px)
 
 /* ---- the response ------------------------------------------------------------------------ */
 
-static bool is_hop_by_hop_response(sl_str_t name, const sl_header_t *all, size_t n)
-{
-    sl_headers_t h = {(sl_header_t *)all, n, n};
-    return is_hop_by_hop(name, &h);
-}
-
 static void response_done(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
     sl_upconn_t *c = px->conn;
     px->conn = NULL;
-    bool reusable = px->resp_kind != SL_H1_BODY_CLOSE && !px->upstream_eof && (px->req_body_done || !px->req_has_body) &&
-                    !px->req_writing;
+    bool reusable = px->resp_keep_alive && px->resp_kind != SL_H1_BODY_CLOSE && !px->upstream_eof &&
+                    (px->req_body_done || !px->req_has_body) && !px->req_writing;
     if (c != NULL) {
         c->pinned = false;
         if (reusable) {
@@ -687,13 +722,16 @@ static void response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head
     sl_exchange_t *x = px->x;
     sl_buf_t *b = px->conn->rbuf;
     x->status = resp->status;
+    conn_fields_t cf;
+    conn_fields_collect(resp->headers, resp->nheaders, &cf);
     for (size_t i = 0; i < resp->nheaders; i++) {
         const sl_header_t *h = &resp->headers[i];
-        if (is_hop_by_hop_response(h->name, resp->headers, resp->nheaders))
+        if (is_hop_by_hop(h->name, &cf))
             continue;
         sl_headers_add(&x->arena, &x->resp_headers, h->name, h->value);
     }
     px->resp_kind = resp->body;
+    px->resp_keep_alive = resp->keep_alive;
     switch (resp->body) {
     case SL_H1_BODY_LENGTH:
         x->resp_body_kind = SL_BODY_LENGTH;
@@ -749,7 +787,8 @@ static void response_process(proxy_t *px)
             sl_h1_response_t resp;
             sl_header_t hdrs[MAX_RESP_HEADERS];
             resp.headers = hdrs;
-            sl_h1_limits_t limits = {.max_head_bytes = b->cap - 1024, .max_uri_bytes = 0, .max_headers = MAX_RESP_HEADERS};
+            sl_h1_limits_t limits = {
+                .max_head_bytes = b->cap - 1024, .max_uri_bytes = 0, .max_headers = MAX_RESP_HEADERS};
             int r = sl_h1_parse_response(b->data + b->off, avail, &resp, &limits, x->method == SL_METHOD_HEAD);
             if (r == SL_EINCOMPLETE) {
                 if (px->upstream_eof)
