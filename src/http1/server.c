@@ -23,7 +23,7 @@
 #include "pipeline/pipeline.h"
 #include "pipeline/snapshot.h"
 
-#define MAX_HEADERS 128
+#define MAX_HEADERS 100
 /* Heads larger than one pooled buffer get a one-off buffer of this size at most. */
 #define MAX_HEAD_BUFFER (64 * 1024 + 1024)
 
@@ -105,6 +105,7 @@ static void conn_process(sl_h1_conn_t *c);
 static void exchange_end(sl_h1_conn_t *c);
 static void body_deliver(sl_h1_conn_t *c);
 static sl_h1_active_t *active_take(sl_h1_conn_t *c);
+static sl_h1_active_t *active_take_unparsed(sl_h1_conn_t *c);
 static const sl_downstream_ops_t h1_ops;
 
 /* ---- per-worker state ----------------------------------------------------------------------- */
@@ -157,11 +158,7 @@ static void on_header_timeout(sl_timeq_entry_t *e)
     if (c->act == NULL && (c->flags & CONN_SAW_BYTES)) {
         /* Part of a head arrived but not all of it in time: say so, then close (RFC 9110 §15.5.9). */
         c->flags |= CONN_CLOSE_AFTER;
-        /* A minimal exchange just to answer 408 through the normal path. */
-        sl_h1_active_t *a = active_take(c);
-        a->x.method = SL_METHOD_GET;
-        a->x.method_token = SL_STR_LIT("-");
-        a->x.minor_version = 1;
+        sl_h1_active_t *a = active_take_unparsed(c);
         sl_reply_error(&a->x, SL_CAUSE_CLIENT_TIMEOUT, NULL);
         return;
     }
@@ -224,6 +221,21 @@ static sl_h1_active_t *active_take(sl_h1_conn_t *c)
     if (c->peer_family != 0)
         inet_ntop(c->peer_family, c->peer_addr, a->x.client_ip, sizeof(a->x.client_ip));
     a->x.client_port = c->peer_port;
+    return a;
+}
+
+/* An exchange for a request that never parsed (an error or a timeout before the head was
+ * complete): just enough to answer through the normal path, with a fresh request id. */
+static sl_h1_active_t *active_take_unparsed(sl_h1_conn_t *c)
+{
+    sl_h1_active_t *a = active_take(c);
+    c->flags |= CONN_CLOSE_AFTER;
+    a->x.method = SL_METHOD_OTHER;
+    a->x.method_token = SL_STR_LIT("-");
+    a->x.minor_version = 1;
+    char *id = sl_arena_alloc(&a->x.arena, 33);
+    sl_request_id_generate(id);
+    a->x.request_id = (sl_str_t){id, 32};
     return a;
 }
 
@@ -424,7 +436,9 @@ void sl_h1_server_accept(sl_listener_t *l)
 
 static sl_str_t host_without_port(sl_str_t authority)
 {
-    if (authority.len && authority.ptr[0] == '[') {
+    if (authority.len == 0)
+        return authority;
+    if (authority.ptr[0] == '[') {
         const char *end = memchr(authority.ptr, ']', authority.len);
         if (end)
             return (sl_str_t){authority.ptr + 1, (size_t)(end - authority.ptr - 1)};
@@ -436,15 +450,8 @@ static sl_str_t host_without_port(sl_str_t authority)
 
 static void reply_parse_error(sl_h1_conn_t *c, int err)
 {
-    sl_h1_active_t *a = active_take(c);
-    c->flags |= CONN_CLOSE_AFTER;
-    a->x.method = SL_METHOD_OTHER;
-    a->x.method_token = SL_STR_LIT("-");
-    a->x.minor_version = 1;
+    sl_h1_active_t *a = active_take_unparsed(c);
     a->x.cause_detail = sl_h1_error_reason(err);
-    char id[33];
-    sl_request_id_generate(id);
-    a->x.request_id = sl_arena_str_dup(&a->x.arena, (sl_str_t){id, 32});
     sl_reply_error(&a->x, sl_h1_error_cause(err), sl_h1_error_reason(err));
 }
 
@@ -790,7 +797,8 @@ static sl_str_t date_header(sl_worker_t *w)
 
 static char *put(char *p, const char *s, size_t n)
 {
-    memcpy(p, s, n);
+    if (n) /* empty slices may carry a NULL pointer */
+        memcpy(p, s, n);
     return p + n;
 }
 

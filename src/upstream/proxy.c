@@ -344,7 +344,8 @@ static bool is_replaced_request_header(sl_str_t name)
 
 static char *put(char *p, const char *s, size_t n)
 {
-    memcpy(p, s, n);
+    if (n) /* empty slices may carry a NULL pointer */
+        memcpy(p, s, n);
     return p + n;
 }
 
