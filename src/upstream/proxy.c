@@ -396,6 +396,10 @@ static int build_request_head(proxy_t *px)
         const sl_header_t *f = &h->items[i];
         if (is_hop_by_hop(f->name, &cf) || is_replaced_request_header(f->name))
             continue;
+        /* Some backends (CGI-style) read '_' as '-', so "Transfer_Encoding" could smuggle
+         * framing past us; such fields are dropped, as nginx does by default. */
+        if (memchr(f->name.ptr, '_', f->name.len) != NULL)
+            continue;
         if (sl_str_caseeq(f->name, SL_STR_LIT("Host"))) {
             /* absolute-form wins over Host (RFC 9112 §3.2.2): send the authority we routed on */
             have_host = true;
@@ -866,8 +870,12 @@ static void response_process(proxy_t *px)
             return;
         }
         b->off += consumed;
-        if (r == SL_H1_CHUNK_NEED_MORE)
-            continue;
+        if (r == SL_H1_CHUNK_NEED_MORE) {
+            /* A partial size or trailer line stays unconsumed until more bytes arrive. */
+            if (px->upstream_eof)
+                proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed mid-body");
+            return;
+        }
         if (r == SL_H1_CHUNK_TRAILER)
             continue;
         if (r == SL_H1_CHUNK_DONE) {
