@@ -316,8 +316,11 @@ static const sl__config_section_t access_section = {
 };
 
 static const sl__config_enum_t log_levels[] = {
-    {"debug", SL_LOG_DEBUG, false}, {"info", SL_LOG_INFO, false},  {"warn", SL_LOG_WARN, false},
-    {"error", SL_LOG_ERROR, false}, {NULL, 0, false},
+    {"debug", SL_LOG_DEBUG, false},
+    {"info", SL_LOG_INFO, false},
+    {"warn", SL_LOG_WARN, false},
+    {"error", SL_LOG_ERROR, false},
+    {NULL, 0, false},
 };
 
 static const sl__config_key_t logging_keys[] = {

@@ -144,8 +144,7 @@ static int read_enum(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl_
     size_t len = (size_t)snprintf(expected, sizeof(expected), "one of");
     for (const sl__config_enum_t *e = k->enums; e->name != NULL && len < sizeof(expected); e++)
         if (!e->later)
-            len += (size_t)snprintf(expected + len, sizeof(expected) - len, "%s %s", e == k->enums ? "" : ",",
-                                    e->name);
+            len += (size_t)snprintf(expected + len, sizeof(expected) - len, "%s %s", e == k->enums ? "" : ",", e->name);
     const sl__config_node_t *d = scalar_or_report(ctx, k->name, n, expected);
     if (d == NULL)
         return -1;

@@ -70,11 +70,11 @@ typedef struct sl_h1_limits {
 typedef struct sl_h1_request {
     sl_str_t method;
     enum sl_method method_id;
-    sl_str_t target;    /* as sent */
-    sl_str_t path;      /* path part of origin-form or absolute-form ("/" for "*" is not set: see below) */
-    sl_str_t query;     /* after '?', without it; empty if none */
-    sl_str_t authority; /* host[:port] of absolute-form, else empty */
-    int minor_version;  /* 0 or 1 */
+    sl_str_t target;      /* as sent */
+    sl_str_t path;        /* path part of origin-form or absolute-form ("/" for "*" is not set: see below) */
+    sl_str_t query;       /* after '?', without it; empty if none */
+    sl_str_t authority;   /* host[:port] of absolute-form, else empty */
+    int minor_version;    /* 0 or 1 */
     sl_header_t *headers; /* the caller's array, filled with nheaders fields in order */
     size_t nheaders;
     sl_str_t host; /* the Host value (absolute-form authority wins; RFC 9112 §3.2.2) */

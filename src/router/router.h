@@ -44,7 +44,7 @@ enum sl_router_status {
 
 typedef struct sl_router_result {
     enum sl_router_status status;
-    size_t route_index;      /* into cfg->routes, when MATCHED */
+    size_t route_index;       /* into cfg->routes, when MATCHED */
     uint32_t allowed_methods; /* SL_METHOD_BIT set, when METHOD_NOT_ALLOWED (for the Allow header) */
 } sl_router_result_t;
 
@@ -64,7 +64,6 @@ void sl_router_match(const sl_router_t *r, const sl_router_input_t *in, sl_route
  * regex substituted. Returns `path` itself when the route changes nothing, otherwise a string in
  * `arena`. Returns 0, or SL_ETOOBIG if the result would exceed 8 KiB (then `*out` untouched).
  */
-int sl_router_rewrite_path(const sl_router_t *r, size_t route_index, sl_str_t path, sl_arena_t *arena,
-                           sl_str_t *out);
+int sl_router_rewrite_path(const sl_router_t *r, size_t route_index, sl_str_t path, sl_arena_t *arena, sl_str_t *out);
 
 #endif

@@ -455,9 +455,8 @@ static void test_wrong_types(void **state)
         "4:10: workers: expected auto or an integer from 1 to 256, got a list",
         "5:19: level: expected one of debug, info, warn, error, got 'verbose'",
         "5:36: access: expected a mapping, got 'stdout'", "6:28: targets: expected a list, got a mapping",
-        "6:55: balance: expected one of round_robin, got 'random'",
-        "8:11: name: expected a string, got a mapping", "9:19: strip_prefix: expected true or false, got 'yes'",
-        "10:12: match: expected a mapping, got a list",
+        "6:55: balance: expected one of round_robin, got 'random'", "8:11: name: expected a string, got a mapping",
+        "9:19: strip_prefix: expected true or false, got 'yes'", "10:12: match: expected a mapping, got a list",
         "11:5: timeout: expected a duration like 250ms, 30s, 5m, "
         "got nothing",
         "12:24: status: expected an integer from 100 to 599, got 'ok'", "12:34: echo: expected true or false, got '1'");
