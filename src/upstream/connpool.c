@@ -17,6 +17,10 @@ struct sl_connpool {
     sl_upconn_t *idle; /* most recently used first */
     uint32_t nidle;
     uint32_t nbusy;
+    /* Peak connections in use in the current and the previous window (one idle timeout each):
+     * the pool keeps up to that many, so a burst's connections survive its own ebb. */
+    uint32_t peak_cur, peak_prev;
+    uint64_t window_end;
 };
 
 struct sl_upstream_worker {
@@ -75,6 +79,13 @@ static void idle_unlink(sl_upconn_t *c)
     p->nidle--;
 }
 
+static void note_busy(sl_connpool_t *p)
+{
+    p->nbusy++;
+    if (p->nbusy > p->peak_cur)
+        p->peak_cur = p->nbusy;
+}
+
 sl_upconn_t *sl_connpool_acquire(sl_connpool_t *p)
 {
     sl_upconn_t *c = p->idle;
@@ -82,7 +93,7 @@ sl_upconn_t *sl_connpool_acquire(sl_connpool_t *p)
         return NULL;
     idle_unlink(c);
     sl_timeq_cancel(&c->idle_timeout);
-    p->nbusy++;
+    note_busy(p);
     return c;
 }
 
@@ -101,7 +112,7 @@ sl_upconn_t *sl_connpool_create_conn(sl_connpool_t *p)
     c->tcp.data = c;
     c->connect_req.data = c;
     c->write_req.data = c;
-    p->nbusy++;
+    note_busy(p);
     return c;
 }
 
@@ -140,8 +151,15 @@ void sl_connpool_release(sl_upconn_t *c, uint32_t max_idle, uint64_t idle_timeou
         sl_buf_put(&p->worker->bufs, c->rbuf);
         c->rbuf = NULL;
     }
-    /* Extra bytes after a complete response, or a full pool: not reusable. */
-    if (c->rbuf != NULL || (p->nidle >= max_idle && p->nidle >= p->nbusy)) {
+    uint64_t now = uv_now(&p->worker->loop);
+    if (now >= p->window_end) {
+        p->peak_prev = p->peak_cur;
+        p->peak_cur = p->nbusy;
+        p->window_end = now + idle_timeout_ms;
+    }
+    uint32_t keep = SL_MAX(max_idle, SL_MAX(p->peak_cur, p->peak_prev));
+    /* Extra bytes after a complete response, or more idle than recent concurrency needs. */
+    if (c->rbuf != NULL || p->nidle + p->nbusy >= keep) {
         c->closing = true;
         uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
         return;

@@ -1,6 +1,7 @@
 """Load: 200 concurrent clients x 20 requests, proxied and local, all answered correctly (no
 mix-ups between clients), one access log line each, upstream connections pooled under
 concurrency, and the gateway healthy afterwards."""
+import socket
 import threading
 
 import pytest
@@ -101,3 +102,30 @@ def test_healthy_after_load(rig):
     assert gw.alive()
     assert gw.admin_get("/health")[0] == 200
     assert gw.request("GET", "/l/after").status == 200
+
+
+def test_pool_grows_with_concurrency_instead_of_reconnecting(menv):
+    """keepalive.max_idle is a floor, not a cap: with more requests in flight than max_idle, the
+    pool keeps what the recent peak needs. Bursts make the difference visible: all requests of a
+    burst are sent at once, so the gateway releases their upstream connections in a batch. A pool
+    that closed connections past max_idle (or whenever idle outnumber busy, mid-batch)
+    reconnects for a good share of every following burst."""
+    up = menv.backend(be.echo(), name="burst")
+    gw = menv.gateway(
+        workers=1,
+        upstreams={"burst": harness.upstream(up, keepalive={"max_idle": 4, "idle_timeout": "60s"})},
+        routes=[{"name": "burst", "match": {"path_prefix": "/"}, "upstream": "burst"}])
+    clients, bursts = 100, 15
+    socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=10) for _ in range(clients)]
+    try:
+        for b in range(bursts):
+            for i, s in enumerate(socks):
+                s.sendall(f"GET /{b}/{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            for i, s in enumerate(socks):
+                r = harness.read_response(harness.SockReader(s))
+                assert r.status == 200, (b, i, r)
+    finally:
+        for s in socks:
+            s.close()
+    opened = up.connection_count
+    assert opened <= clients + clients // 4, f"{opened} upstream connections for {clients} clients x {bursts} bursts"
