@@ -5,7 +5,7 @@ CONFIG  ?= examples/quickstart.yaml
 PYTHON  ?= $(shell for p in /usr/bin/python3 python3; do $$p -c 'import pytest' 2>/dev/null && { echo $$p; break; }; done)
 FUZZ_SECONDS ?= 20
 
-.PHONY: all setup build run test test-unit test-integration test-asan fuzz fuzz-smoke bench format format-check clean
+.PHONY: all setup build run test test-unit test-integration test-asan test-tsan fuzz fuzz-smoke bench format format-check clean
 
 all: build
 
@@ -40,6 +40,16 @@ test-asan: setup build-asan/Makefile
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  SLUICE_BIN=$(CURDIR)/build-asan/sluice SLUICE_SANITIZED=1 $(PYTHON) -m pytest -q tests/integration
 
+build-tsan/Makefile: CMakeLists.txt
+	CC=clang cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_TESTS=OFF \
+	  -DCMAKE_C_FLAGS="-fsanitize=thread -g" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" >/dev/null
+
+# The integration suite against a ThreadSanitizer build: workers, reloads and drain race-checked.
+test-tsan: setup build-tsan/Makefile
+	cmake --build build-tsan -j $(JOBS) --target sluice
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66" SLUICE_BIN=$(CURDIR)/build-tsan/sluice SLUICE_SANITIZED=1 \
+	  $(PYTHON) -m pytest -q tests/integration
+
 build-fuzz/Makefile: CMakeLists.txt
 	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSLUICE_FUZZ=ON >/dev/null
 
@@ -61,4 +71,4 @@ format-check:
 	clang-format --dry-run --Werror $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz
