@@ -55,6 +55,29 @@ static inline bool sl_str_has_prefix(sl_str_t s, sl_str_t prefix)
     return s.len >= prefix.len && memcmp(s.ptr, prefix.ptr, prefix.len) == 0;
 }
 
+/** Copies `n` bytes to `p` and returns the end: for serialising heads without printf.
+ *  `s` may be NULL when `n` is 0 (empty slices). The caller sized the buffer. */
+static inline char *sl_put(char *p, const char *s, size_t n)
+{
+    if (n)
+        memcpy(p, s, n);
+    return p + n;
+}
+
+/** Writes `v` in decimal (at most 20 bytes) and returns the end. */
+static inline char *sl_put_u64(char *p, unsigned long long v)
+{
+    char tmp[20];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
 /** Parses an unsigned decimal with no sign, no spaces, no overflow; false on anything else. */
 bool sl_str_to_u64(sl_str_t s, unsigned long long *out);
 

@@ -20,6 +20,7 @@
 #include "common/time.h"
 #include "http/reply.h"
 #include "http1/parser.h"
+#include "net/stream.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/snapshot.h"
 
@@ -795,26 +796,6 @@ static sl_str_t date_header(sl_worker_t *w)
     return (sl_str_t){hw->date, 29};
 }
 
-static char *put(char *p, const char *s, size_t n)
-{
-    if (n) /* empty slices may carry a NULL pointer */
-        memcpy(p, s, n);
-    return p + n;
-}
-
-static char *put_u64(char *p, uint64_t v)
-{
-    char tmp[20];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
 static int h1_send_head(sl_exchange_t *x)
 {
     sl_h1_active_t *a = x->down_ctx;
@@ -832,9 +813,9 @@ static int h1_send_head(sl_exchange_t *x)
     if (!bodiless_status) {
         if (x->resp_body_kind == SL_BODY_LENGTH || x->resp_body_kind == SL_BODY_NONE) {
             uint64_t n = x->resp_body_kind == SL_BODY_LENGTH ? x->resp_content_length : 0;
-            char *e = put(clen, "Content-Length: ", 16);
-            e = put_u64(e, n);
-            e = put(e, "\r\n", 3);
+            char *e = sl_put(clen, "Content-Length: ", 16);
+            e = sl_put_u64(e, n);
+            e = sl_put(e, "\r\n", 3);
             framing = clen;
         } else if (x->minor_version >= 1) {
             if (x->method != SL_METHOD_HEAD) {
@@ -857,35 +838,35 @@ static int h1_send_head(sl_exchange_t *x)
             have_date = true;
     }
     char *head = sl_arena_alloc(&x->arena, size);
-    char *p = put(head, "HTTP/1.1 ", 9);
-    p = put_u64(p, (uint64_t)st);
+    char *p = sl_put(head, "HTTP/1.1 ", 9);
+    p = sl_put_u64(p, (uint64_t)st);
     *p++ = ' ';
-    p = put(p, reason, strlen(reason));
-    p = put(p, "\r\n", 2);
+    p = sl_put(p, reason, strlen(reason));
+    p = sl_put(p, "\r\n", 2);
     if (!have_date) {
-        p = put(p, "Date: ", 6);
-        p = put(p, date.ptr, date.len);
-        p = put(p, "\r\n", 2);
+        p = sl_put(p, "Date: ", 6);
+        p = sl_put(p, date.ptr, date.len);
+        p = sl_put(p, "\r\n", 2);
     }
     for (size_t i = 0; i < x->resp_headers.len; i++) {
         const sl_header_t *h = &x->resp_headers.items[i];
-        p = put(p, h->name.ptr, h->name.len);
-        p = put(p, ": ", 2);
-        p = put(p, h->value.ptr, h->value.len);
-        p = put(p, "\r\n", 2);
+        p = sl_put(p, h->name.ptr, h->name.len);
+        p = sl_put(p, ": ", 2);
+        p = sl_put(p, h->value.ptr, h->value.len);
+        p = sl_put(p, "\r\n", 2);
     }
     if (framing)
-        p = put(p, framing, strlen(framing));
+        p = sl_put(p, framing, strlen(framing));
     if (x->request_id.len) {
-        p = put(p, "X-Request-Id: ", 14);
-        p = put(p, x->request_id.ptr, x->request_id.len);
-        p = put(p, "\r\n", 2);
+        p = sl_put(p, "X-Request-Id: ", 14);
+        p = sl_put(p, x->request_id.ptr, x->request_id.len);
+        p = sl_put(p, "\r\n", 2);
     }
     if (close_after)
-        p = put(p, "Connection: close\r\n", 19);
+        p = sl_put(p, "Connection: close\r\n", 19);
     else if (x->minor_version == 0)
-        p = put(p, "Connection: keep-alive\r\n", 24);
-    p = put(p, "\r\n", 2);
+        p = sl_put(p, "Connection: keep-alive\r\n", 24);
+    p = sl_put(p, "\r\n", 2);
     a->head = head;
     a->head_len = (size_t)(p - head);
     a->head_pending = true;
@@ -902,35 +883,19 @@ static size_t iov_total(const uv_buf_t *iov, unsigned n)
     return t;
 }
 
-/* Writes iov: first without blocking, the rest through uv_write. Returns 1 (all written now),
- * 0 (pending: on_write_done will run) or < 0. */
+/* sl_stream_write's contract; the bytes count towards the log, and a queued remainder arms
+ * the send timeout (a client that stops reading is dropped, not waited for). */
 static int conn_write(sl_h1_conn_t *c, uv_buf_t *iov, unsigned n)
 {
     sl_h1_active_t *a = c->act;
-    size_t total = iov_total(iov, n);
-    a->x.bytes_out += total;
-    int w = uv_try_write((uv_stream_t *)&c->tcp, iov, n);
-    if (w == UV_EAGAIN)
-        w = 0;
-    if (w < 0)
-        return w;
-    if ((size_t)w == total)
-        return 1;
-    size_t skip = (size_t)w;
-    unsigned i = 0;
-    while (skip >= iov[i].len) {
-        skip -= iov[i].len;
-        i++;
+    a->x.bytes_out += iov_total(iov, n);
+    int r = sl_stream_write((uv_stream_t *)&c->tcp, &a->wreq, iov, n, on_write_done);
+    if (r == 0) {
+        a->writing = true;
+        sl_timeq_add(&c->worker->timeqs, timeq_for(c, a->x.snap->cfg->timeouts.client_idle_ms), &c->timeout,
+                     on_send_timeout);
     }
-    iov[i].base += skip;
-    iov[i].len -= skip;
-    int err = uv_write(&a->wreq, (uv_stream_t *)&c->tcp, iov + i, n - i, on_write_done);
-    if (err)
-        return err;
-    a->writing = true;
-    sl_timeq_add(&c->worker->timeqs, timeq_for(c, a->x.snap->cfg->timeouts.client_idle_ms), &c->timeout,
-                 on_send_timeout);
-    return 0;
+    return r;
 }
 
 static int h1_send_body(sl_exchange_t *x, const sl_str_t *parts, size_t nparts, sl_write_cb cb)
@@ -1068,12 +1033,12 @@ static int h1_send_informational(sl_exchange_t *x, int status, const sl_header_t
     char *buf = sl_arena_alloc(&x->arena, size);
     char *p = buf + snprintf(buf, 64, "HTTP/1.1 %d %s\r\n", status, reason_phrase(status));
     for (size_t i = 0; i < n; i++) {
-        p = put(p, h[i].name.ptr, h[i].name.len);
-        p = put(p, ": ", 2);
-        p = put(p, h[i].value.ptr, h[i].value.len);
-        p = put(p, "\r\n", 2);
+        p = sl_put(p, h[i].name.ptr, h[i].name.len);
+        p = sl_put(p, ": ", 2);
+        p = sl_put(p, h[i].value.ptr, h[i].value.len);
+        p = sl_put(p, "\r\n", 2);
     }
-    p = put(p, "\r\n", 2);
+    p = sl_put(p, "\r\n", 2);
     if (status == 100)
         a->continue_sent = true;
     uv_buf_t b = uv_buf_init(buf, (unsigned)(p - buf));

@@ -20,6 +20,7 @@
 #include "common/time.h"
 #include "http/reply.h"
 #include "http1/parser.h"
+#include "net/stream.h"
 #include "upstream/connpool.h"
 
 void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -342,26 +343,6 @@ static bool is_replaced_request_header(sl_str_t name)
            sl_str_caseeq(name, SL_STR_LIT("Forwarded"));
 }
 
-static char *put(char *p, const char *s, size_t n)
-{
-    if (n) /* empty slices may carry a NULL pointer */
-        memcpy(p, s, n);
-    return p + n;
-}
-
-static char *put_u64(char *p, uint64_t v)
-{
-    char tmp[20];
-    int n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
 static int build_request_head(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
@@ -381,14 +362,14 @@ static int build_request_head(proxy_t *px)
     }
     char *head = sl_arena_alloc(&x->arena, size);
     char *p = head;
-    p = put(p, x->method_token.ptr, x->method_token.len);
+    p = sl_put(p, x->method_token.ptr, x->method_token.len);
     *p++ = ' ';
-    p = put(p, path.ptr, path.len);
+    p = sl_put(p, path.ptr, path.len);
     if (x->query.len) {
         *p++ = '?';
-        p = put(p, x->query.ptr, x->query.len);
+        p = sl_put(p, x->query.ptr, x->query.len);
     }
-    p = put(p, " HTTP/1.1\r\n", 11);
+    p = sl_put(p, " HTTP/1.1\r\n", 11);
     bool have_host = false;
     conn_fields_t cf;
     conn_fields_collect(h->items, h->len, &cf);
@@ -403,69 +384,69 @@ static int build_request_head(proxy_t *px)
         if (sl_str_caseeq(f->name, SL_STR_LIT("Host"))) {
             /* absolute-form wins over Host (RFC 9112 §3.2.2): send the authority we routed on */
             have_host = true;
-            p = put(p, "Host: ", 6);
-            p = put(p, x->authority.ptr, x->authority.len);
-            p = put(p, "\r\n", 2);
+            p = sl_put(p, "Host: ", 6);
+            p = sl_put(p, x->authority.ptr, x->authority.len);
+            p = sl_put(p, "\r\n", 2);
             continue;
         }
-        p = put(p, f->name.ptr, f->name.len);
-        p = put(p, ": ", 2);
-        p = put(p, f->value.ptr, f->value.len);
-        p = put(p, "\r\n", 2);
+        p = sl_put(p, f->name.ptr, f->name.len);
+        p = sl_put(p, ": ", 2);
+        p = sl_put(p, f->value.ptr, f->value.len);
+        p = sl_put(p, "\r\n", 2);
     }
     if (!have_host) {
         /* HTTP/1.0 without Host: HTTP/1.1 upstreams require one; name the target. */
         sl_str_t host = x->authority.len ? x->authority : px->target->conf->address;
-        p = put(p, "Host: ", 6);
-        p = put(p, host.ptr, host.len);
-        p = put(p, "\r\n", 2);
+        p = sl_put(p, "Host: ", 6);
+        p = sl_put(p, host.ptr, host.len);
+        p = sl_put(p, "\r\n", 2);
     }
     /* X-Forwarded-For: every earlier hop's list (all fields, in order) plus this client. */
-    p = put(p, "X-Forwarded-For: ", 17);
+    p = sl_put(p, "X-Forwarded-For: ", 17);
     for (size_t i = 0; xff != NULL && i < h->len; i++)
         if (sl_str_caseeq(h->items[i].name, SL_STR_LIT("X-Forwarded-For")) && h->items[i].value.len) {
-            p = put(p, h->items[i].value.ptr, h->items[i].value.len);
-            p = put(p, ", ", 2);
+            p = sl_put(p, h->items[i].value.ptr, h->items[i].value.len);
+            p = sl_put(p, ", ", 2);
         }
-    p = put(p, x->client_ip, strlen(x->client_ip));
-    p = put(p, "\r\nX-Forwarded-Proto: http\r\n", 27);
+    p = sl_put(p, x->client_ip, strlen(x->client_ip));
+    p = sl_put(p, "\r\nX-Forwarded-Proto: http\r\n", 27);
     if (x->authority.len) {
-        p = put(p, "X-Forwarded-Host: ", 18);
-        p = put(p, x->authority.ptr, x->authority.len);
-        p = put(p, "\r\n", 2);
+        p = sl_put(p, "X-Forwarded-Host: ", 18);
+        p = sl_put(p, x->authority.ptr, x->authority.len);
+        p = sl_put(p, "\r\n", 2);
     }
     /* Forwarded (RFC 7239): earlier elements kept, ours appended; IPv6 quoted in brackets. */
-    p = put(p, "Forwarded: ", 11);
+    p = sl_put(p, "Forwarded: ", 11);
     for (size_t i = 0; fwd != NULL && i < h->len; i++)
         if (sl_str_caseeq(h->items[i].name, SL_STR_LIT("Forwarded")) && h->items[i].value.len) {
-            p = put(p, h->items[i].value.ptr, h->items[i].value.len);
-            p = put(p, ", ", 2);
+            p = sl_put(p, h->items[i].value.ptr, h->items[i].value.len);
+            p = sl_put(p, ", ", 2);
         }
     size_t iplen = strlen(x->client_ip);
     if (memchr(x->client_ip, ':', iplen) != NULL) {
-        p = put(p, "for=\"[", 6);
-        p = put(p, x->client_ip, iplen);
-        p = put(p, "]\";proto=http", 13);
+        p = sl_put(p, "for=\"[", 6);
+        p = sl_put(p, x->client_ip, iplen);
+        p = sl_put(p, "]\";proto=http", 13);
     } else {
-        p = put(p, "for=", 4);
-        p = put(p, x->client_ip, iplen);
-        p = put(p, ";proto=http", 11);
+        p = sl_put(p, "for=", 4);
+        p = sl_put(p, x->client_ip, iplen);
+        p = sl_put(p, ";proto=http", 11);
     }
     if (x->authority.len) {
-        p = put(p, ";host=\"", 7);
-        p = put(p, x->authority.ptr, x->authority.len);
+        p = sl_put(p, ";host=\"", 7);
+        p = sl_put(p, x->authority.ptr, x->authority.len);
         *p++ = '"';
     }
-    p = put(p, "\r\nX-Request-Id: ", 16);
-    p = put(p, x->request_id.ptr, x->request_id.len);
-    p = put(p, "\r\n", 2);
+    p = sl_put(p, "\r\nX-Request-Id: ", 16);
+    p = sl_put(p, x->request_id.ptr, x->request_id.len);
+    p = sl_put(p, "\r\n", 2);
     if (x->req_body_kind == SL_BODY_LENGTH) {
-        p = put(p, "Content-Length: ", 16);
-        p = put_u64(p, x->req_content_length);
-        p = put(p, "\r\n", 2);
+        p = sl_put(p, "Content-Length: ", 16);
+        p = sl_put_u64(p, x->req_content_length);
+        p = sl_put(p, "\r\n", 2);
     } else if (x->req_body_kind == SL_BODY_STREAM)
-        p = put(p, "Transfer-Encoding: chunked\r\n", 28);
-    p = put(p, "\r\n", 2);
+        p = sl_put(p, "Transfer-Encoding: chunked\r\n", 28);
+    p = sl_put(p, "\r\n", 2);
     SL_BUG_ON((size_t)(p - head) > size);
     px->head = head;
     px->head_len = (size_t)(p - head);
@@ -506,34 +487,16 @@ static void on_upstream_written(uv_write_t *req, int status)
 }
 
 /* 1: written now; 0: pending; <0: error. */
-static int upstream_write(proxy_t *px, uv_buf_t *iov, unsigned n)
+/* The same contract as sl_stream_write; a queued remainder arms the send timeout. */
 {
     sl_upconn_t *c = px->conn;
-    size_t total = 0;
-    for (unsigned i = 0; i < n; i++)
-        total += iov[i].len;
-    int w = uv_try_write((uv_stream_t *)&c->tcp, iov, n);
-    if (w == UV_EAGAIN)
-        w = 0;
-    if (w < 0)
-        return w;
-    if ((size_t)w == total)
-        return 1;
-    size_t skip = (size_t)w;
-    unsigned i = 0;
-    while (skip >= iov[i].len) {
-        skip -= iov[i].len;
-        i++;
+    int r = sl_stream_write((uv_stream_t *)&c->tcp, &c->write_req, iov, n, on_upstream_written);
+    if (r == 0) {
+        px->req_writing = true;
+        if (px->state == PX_AWAIT_HEAD)
+            phase_timeout_set(px, px->up->conf->send_timeout_ms, on_send_timeout);
     }
-    iov[i].base += skip;
-    iov[i].len -= skip;
-    int err = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, iov + i, n - i, on_upstream_written);
-    if (err)
-        return err;
-    px->req_writing = true;
-    if (px->state == PX_AWAIT_HEAD)
-        phase_timeout_set(px, px->up->conf->send_timeout_ms, on_send_timeout);
-    return 0;
+    return r;
 }
 
 static void request_body_cb(sl_exchange_t *x, int status, const char *data, size_t len)
