@@ -486,8 +486,8 @@ static void on_upstream_written(uv_write_t *req, int status)
     }
 }
 
-/* 1: written now; 0: pending; <0: error. */
 /* The same contract as sl_stream_write; a queued remainder arms the send timeout. */
+static int upstream_write(proxy_t *px, uv_buf_t *iov, unsigned n)
 {
     sl_upconn_t *c = px->conn;
     int r = sl_stream_write((uv_stream_t *)&c->tcp, &c->write_req, iov, n, on_upstream_written);
