@@ -18,6 +18,7 @@
 
 struct sl_admin {
     uv_tcp_t listener;
+    sl_admin_hooks_t hooks;
     bool ready;
     bool stopping;
 };
@@ -57,18 +58,26 @@ static void on_written(uv_write_t *req, int status)
     conn_close(req->data);
 }
 
-static void respond(admin_conn_t *c, int status, const char *reason, const char *body)
+static void respond_typed(admin_conn_t *c, int status, const char *reason, const char *ctype, const char *body,
+                          size_t body_len)
 {
-    size_t cap = strlen(body) + 256;
+    size_t cap = body_len + 256;
     c->reply = sl_xmalloc(cap);
     int n = snprintf(c->reply, cap,
-                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
-                     "Cache-Control: no-store\r\nConnection: close\r\n\r\n%s",
-                     status, reason, strlen(body), body);
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                     status, reason, ctype, body_len);
+    memcpy(c->reply + n, body, body_len);
+    n += (int)body_len;
     uv_buf_t b = uv_buf_init(c->reply, (unsigned)n);
     uv_read_stop((uv_stream_t *)&c->tcp);
     if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0)
         conn_close(c);
+}
+
+static void respond(admin_conn_t *c, int status, const char *reason, const char *body)
+{
+    respond_typed(c, status, reason, "application/json", body, strlen(body));
 }
 
 static void handle(admin_conn_t *c, const sl_h1_request_t *req)
@@ -89,6 +98,19 @@ static void handle(admin_conn_t *c, const sl_h1_request_t *req)
             respond(c, 200, "OK", "{\"status\":\"ready\"}\n");
         else
             respond(c, 503, "Service Unavailable", "{\"status\":\"not_ready\"}\n");
+        return;
+    }
+    if (sl_str_eq(req->path, SL_STR_LIT("/metrics")) && a->hooks.render_metrics != NULL) {
+        char *text = NULL;
+        size_t len = 0;
+        if (!get) {
+            respond(c, 405, "Method Not Allowed", "{\"error\":\"method_not_allowed\"}\n");
+        } else if (a->hooks.render_metrics(a->hooks.ctx, &text, &len) != 0) {
+            respond(c, 500, "Internal Server Error", "{\"error\":\"internal_error\"}\n");
+        } else {
+            respond_typed(c, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", text, len);
+        }
+        free(text);
         return;
     }
     respond(c, 404, "Not Found", "{\"error\":\"not_found\",\"message\":\"No such admin endpoint.\"}\n");
@@ -159,9 +181,11 @@ static void on_listener_closed(uv_handle_t *h)
     free(h->data);
 }
 
-int sl_admin_start(uv_loop_t *loop, const struct sockaddr *addr, sl_admin_t **out)
+int sl_admin_start(uv_loop_t *loop, const struct sockaddr *addr, const sl_admin_hooks_t *hooks, sl_admin_t **out)
 {
     sl_admin_t *a = sl_xcalloc(1, sizeof(*a));
+    if (hooks != NULL)
+        a->hooks = *hooks;
     uv_tcp_init(loop, &a->listener);
     a->listener.data = a;
     int err = uv_tcp_bind(&a->listener, addr, 0);

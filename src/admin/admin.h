@@ -13,8 +13,16 @@
 
 typedef struct sl_admin sl_admin_t;
 
+/* What the admin endpoints read, supplied by the server (the admin module owns no state of the
+ * data path). Each hook runs on the main thread. */
+typedef struct sl_admin_hooks {
+    void *ctx;
+    /* Renders the Prometheus exposition into a malloc'd buffer (the admin frees it). */
+    int (*render_metrics)(void *ctx, char **out, size_t *len);
+} sl_admin_hooks_t;
+
 /** Starts listening on `addr`. Returns 0 and sets `*out`, or a negative errno/libuv code. */
-int sl_admin_start(uv_loop_t *loop, const struct sockaddr *addr, sl_admin_t **out);
+int sl_admin_start(uv_loop_t *loop, const struct sockaddr *addr, const sl_admin_hooks_t *hooks, sl_admin_t **out);
 
 /** Marks the gateway ready (listeners up) or not (draining). */
 void sl_admin_set_ready(sl_admin_t *a, bool ready);

@@ -20,6 +20,7 @@
 #include "common/time.h"
 #include "http/reply.h"
 #include "http1/parser.h"
+#include "metrics/metrics.h"
 #include "net/stream.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/snapshot.h"
@@ -52,6 +53,7 @@ enum conn_flag {
     CONN_SAW_BYTES = 1 << 3,   /* the current request's first byte has arrived */
     CONN_PEER_EOF = 1 << 4,
     CONN_PROCESS_PENDING = 1 << 5, /* a pipelined request waits for the outer conn_process */
+    CONN_COUNTED_ACTIVE = 1 << 6,  /* the connections{state="active"} gauge counts it */
 };
 
 struct sl_h1_conn {
@@ -219,6 +221,10 @@ static sl_h1_active_t *active_take(sl_h1_conn_t *c)
     a->x.upstream_first_byte_ns = -1;
     a->wreq.data = c;
     c->act = a;
+    if (c->worker->metrics && !(c->flags & CONN_COUNTED_ACTIVE)) {
+        c->flags |= CONN_COUNTED_ACTIVE;
+        sl_metrics_connection_active(c->worker->metrics, true);
+    }
     if (c->peer_family != 0)
         inet_ntop(c->peer_family, c->peer_addr, a->x.client_ip, sizeof(a->x.client_ip));
     a->x.client_port = c->peer_port;
@@ -246,6 +252,10 @@ static void active_release(sl_h1_conn_t *c)
     if (a == NULL)
         return;
     c->act = NULL;
+    if (c->worker->metrics && (c->flags & CONN_COUNTED_ACTIVE) && !(c->flags & CONN_CLOSING)) {
+        c->flags &= ~CONN_COUNTED_ACTIVE;
+        sl_metrics_connection_active(c->worker->metrics, false);
+    }
     sl_snapshot_t *snap = a->x.snap;
     sl_arena_reset(&a->x.arena);
     sl_snapshot_unref(snap);
@@ -278,6 +288,8 @@ static void on_close(uv_handle_t *h)
         c->next->prev = c->prev;
     hw->nconns--;
     atomic_fetch_sub_explicit(&total_connections, 1, memory_order_relaxed);
+    if (c->worker->metrics)
+        sl_metrics_connection_closed(c->worker->metrics, (c->flags & CONN_COUNTED_ACTIVE) != 0);
     sl_worker_t *w = c->worker;
     free(c);
     if (hw->draining && hw->nconns == 0 && hw->on_empty) {
@@ -403,6 +415,8 @@ void sl_h1_server_accept(sl_listener_t *l)
     hw->conns = c;
     hw->nconns++;
     uint64_t total = atomic_fetch_add_explicit(&total_connections, 1, memory_order_relaxed) + 1;
+    if (w->metrics)
+        sl_metrics_connection_opened(w->metrics);
     if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
         conn_close(c);
         return;

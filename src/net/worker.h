@@ -43,9 +43,10 @@ struct sl_worker {
     void (*on_exit)(sl_worker_t *w);         /* in the worker thread, after its loop ended */
     void *data;                              /* the owner's per-worker state */
     /* Per-worker state of the layers above, opaque here (each module owns its own). */
-    struct sl_snapshot *snap;      /* the current config snapshot (pipeline/snapshot.h) */
-    struct sl_h1_worker *h1;       /* downstream HTTP/1 connections (http1/server.h) */
-    struct sl_upstream_worker *up; /* upstream pools (upstream/proxy.h) */
+    struct sl_snapshot *snap;          /* the current config snapshot (pipeline/snapshot.h) */
+    struct sl_h1_worker *h1;           /* downstream HTTP/1 connections (http1/server.h) */
+    struct sl_upstream_worker *up;     /* upstream pools (upstream/proxy.h) */
+    struct sl_metrics_worker *metrics; /* this worker's counters (metrics/metrics.h) */
 };
 
 #define SL_WORKER_BUF_SIZE (16 * 1024)

@@ -12,7 +12,10 @@
 
 #include "common/time.h"
 #include "http/reply.h"
+#include "metrics/metrics.h"
+#include "net/worker.h"
 #include "pipeline/pipeline.h"
+#include "pipeline/snapshot.h"
 
 static atomic_int log_fd = -1;
 
@@ -61,6 +64,8 @@ static double ns_to_ms(int64_t ns)
 
 void sl_pipeline_log(sl_exchange_t *x)
 {
+    if (x->worker->metrics != NULL && x->snap->metrics != NULL)
+        sl_metrics_observe_exchange(x->worker->metrics, x->snap->metrics, x, sl_time_mono_ns());
     int fd = atomic_load_explicit(&log_fd, memory_order_relaxed);
     if (fd < 0)
         return;

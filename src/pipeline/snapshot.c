@@ -31,6 +31,8 @@ void sl_snapshot_unref(sl_snapshot_t *s)
     if (s->upstreams_release)
         s->upstreams_release(s->upstreams);
     sl_router_destroy(s->router);
+    if (s->metrics)
+        sl_metrics_schema_destroy(s->metrics);
     sl_config_unref(s->cfg);
     free(s);
 }

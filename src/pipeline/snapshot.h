@@ -12,6 +12,7 @@
 
 #include "config/config.h"
 #include "http/exchange.h"
+#include "metrics/metrics.h"
 #include "router/router.h"
 
 typedef struct sl_snapshot sl_snapshot_t;
@@ -19,9 +20,10 @@ typedef struct sl_snapshot sl_snapshot_t;
 struct sl_snapshot {
     atomic_uint refcount;
     uint64_t generation;
-    sl_config_t *cfg;    /* one reference owned by the snapshot */
-    sl_router_t *router; /* owned */
-    void *upstreams;     /* the proxy's runtime state, owned through upstreams_release */
+    sl_config_t *cfg;             /* one reference owned by the snapshot */
+    sl_router_t *router;          /* owned */
+    sl_metrics_schema_t *metrics; /* owned; NULL when metrics are off (sluice check) */
+    void *upstreams;              /* the proxy's runtime state, owned through upstreams_release */
     void (*upstreams_release)(void *upstreams);
     /* The terminal handler of routes with an upstream. */
     void (*proxy)(sl_exchange_t *x, const sl_route_conf_t *route);

@@ -22,6 +22,7 @@
 #include "config/config.h"
 #include "http1/parser.h"
 #include "http1/server.h"
+#include "metrics/metrics.h"
 #include "net/worker.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/snapshot.h"
@@ -54,12 +55,14 @@ typedef struct gateway {
     size_t nworkers;
     atomic_size_t exited;
     sl_admin_t *admin;
+    sl_metrics_t *metrics;
     bool draining;
 } gateway_t;
 
 /* ---- building snapshots ------------------------------------------------------------------ */
 
-static int build_snapshot(const char *path, uv_loop_t *loop, uint64_t generation, sl_snapshot_t **out)
+static int build_snapshot(const char *path, uv_loop_t *loop, sl_metrics_t *metrics, uint64_t generation,
+                          sl_snapshot_t **out)
 {
     sl_config_errors_t errs = {0};
     sl_config_t *cfg = NULL;
@@ -78,6 +81,8 @@ static int build_snapshot(const char *path, uv_loop_t *loop, uint64_t generation
     sl_config_errors_dispose(&errs);
     cfg->generation = generation;
     sl_snapshot_t *snap = sl_snapshot_create(cfg, router);
+    if (metrics != NULL && sl_metrics_schema_create(metrics, cfg, &snap->metrics) != 0)
+        snap->metrics = NULL; /* counted nowhere rather than refused: the config itself is fine */
     sl_proxy_attach(snap, loop);
     *out = snap;
     return 0;
@@ -87,7 +92,7 @@ int sl_gateway_check(const char *config_path)
 {
     sl_h1_register_errors();
     sl_snapshot_t *snap = NULL;
-    if (build_snapshot(config_path, NULL, 1, &snap) != 0)
+    if (build_snapshot(config_path, NULL, NULL, 1, &snap) != 0)
         return 1;
     const sl_config_t *c = snap->cfg;
     printf("%s: ok: %zu listener%s, %zu upstream%s, %zu route%s, %u worker%s\n", config_path, c->nlistens,
@@ -157,7 +162,8 @@ static void publish(gateway_t *gw, sl_snapshot_t *snap)
 static void reload(gateway_t *gw)
 {
     sl_snapshot_t *snap = NULL;
-    if (build_snapshot(gw->config_path, &gw->loop, gw->generation + 1, &snap) != 0) {
+    if (build_snapshot(gw->config_path, &gw->loop, gw->metrics, gw->generation + 1, &snap) != 0) {
+        sl_metrics_reload_result(gw->metrics, false);
         sl_log_error("reload of %s failed; the running config (generation %llu) stays", gw->config_path,
                      (unsigned long long)gw->generation);
         return;
@@ -169,6 +175,7 @@ static void reload(gateway_t *gw)
     if (!same_listen)
         sl_log_warn("reload: listener changes need a restart; the old listeners stay");
     gw->generation++;
+    sl_metrics_reload_result(gw->metrics, true);
     sl_log_set_level((enum sl_log_level)cfg->logging.level);
     if (!sl_str_eq(old->logging.access_path, cfg->logging.access_path))
         sl_accesslog_open(cfg->logging.access_path);
@@ -226,6 +233,12 @@ static void on_worker_exited(uv_async_t *a)
         sl_admin_stop(gw->admin);
 }
 
+static int render_metrics(void *ctx, char **out, size_t *len)
+{
+    gateway_t *gw = ctx;
+    return sl_metrics_render(gw->metrics, gw->current->metrics, out, len);
+}
+
 static void raise_nofile(void)
 {
     struct rlimit rl;
@@ -243,8 +256,9 @@ int sl_gateway_run(const char *config_path)
     gw->config_path = config_path;
     gw->generation = 1;
     uv_loop_init(&gw->loop);
+    sl_metrics_create(&gw->metrics);
     int rc = 1;
-    if (build_snapshot(config_path, &gw->loop, gw->generation, &gw->current) != 0)
+    if (build_snapshot(config_path, &gw->loop, gw->metrics, gw->generation, &gw->current) != 0)
         goto out_loop;
     const sl_config_t *cfg = gw->current->cfg;
     sl_log_set_level((enum sl_log_level)cfg->logging.level);
@@ -277,7 +291,8 @@ int sl_gateway_run(const char *config_path)
         }
     }
     if (cfg->admin.enabled) {
-        err = sl_admin_start(&gw->loop, (const struct sockaddr *)&cfg->admin.addr, &gw->admin);
+        sl_admin_hooks_t hooks = {.ctx = gw, .render_metrics = render_metrics};
+        err = sl_admin_start(&gw->loop, (const struct sockaddr *)&cfg->admin.addr, &hooks, &gw->admin);
         if (err) {
             fprintf(stderr, "sluice: cannot listen on admin address %.*s: %s\n", SL_STR_FMT(cfg->admin.address),
                     sl_strerror(err));
@@ -308,6 +323,7 @@ int sl_gateway_run(const char *config_path)
         err = sl_worker_init(w, (unsigned)i, fds + i * cfg->nlistens, cfg->nlistens);
         SL_BUG_ON(err != 0); /* adopting an fd we just created cannot fail but for OOM */
         w->snap = sl_snapshot_ref(gw->current);
+        sl_metrics_worker_create(gw->metrics, &w->metrics);
         w->on_connection = sl_h1_server_accept;
         w->on_wakeup = worker_on_wakeup;
         sl_h1_worker_init(w);
@@ -332,6 +348,8 @@ int sl_gateway_run(const char *config_path)
         w->snap = NULL;
         sl_h1_worker_dispose(w);
         sl_upstream_worker_dispose(w);
+        sl_metrics_worker_destroy(w->metrics);
+        w->metrics = NULL;
         if (uv_loop_close(&w->loop) != 0)
             sl_log_warn("worker %zu: loop closed with handles open", i);
         sl_buf_pool_dispose(&w->bufs);
@@ -347,6 +365,7 @@ out_snap:
 out_loop:
     uv_run(&gw->loop, UV_RUN_NOWAIT);
     uv_loop_close(&gw->loop);
+    sl_metrics_destroy(gw->metrics);
     free(gw);
     return rc;
 }

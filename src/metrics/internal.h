@@ -1,0 +1,134 @@
+/*
+ * Private to src/metrics: the layouts of the registry, the schema and a worker's storage, shared
+ * by registry.c (control thread), observe.c (worker threads) and render.c (the scraper).
+ */
+#ifndef SL_METRICS_INTERNAL_H
+#define SL_METRICS_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/arena.h"
+#include "common/str.h"
+#include "http/cause.h"
+#include "http/method.h"
+#include "metrics/metrics.h"
+
+/* Histogram upper bounds (le), in nanoseconds so bucketing is integer compares. Keep in step
+ * with sl__metrics_bounds_text and docs/metrics.md. */
+#define SL__METRICS_NBUCKETS 16
+extern const uint64_t sl__metrics_bounds_ns[SL__METRICS_NBUCKETS];
+extern const char *const sl__metrics_bounds_text[SL__METRICS_NBUCKETS];
+
+/* Reserved slots. Route slot 0 is the name "none" (unrouted requests), 1 the overflow series;
+ * upstream and target slot 0 are overflow. */
+#define SL__METRICS_ROUTE_NONE     0u
+#define SL__METRICS_ROUTE_OVERFLOW 1u
+#define SL__METRICS_ROUTE_SLOTS    (SL_METRICS_MAX_ROUTES + 2)
+#define SL__METRICS_UP_OVERFLOW    0u
+#define SL__METRICS_UP_SLOTS       (SL_METRICS_MAX_UPSTREAMS + 1)
+#define SL__METRICS_TGT_OVERFLOW   0u
+#define SL__METRICS_TGT_SLOTS      (SL_METRICS_MAX_TARGETS + 1)
+
+/* A (method, status, cause) key: bit 31 marks it used (0 is an empty table entry), status in
+ * bits 10..19 (0 = outside 100..599), cause in bits 4..9, method in bits 0..3. */
+#define SL__METRICS_KEY_USED (1u << 31)
+static inline uint32_t sl__metrics_key(unsigned method, unsigned status, unsigned cause)
+{
+    return SL__METRICS_KEY_USED | (status << 10) | (cause << 4) | method;
+}
+static inline unsigned sl__metrics_key_method(uint32_t k)
+{
+    return k & 0xfu;
+}
+static inline unsigned sl__metrics_key_cause(uint32_t k)
+{
+    return (k >> 4) & 0x3fu;
+}
+static inline unsigned sl__metrics_key_status(uint32_t k)
+{
+    return (k >> 10) & 0x3ffu;
+}
+
+typedef struct sl__metrics_hist {
+    _Atomic uint64_t buckets[SL__METRICS_NBUCKETS + 1]; /* not cumulative; the last is +Inf */
+    _Atomic uint64_t sum_ns;
+} sl__metrics_hist_t;
+
+/* One route's counters in one worker: an open-addressed table (linear probing, never deleted)
+ * of (method,status,cause) keys. Keys are published with a release store so the scraper, which
+ * loads them with acquire, never pairs a key with a count of another key. */
+typedef struct sl__metrics_route {
+    _Atomic uint32_t keys[SL_METRICS_ROUTE_KEYS];
+    _Atomic uint64_t counts[SL_METRICS_ROUTE_KEYS];
+    _Atomic uint64_t overflow; /* keys that found the table full */
+    sl__metrics_hist_t duration;
+} sl__metrics_route_t;
+
+struct sl_metrics_worker {
+    sl_metrics_t *m;
+    _Atomic uint64_t bytes_in, bytes_out, accepted;
+    _Atomic int64_t active, idle;
+    /* Storage per stable slot, allocated by the control thread when the slot appears and
+     * published with a release store before any schema naming the slot exists. */
+    _Atomic(sl__metrics_route_t *) routes[SL__METRICS_ROUTE_SLOTS];
+    _Atomic(sl__metrics_hist_t *) targets[SL__METRICS_TGT_SLOTS];
+};
+
+/* An append-only name → slot table. `scope` separates namespaces sharing one table: a target
+ * address is only unique within its upstream, so targets use the upstream slot as scope. */
+typedef struct sl__metrics_names {
+    sl_str_t *names; /* [cap], copies in the registry's arena */
+    uint32_t *scope; /* [cap] */
+    uint32_t *index; /* [mask + 1]: slot + 1, 0 = empty */
+    size_t len, cap, mask;
+} sl__metrics_names_t;
+
+struct sl_metrics {
+    sl_arena_t arena; /* name copies; lives as long as the registry */
+    sl__metrics_names_t routes, upstreams, targets;
+    size_t routes_allocated, targets_allocated; /* slots below these have storage everywhere */
+    sl_metrics_worker_t **workers;              /* [0] is `retired`, the sum of destroyed ones */
+    size_t nworkers, capworkers;
+    _Atomic uint64_t reloads_ok, reloads_failed;
+    _Atomic uint64_t last_reload_wall_ms;
+    uint64_t start_time_s; /* 0 when /proc could not tell */
+};
+
+struct sl_metrics_schema {
+    size_t nroutes;
+    uint32_t *route_slot;       /* [nroutes]: config route index → stable slot */
+    const sl_str_t *route_name; /* registry names by slot (stable: the registry never moves them) */
+    uint32_t *route_index;      /* [route_mask + 1]: config index + 1 by name hash, 0 = empty */
+    size_t route_mask;
+    size_t nupstreams;
+    uint32_t *target_base; /* [nupstreams + 1]: first entry of each upstream in target_slot */
+    uint32_t *target_slot; /* config (upstream, target) → stable target slot */
+    uint32_t *route_order; /* route slots to export, sorted by name, unique */
+    size_t nroute_order;
+    uint32_t *target_order; /* target slots to export, sorted by (upstream, address), unique */
+    size_t ntarget_order;
+};
+
+uint64_t sl__metrics_hash(uint32_t scope, sl_str_t name);
+
+/** Adds `n` to a counter that only the calling thread writes (no read-modify-write needed). */
+static inline void sl__metrics_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+static inline uint64_t sl__metrics_load(_Atomic uint64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+/** Counts `n` requests of `key` in `r` (overflow when the table is full). Writer thread only. */
+void sl__metrics_route_count(sl__metrics_route_t *r, uint32_t key, uint64_t n);
+
+/** The name of a target slot's upstream (registry lookup for rendering). */
+sl_str_t sl__metrics_target_upstream(const sl_metrics_t *m, uint32_t target_slot);
+
+#endif

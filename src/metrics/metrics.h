@@ -1,0 +1,138 @@
+/*
+ * Metrics: counters and histograms of the data path, exposed in the Prometheus text format
+ * (0.0.4) on the admin listener's /metrics (DESIGN.md "Metrics"; every series is in
+ * docs/metrics.md).
+ *
+ * Three objects, and why:
+ *
+ * - sl_metrics_t, the registry, one per process (created by the server). It holds an
+ *   append-only table of every route, upstream and target name any config ever had, each with a
+ *   stable slot number, plus the process-wide figures (reloads). Slots are never reused, so a
+ *   Prometheus counter of a route that survives a reload keeps counting instead of resetting.
+ *   The table is capped (SL_METRICS_MAX_*); past the cap new names share one "(overflow)"
+ *   series, with a warning in the error log. It is an object, not a global, so tests and a
+ *   future second instance stay independent.
+ *
+ * - sl_metrics_schema_t, one per config snapshot: maps the config's dense route index and
+ *   (upstream index, target index) to stable slots, and lists the series to export in sorted
+ *   order. Immutable after creation, so any thread may read it without locks.
+ *
+ * - sl_metrics_worker_t, one per worker thread: fixed arrays of counters and histograms indexed
+ *   by stable slot. Only its worker writes it, with relaxed atomic load + store (single writer:
+ *   a plain load and store on x86/arm64, no lock prefix, no shared cache line); the scraper
+ *   sums all workers with relaxed loads when /metrics is read, so the cost of a scrape is
+ *   proportional to the number of series, never to the request rate. The storage of a slot is
+ *   allocated by the main thread when the slot is created (schema or worker creation), so the
+ *   update path never allocates and never takes a lock.
+ *
+ * Reloads: series are exported for the names of the *current* schema only. A route removed by
+ * a reload stops being exported (Prometheus treats the series as ended; dashboards stop showing
+ * a route that no longer exists) but its slot keeps its counts, so re-adding the same name
+ * resumes the same counter without a reset. A renamed route is a new series from zero.
+ *
+ * Memory class: the registry, schemas and worker storage are plain heap objects, freed by
+ * their _destroy. Per worker, each route slot costs sizeof(sl__metrics_route_t) (~0.9 KiB:
+ * a 64-entry (method,status,cause) table and a duration histogram) and each target slot
+ * ~0.15 KiB, plus ~96 KiB of slot pointers per worker (see docs/metrics.md).
+ *
+ * Threads: the registry, schema creation, worker creation/destruction, reload results and
+ * rendering belong to one control thread (the main thread). The observe/connection functions
+ * are called only by the worker thread that owns `w`. sl_metrics_schema_destroy may run on any
+ * thread (a snapshot's last reference may drop in a worker); it touches only the schema.
+ */
+#ifndef SL_METRICS_METRICS_H
+#define SL_METRICS_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "http/exchange.h"
+
+/* Name-table caps, reserved slots excluded. */
+#define SL_METRICS_MAX_ROUTES    4096
+#define SL_METRICS_MAX_UPSTREAMS 1024
+#define SL_METRICS_MAX_TARGETS   8192
+
+/* Distinct (method, status, cause) keys counted per route per worker; more share one
+ * `cause="other"` series of that route. */
+#define SL_METRICS_ROUTE_KEYS 64
+
+/* Label value of unrouted requests (400s before routing, 404 route_not_found). Route names may
+ * be `none` too: such a route then shares these series (same stable slot). */
+#define SL_METRICS_ROUTE_NONE "none"
+/* Label value of routes/upstreams/targets past the name-table caps: not a valid config name. */
+#define SL_METRICS_OVERFLOW "(overflow)"
+
+typedef struct sl_metrics sl_metrics_t;
+typedef struct sl_metrics_schema sl_metrics_schema_t;
+typedef struct sl_metrics_worker sl_metrics_worker_t;
+
+/* ---- control thread ----------------------------------------------------------------------- */
+
+/** Creates the registry; the caller owns it. Reads the process start time once. */
+void sl_metrics_create(sl_metrics_t **out);
+
+/** Frees the registry. Every worker storage must have been destroyed before; schemas must not
+ *  be used for observing or rendering afterwards (they may still be destroyed). */
+void sl_metrics_destroy(sl_metrics_t *m);
+
+/**
+ * Builds the schema of `cfg`: registers new route/upstream/target names (stable slots),
+ * allocates their storage in every worker storage, and records the export order. `cfg` is not
+ * referenced after the call. Returns 0 and sets `*out` (owned by the caller, usually stored in
+ * the snapshot). Names past the caps are logged once per call and map to the overflow slot.
+ */
+int sl_metrics_schema_create(sl_metrics_t *m, const sl_config_t *cfg, sl_metrics_schema_t **out);
+
+/** Frees a schema. Any thread; touches nothing but the schema. NULL is ignored. */
+void sl_metrics_schema_destroy(sl_metrics_schema_t *s);
+
+/** Creates one worker's storage (call on the control thread before the worker starts). */
+void sl_metrics_worker_create(sl_metrics_t *m, sl_metrics_worker_t **out);
+
+/** Control thread, after the worker thread has ended: folds the worker's counters into the
+ *  registry (so totals never go down) and frees the storage. Gauges are dropped. */
+void sl_metrics_worker_destroy(sl_metrics_worker_t *w);
+
+/** Counts a reload attempt (not the initial load); a success also sets the last-reload time. */
+void sl_metrics_reload_result(sl_metrics_t *m, bool ok);
+
+/**
+ * Renders every series in the Prometheus text format 0.0.4, summed over all worker storage,
+ * for the names of `current` (NULL: only unrouted and process-wide series). On return `*out`
+ * is a malloc'd NUL-terminated buffer the caller frees, `*len` its length. Returns 0.
+ * Cost: proportional to series count × workers. Concurrent updates may or may not be included;
+ * every counter read is a value the counter really had.
+ */
+int sl_metrics_render(sl_metrics_t *m, const sl_metrics_schema_t *current, char **out, size_t *len);
+
+/* ---- the owning worker thread only -------------------------------------------------------- */
+
+/**
+ * Counts one finished exchange (the log phase): sluice_requests_total, the route's duration
+ * histogram (end_ns - x->start_ns) and sluice_bytes_total. `s` should be the schema of the
+ * snapshot the exchange ran with (x->route_index is an index into that config); another schema
+ * still counts correctly by route name, a little slower. Never allocates.
+ */
+void sl_metrics_observe_exchange(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_exchange_t *x,
+                                 uint64_t end_ns);
+
+/** Time to first response byte of one upstream try; indices into the schema's config
+ *  (cfg->upstreams[upstream_index].targets[target_index]). Out of range counts as overflow. */
+void sl_metrics_observe_upstream(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, size_t upstream_index,
+                                 size_t target_index, uint64_t first_byte_ns);
+
+/* Connection gauges. Either track transitions (opened → idle; active(true) when a request
+ * starts, active(false) when it ends and the connection waits; closed) or, when the caller
+ * already keeps counts, set them with sl_metrics_connections_set. Do not mix the two on one
+ * worker. */
+void sl_metrics_connection_opened(sl_metrics_worker_t *w); /* also counts accepted_total */
+void sl_metrics_connection_active(sl_metrics_worker_t *w, bool active);
+void sl_metrics_connection_closed(sl_metrics_worker_t *w, bool was_active);
+void sl_metrics_connections_set(sl_metrics_worker_t *w, uint64_t active, uint64_t idle);
+/** Counts an accepted connection without touching the gauges (with connections_set). */
+void sl_metrics_connection_accepted(sl_metrics_worker_t *w);
+
+#endif

@@ -1,0 +1,141 @@
+/*
+ * The update path: called by a worker thread in the log phase of every exchange, per upstream
+ * try and per connection event. It writes only the calling worker's own storage, with relaxed
+ * load + store (one writer per counter, so no read-modify-write and no lock prefix), never
+ * allocates and never takes a lock; the scraper (render.c) sums the workers later.
+ */
+#include "metrics/metrics.h"
+
+#include "common/bug.h"
+#include "metrics/internal.h"
+
+/* 0.5 ms .. 60 s: gateway overhead lives in the first buckets, slow upstreams in the last. */
+const uint64_t sl__metrics_bounds_ns[SL__METRICS_NBUCKETS] = {
+    500000ull,     1000000ull,     2500000ull,     5000000ull,     10000000ull,   25000000ull,
+    50000000ull,   100000000ull,   250000000ull,   500000000ull,   1000000000ull, 2500000000ull,
+    5000000000ull, 10000000000ull, 30000000000ull, 60000000000ull,
+};
+const char *const sl__metrics_bounds_text[SL__METRICS_NBUCKETS] = {
+    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+    "0.25",   "0.5",   "1",      "2.5",   "5",    "10",    "30",   "60",
+};
+
+_Static_assert(SL_METHOD__COUNT <= 16, "method must fit 4 key bits");
+_Static_assert(SL_CAUSE__COUNT <= 64, "cause must fit 6 key bits");
+_Static_assert((SL_METRICS_ROUTE_KEYS & (SL_METRICS_ROUTE_KEYS - 1)) == 0, "table size must be a power of two");
+
+static void hist_observe(sl__metrics_hist_t *h, uint64_t ns)
+{
+    /* A linear scan: 16 predictable compares beat a binary search's mispredictions. */
+    size_t b = 0;
+    while (b < SL__METRICS_NBUCKETS && ns > sl__metrics_bounds_ns[b])
+        b++;
+    sl__metrics_add(&h->buckets[b], 1);
+    sl__metrics_add(&h->sum_ns, ns);
+}
+
+void sl__metrics_route_count(sl__metrics_route_t *r, uint32_t key, uint64_t n)
+{
+    /* Fibonacci hashing spreads the few keys a route sees (mostly one method, a few statuses)
+     * over the table; probing the whole table keeps the cap exactly SL_METRICS_ROUTE_KEYS. */
+    size_t i = (size_t)((key * 2654435761u) >> 26) & (SL_METRICS_ROUTE_KEYS - 1);
+    for (size_t probes = 0; probes < SL_METRICS_ROUTE_KEYS; probes++, i = (i + 1) & (SL_METRICS_ROUTE_KEYS - 1)) {
+        uint32_t k = atomic_load_explicit(&r->keys[i], memory_order_relaxed);
+        if (k == key) {
+            sl__metrics_add(&r->counts[i], n);
+            return;
+        }
+        if (k == 0) {
+            /* Count first, then publish the key (release): a scraper that sees the key also
+             * sees a count, never a key whose count belongs to nothing yet. */
+            sl__metrics_add(&r->counts[i], n);
+            atomic_store_explicit(&r->keys[i], key, memory_order_release);
+            return;
+        }
+    }
+    sl__metrics_add(&r->overflow, n);
+}
+
+static uint32_t route_slot(const sl_metrics_schema_t *s, const sl_exchange_t *x)
+{
+    if (x->route_index < 0)
+        return SL__METRICS_ROUTE_NONE;
+    if (s == NULL)
+        return SL__METRICS_ROUTE_OVERFLOW;
+    size_t i = (size_t)x->route_index;
+    if (i < s->nroutes) {
+        uint32_t slot = s->route_slot[i];
+        if (slot == SL__METRICS_ROUTE_OVERFLOW || sl_str_eq(s->route_name[slot], x->route_name))
+            return slot;
+    }
+    /* The exchange ran with another config than `s` (the caller passed the worker's newest
+     * schema): find the route by name. */
+    size_t h = (size_t)sl__metrics_hash(0, x->route_name) & s->route_mask;
+    for (uint32_t e; (e = s->route_index[h]) != 0; h = (h + 1) & s->route_mask)
+        if (sl_str_eq(s->route_name[s->route_slot[e - 1]], x->route_name))
+            return s->route_slot[e - 1];
+    return SL__METRICS_ROUTE_OVERFLOW;
+}
+
+void sl_metrics_observe_exchange(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_exchange_t *x,
+                                 uint64_t end_ns)
+{
+    sl__metrics_route_t *r = atomic_load_explicit(&w->routes[route_slot(s, x)], memory_order_acquire);
+    /* NULL only when `w` was created off the control thread while a schema was being built. */
+    SL_DEBUG_BUG_ON(r == NULL);
+    if (r != NULL) {
+        unsigned method = (unsigned)x->method < SL_METHOD__COUNT ? (unsigned)x->method : SL_METHOD_OTHER;
+        unsigned status = x->status >= 100 && x->status <= 599 ? (unsigned)x->status : 0;
+        unsigned cause = (unsigned)x->cause < SL_CAUSE__COUNT ? (unsigned)x->cause : SL_CAUSE_INTERNAL_ERROR;
+        sl__metrics_route_count(r, sl__metrics_key(method, status, cause), 1);
+        hist_observe(&r->duration, end_ns > x->start_ns ? end_ns - x->start_ns : 0);
+    }
+    sl__metrics_add(&w->bytes_in, x->bytes_in);
+    sl__metrics_add(&w->bytes_out, x->bytes_out);
+}
+
+void sl_metrics_observe_upstream(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, size_t upstream_index,
+                                 size_t target_index, uint64_t first_byte_ns)
+{
+    uint32_t slot = SL__METRICS_TGT_OVERFLOW;
+    if (s != NULL && upstream_index < s->nupstreams &&
+        target_index < s->target_base[upstream_index + 1] - s->target_base[upstream_index])
+        slot = s->target_slot[s->target_base[upstream_index] + target_index];
+    sl__metrics_hist_t *h = atomic_load_explicit(&w->targets[slot], memory_order_acquire);
+    SL_DEBUG_BUG_ON(h == NULL);
+    if (h != NULL)
+        hist_observe(h, first_byte_ns);
+}
+
+static void gauge_add(_Atomic int64_t *g, int64_t d)
+{
+    atomic_store_explicit(g, atomic_load_explicit(g, memory_order_relaxed) + d, memory_order_relaxed);
+}
+
+void sl_metrics_connection_opened(sl_metrics_worker_t *w)
+{
+    sl__metrics_add(&w->accepted, 1);
+    gauge_add(&w->idle, 1);
+}
+
+void sl_metrics_connection_active(sl_metrics_worker_t *w, bool active)
+{
+    gauge_add(&w->active, active ? 1 : -1);
+    gauge_add(&w->idle, active ? -1 : 1);
+}
+
+void sl_metrics_connection_closed(sl_metrics_worker_t *w, bool was_active)
+{
+    gauge_add(was_active ? &w->active : &w->idle, -1);
+}
+
+void sl_metrics_connections_set(sl_metrics_worker_t *w, uint64_t active, uint64_t idle)
+{
+    atomic_store_explicit(&w->active, (int64_t)active, memory_order_relaxed);
+    atomic_store_explicit(&w->idle, (int64_t)idle, memory_order_relaxed);
+}
+
+void sl_metrics_connection_accepted(sl_metrics_worker_t *w)
+{
+    sl__metrics_add(&w->accepted, 1);
+}
