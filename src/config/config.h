@@ -56,11 +56,23 @@ enum sl_balance {
     SL_BALANCE_P2C_EWMA,
 };
 
+/* What `balance: hash` hashes (`hash_on`). The proxy extracts the key; an absent header or
+ * cookie (an empty key) falls back to round robin. */
+enum sl_hash_on {
+    SL_HASH_ON_NONE = 0, /* not set: only with another balance */
+    SL_HASH_ON_IP,       /* the client's IP address (the default with balance: hash) */
+    SL_HASH_ON_PATH,     /* the request path, without the query */
+    SL_HASH_ON_HEADER,   /* the value of request header `hash_on_name` */
+    SL_HASH_ON_COOKIE,   /* the value of cookie `hash_on_name` */
+};
+
 typedef struct sl_upstream_conf {
     sl_str_t name;
     sl_target_conf_t *targets;
     size_t ntargets;
     enum sl_balance balance;            /* default round_robin */
+    enum sl_hash_on hash_on;            /* set (default ip) exactly when balance is hash */
+    sl_str_t hash_on_name;              /* header or cookie name of `header:NAME` / `cookie:NAME`; NUL-terminated */
     uint64_t connect_timeout_ms;        /* default 1s */
     uint64_t read_timeout_ms;           /* default 30s: between bytes of the response */
     uint64_t send_timeout_ms;           /* default 30s: a blocked write to the upstream */

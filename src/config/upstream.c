@@ -82,12 +82,66 @@ static int parse_targets(sl__config_ctx_t *ctx, const sl__config_key_t *k, const
 
 static const sl__config_enum_t balances[] = {
     {"round_robin", SL_BALANCE_ROUND_ROBIN, false},
-    /* the other balancers arrive with the upstream-resilience feature */
-    {"least_conn", SL_BALANCE_LEAST_CONN, true},
-    {"hash", SL_BALANCE_HASH, true},
-    {"p2c_ewma", SL_BALANCE_P2C_EWMA, true},
+    {"least_conn", SL_BALANCE_LEAST_CONN, false},
+    {"hash", SL_BALANCE_HASH, false},
+    {"p2c_ewma", SL_BALANCE_P2C_EWMA, false},
     {NULL, 0, false},
 };
+
+static const char *balance_name(enum sl_balance b)
+{
+    for (const sl__config_enum_t *e = balances; e->name != NULL; e++)
+        if (e->value == (int)b)
+            return e->name;
+    return "?";
+}
+
+/* `hash_on: ip | path | header:NAME | cookie:NAME`. NAME must be a token: header field names
+ * are (RFC 9110 §5.1) and so are cookie names (RFC 6265 §4.1.1). */
+static int parse_hash_on(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_upstream_conf_t *up = field;
+    sl_str_t s;
+    if (sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    v = sl__config_node_deref(v);
+    char q[80];
+    static const struct {
+        const char *prefix;
+        enum sl_hash_on on;
+        const char *noun;
+    } named[] = {{"header:", SL_HASH_ON_HEADER, "header"}, {"cookie:", SL_HASH_ON_COOKIE, "cookie"}};
+    if (sl_str_eq(s, SL_STR_LIT("ip"))) {
+        up->hash_on = SL_HASH_ON_IP;
+        return 0;
+    }
+    if (sl_str_eq(s, SL_STR_LIT("path"))) {
+        up->hash_on = SL_HASH_ON_PATH;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+        sl_str_t prefix = sl_str_from_cstr(named[i].prefix);
+        if (!sl_str_has_prefix(s, prefix))
+            continue;
+        sl_str_t name = {s.ptr + prefix.len, s.len - prefix.len};
+        if (name.len == 0) {
+            sl__config_error(ctx, v, "hash_on: %s needs a %s name (%sNAME)", sl__config_quote(q, sizeof(q), s),
+                             named[i].noun, named[i].prefix);
+            return -1;
+        }
+        if (!sl__config_is_token(name)) {
+            sl__config_error(ctx, v, "hash_on: %s is not a valid %s name", sl__config_quote(q, sizeof(q), name),
+                             named[i].noun);
+            return -1;
+        }
+        up->hash_on = named[i].on;
+        up->hash_on_name = name; /* a suffix of the arena copy, so still NUL-terminated */
+        return 0;
+    }
+    sl__config_error(ctx, v, "hash_on: expected ip, path, header:NAME or cookie:NAME, got %s",
+                     sl__config_quote(q, sizeof(q), s));
+    return -1;
+}
 
 static const sl__config_key_t upstream_timeout_keys[] = {
     {.name = "connect",
@@ -143,6 +197,17 @@ static void upstream_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, 
 {
     sl_upstream_conf_t *up = base;
     char q[80];
+    /* hash_on elsewhere would be silently ignored; judged only once `balance` itself was read
+     * (a bad balance value has its own error and leaves the default in the field). */
+    const sl__config_node_t *balance = sl__config_node_map_get(map, "balance");
+    bool balance_read = balance == NULL || (balance->kind == SL__CONFIG_NODE_SCALAR &&
+                                            sl_str_eq(balance->text, sl_str_from_cstr(balance_name(up->balance))));
+    if (up->hash_on != SL_HASH_ON_NONE && up->balance != SL_BALANCE_HASH && balance_read)
+        sl__config_error(ctx, sl__config_node_map_key(map, "hash_on"),
+                         "hash_on is only used with balance: hash (this upstream has balance: %s)",
+                         balance_name(up->balance));
+    if (up->balance == SL_BALANCE_HASH && up->hash_on == SL_HASH_ON_NONE)
+        up->hash_on = SL_HASH_ON_IP;
     const sl__config_node_t *targets = sl__config_node_map_get(map, "targets");
     if (up->ntargets == 0 && (targets == NULL || targets->kind == SL__CONFIG_NODE_SEQ)) {
         sl__config_error(ctx, targets != NULL ? targets : map, "upstream %s has no targets",
@@ -167,6 +232,7 @@ static const sl__config_key_t upstream_keys[] = {
      .offset = offsetof(sl_upstream_conf_t, balance),
      .dflt = "round_robin",
      .enums = balances},
+    {.name = "hash_on", .type = SL__CT_CUSTOM, .parse = parse_hash_on},
     {.name = "timeouts", .type = SL__CT_SECTION, .section = &upstream_timeouts_section},
     {.name = "keepalive", .type = SL__CT_SECTION, .section = &keepalive_section},
     /* Later issue (health checks, breaker, retries): give each a type and a table to enable it. */
@@ -174,7 +240,6 @@ static const sl__config_key_t upstream_keys[] = {
     {.name = "circuit_breaker", .type = SL__CT_UNSUPPORTED},
     {.name = "retries", .type = SL__CT_UNSUPPORTED},
     {.name = "limits", .type = SL__CT_UNSUPPORTED},
-    {.name = "hash_on", .type = SL__CT_UNSUPPORTED},
 };
 
 static const sl__config_section_t upstream_section = {

@@ -20,7 +20,9 @@
 #include "common/time.h"
 #include "http/reply.h"
 #include "http1/parser.h"
+#include "metrics/metrics.h"
 #include "net/stream.h"
+#include "upstream/balancer.h"
 #include "upstream/connpool.h"
 
 void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -44,9 +46,8 @@ typedef struct upstream_rt {
     const sl_upstream_conf_t *conf;
     target_rt_t *targets;
     size_t ntargets;
-    uint16_t *wrr; /* smooth weighted round-robin order, one entry per unit of weight */
-    size_t nwrr;
-    atomic_size_t rr;
+    sl_target_state_t *states; /* shared by all workers: in-flight, latency, availability */
+    sl_balancer_t *balancer;   /* NULL only if it could not be built (then no_healthy_upstream) */
 } upstream_rt_t;
 
 typedef struct upstreams_rt {
@@ -62,7 +63,8 @@ static void upstreams_unref(void *p)
         return;
     for (size_t i = 0; i < u->nups; i++) {
         free(u->ups[i].targets);
-        free(u->ups[i].wrr);
+        sl_balancer_destroy(u->ups[i].balancer);
+        sl_balancer_states_destroy(u->ups[i].states);
     }
     free(u->ups);
     free(u);
@@ -85,31 +87,6 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     }
     uv_freeaddrinfo(res);
     upstreams_unref(t->owner);
-}
-
-static void build_wrr(upstream_rt_t *u)
-{
-    /* nginx's smooth weighted round robin, unrolled once into a table: the order spreads each
-     * target's turns evenly instead of in bursts, and picking is one atomic increment. */
-    size_t total = 0;
-    for (size_t i = 0; i < u->ntargets; i++)
-        total += u->targets[i].conf->weight ? u->targets[i].conf->weight : 1;
-    if (total > 65536)
-        total = 65536;
-    u->wrr = sl_xmalloc(total * sizeof(*u->wrr));
-    u->nwrr = total;
-    long *cur = sl_xcalloc(u->ntargets, sizeof(long));
-    for (size_t k = 0; k < total; k++) {
-        size_t best = 0;
-        for (size_t i = 0; i < u->ntargets; i++) {
-            cur[i] += u->targets[i].conf->weight ? u->targets[i].conf->weight : 1;
-            if (cur[i] > cur[best])
-                best = i;
-        }
-        cur[best] -= (long)total;
-        u->wrr[k] = (uint16_t)best;
-    }
-    free(cur);
 }
 
 static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route);
@@ -146,8 +123,10 @@ void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop)
                 atomic_fetch_sub(&u->refs, 1);
             }
         }
-        if (up->ntargets)
-            build_wrr(up);
+        up->states = sl_balancer_states_create(up->ntargets ? up->ntargets : 1);
+        int err = sl_balancer_create(up->conf, up->states, &up->balancer);
+        if (err)
+            sl_log_error("upstream %.*s: cannot build its balancer: %s", SL_STR_FMT(up->conf->name), sl_strerror(err));
     }
     snap->upstreams = u;
     snap->upstreams_release = upstreams_unref;
@@ -191,6 +170,7 @@ typedef struct proxy {
     uint64_t connect_start_ns;
     bool reused;
     bool retried;
+    bool counted; /* this exchange is in its target's in-flight count */
     /* request */
     char *head;
     size_t head_len;
@@ -236,6 +216,10 @@ static void conn_drop(proxy_t *px)
 
 static void proxy_cleanup(proxy_t *px)
 {
+    if (px->counted) {
+        px->counted = false;
+        atomic_fetch_sub_explicit(&px->up->states[px->target - px->up->targets].inflight, 1, memory_order_relaxed);
+    }
     sl_timeq_cancel(&px->phase_timeout);
     sl_timeq_cancel(&px->route_timeout);
     px->state = PX_DONE;
@@ -767,8 +751,14 @@ static void response_process(proxy_t *px)
                 proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, sl_h1_error_reason(r));
                 return;
             }
-            if (x->upstream_first_byte_ns < 0)
+            if (x->upstream_first_byte_ns < 0) {
                 x->upstream_first_byte_ns = (int64_t)(sl_time_mono_ns() - x->start_ns);
+                sl_balancer_observe(&px->up->states[px->target - px->up->targets], (uint64_t)x->upstream_first_byte_ns);
+                if (x->worker->metrics != NULL && x->snap->metrics != NULL)
+                    sl_metrics_observe_upstream(x->worker->metrics, x->snap->metrics, px->route->upstream_index,
+                                                (size_t)(px->target - px->up->targets),
+                                                (uint64_t)x->upstream_first_byte_ns);
+            }
             if (resp.status < 200) {
                 if (resp.status == 101) {
                     /* Upgrades are not proxied yet (WebSocket support is a later feature). */
@@ -885,10 +875,73 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
 
 /* ---- entry --------------------------------------------------------------------------------- */
 
-static target_rt_t *pick_target(upstream_rt_t *up)
+static _Thread_local uint64_t pick_rng;
+
+/* The bytes `balance: hash` hashes, per `hash_on`; empty (round robin) when absent. */
+static sl_balance_key_t hash_key(const sl_exchange_t *x, const sl_upstream_conf_t *conf)
 {
-    size_t n = atomic_fetch_add_explicit(&up->rr, 1, memory_order_relaxed);
-    return &up->targets[up->wrr[n % up->nwrr]];
+    sl_balance_key_t k = {NULL, 0};
+    switch (conf->hash_on) {
+    case SL_HASH_ON_IP:
+        k.ptr = x->client_ip;
+        k.len = strlen(x->client_ip);
+        break;
+    case SL_HASH_ON_PATH:
+        k.ptr = x->path.ptr;
+        k.len = x->path.len;
+        break;
+    case SL_HASH_ON_HEADER: {
+        const sl_header_t *h = sl_headers_find(&x->req_headers, conf->hash_on_name);
+        if (h != NULL) {
+            k.ptr = h->value.ptr;
+            k.len = h->value.len;
+        }
+        break;
+    }
+    case SL_HASH_ON_COOKIE:
+        /* Cookie: a=1; b=2 (RFC 6265 §4.2.1), possibly over several fields. */
+        for (size_t i = 0; i < x->req_headers.len && k.len == 0; i++) {
+            if (!sl_str_caseeq(x->req_headers.items[i].name, SL_STR_LIT("Cookie")))
+                continue;
+            sl_str_t v = x->req_headers.items[i].value;
+            size_t p = 0;
+            while (p < v.len) {
+                while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == ';'))
+                    p++;
+                size_t name = p;
+                while (p < v.len && v.ptr[p] != '=' && v.ptr[p] != ';')
+                    p++;
+                sl_str_t n = {v.ptr + name, p - name};
+                if (p >= v.len || v.ptr[p] != '=')
+                    continue;
+                size_t val = ++p;
+                while (p < v.len && v.ptr[p] != ';')
+                    p++;
+                if (sl_str_eq(n, conf->hash_on_name)) {
+                    k.ptr = v.ptr + val;
+                    k.len = p - val;
+                    break;
+                }
+            }
+        }
+        break;
+    default:
+        break;
+    }
+    return k;
+}
+
+static target_rt_t *pick_target(const sl_exchange_t *x, upstream_rt_t *up)
+{
+    if (up->balancer == NULL)
+        return NULL;
+    if (pick_rng == 0)
+        pick_rng = sl_time_mono_ns() | 1;
+    sl_balance_key_t key = {NULL, 0};
+    if (up->conf->balance == SL_BALANCE_HASH)
+        key = hash_key(x, up->conf);
+    int i = sl_balancer_pick(up->balancer, &key, &pick_rng);
+    return i < 0 ? NULL : &up->targets[i];
 }
 
 static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
@@ -906,8 +959,14 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
         proxy_fail(px, SL_CAUSE_NO_HEALTHY_UPSTREAM, "no targets");
         return;
     }
-    px->target = pick_target(px->up);
+    px->target = pick_target(x, px->up);
+    if (px->target == NULL) {
+        proxy_fail(px, SL_CAUSE_NO_HEALTHY_UPSTREAM, "no available target");
+        return;
+    }
     x->target_addr = px->target->conf->address;
+    px->counted = true;
+    atomic_fetch_add_explicit(&px->up->states[px->target - px->up->targets].inflight, 1, memory_order_relaxed);
     if (build_request_head(px) != 0) {
         proxy_fail(px, SL_CAUSE_URI_TOO_LONG, "rewritten path too long");
         return;

@@ -182,6 +182,8 @@ static void test_full_file(void **state)
     assert_int_equal(u->targets[2].addrlen, 0);
     assert_int_equal(u->targets[2].weight, 1000);
     assert_int_equal(u->balance, SL_BALANCE_ROUND_ROBIN);
+    assert_int_equal(u->hash_on, SL_HASH_ON_NONE);
+    assert_int_equal(u->hash_on_name.len, 0);
     assert_int_equal(u->connect_timeout_ms, 250);
     assert_int_equal(u->read_timeout_ms, 10000);
     assert_int_equal(u->send_timeout_ms, 20000);
@@ -190,7 +192,9 @@ static void test_full_file(void **state)
     u = &c->upstreams[1];
     assert_str(u->name, "static");
     assert_int_equal(u->ntargets, 1);
-    assert_int_equal(u->balance, SL_BALANCE_ROUND_ROBIN);
+    assert_int_equal(u->balance, SL_BALANCE_HASH);
+    assert_int_equal(u->hash_on, SL_HASH_ON_HEADER);
+    assert_str(u->hash_on_name, "X-User-Id");
     assert_int_equal(u->connect_timeout_ms, 1000); /* defaults next to set values */
     assert_int_equal(u->keepalive_max_idle, 64);
     assert_int_equal(sl_config_find_upstream(c, SL_STR_LIT("static")), 1);
@@ -312,6 +316,7 @@ static void test_defaults(void **state)
 
     const sl_upstream_conf_t *u = &c->upstreams[0];
     assert_int_equal(u->balance, SL_BALANCE_ROUND_ROBIN);
+    assert_int_equal(u->hash_on, SL_HASH_ON_NONE);
     assert_int_equal(u->connect_timeout_ms, 1000);
     assert_int_equal(u->read_timeout_ms, 30000);
     assert_int_equal(u->send_timeout_ms, 30000);
@@ -455,8 +460,9 @@ static void test_wrong_types(void **state)
         "4:10: workers: expected auto or an integer from 1 to 256, got a list",
         "5:19: level: expected one of debug, info, warn, error, got 'verbose'",
         "5:36: access: expected a mapping, got 'stdout'", "6:28: targets: expected a list, got a mapping",
-        "6:55: balance: expected one of round_robin, got 'random'", "8:11: name: expected a string, got a mapping",
-        "9:19: strip_prefix: expected true or false, got 'yes'", "10:12: match: expected a mapping, got a list",
+        "6:55: balance: expected one of round_robin, least_conn, hash, p2c_ewma, got 'random'",
+        "8:11: name: expected a string, got a mapping", "9:19: strip_prefix: expected true or false, got 'yes'",
+        "10:12: match: expected a mapping, got a list",
         "11:5: timeout: expected a duration like 250ms, 30s, 5m, "
         "got nothing",
         "12:24: status: expected an integer from 100 to 599, got 'ok'", "12:34: echo: expected true or false, got '1'");
@@ -489,8 +495,6 @@ static void test_not_supported_yet(void **state)
                   "    circuit_breaker: {}\n"
                   "    retries: {}\n"
                   "    limits: {}\n"
-                  "    hash_on: ip\n"
-                  "    balance: least_conn\n"
                   "routes:\n"
                   "  - name: r\n"
                   "    upstream: u\n"
@@ -504,12 +508,11 @@ static void test_not_supported_yet(void **state)
                   "jwt_issuers: {}\n",
                   "3:5: tls is not supported yet", "7:5: health is not supported yet",
                   "8:5: circuit_breaker is not supported yet", "9:5: retries is not supported yet",
-                  "10:5: limits is not supported yet", "11:5: hash_on is not supported yet",
-                  "12:14: balance: 'least_conn' is not supported yet (expected one of round_robin)",
-                  "16:5: auth is not supported yet", "17:5: acl is not supported yet",
-                  "18:5: rate_limit is not supported yet", "19:5: quota is not supported yet",
-                  "20:5: cache is not supported yet", "21:1: stores is not supported yet",
-                  "22:1: consumers is not supported yet", "23:1: jwt_issuers is not supported yet");
+                  "10:5: limits is not supported yet", "14:5: auth is not supported yet",
+                  "15:5: acl is not supported yet", "16:5: rate_limit is not supported yet",
+                  "17:5: quota is not supported yet", "18:5: cache is not supported yet",
+                  "19:1: stores is not supported yet", "20:1: consumers is not supported yet",
+                  "21:1: jwt_issuers is not supported yet");
 }
 
 static void test_duplicate_keys(void **state)
@@ -749,6 +752,80 @@ static void test_listen_and_admin(void **state)
                   "of the header section");
 }
 
+static void test_balance_and_hash_on(void **state)
+{
+    sl_config_t *c =
+        load_ok(LISTEN "upstreams:\n"
+                       "  a: { targets: [ { address: a:1 } ], balance: least_conn }\n"
+                       "  b: { targets: [ { address: a:1 } ], balance: p2c_ewma }\n"
+                       "  c: { targets: [ { address: a:1 } ], balance: hash }\n"
+                       "  d: { targets: [ { address: a:1 } ], balance: hash, hash_on: path }\n"
+                       "  e: { targets: [ { address: a:1 } ], hash_on: \"cookie:session_id\", balance: hash }\n"
+                       "  f:\n"
+                       "    targets: [ { address: a:1 } ]\n"
+                       "    balance: hash\n"
+                       "    hash_on: header:X-User-Id\n");
+    assert_int_equal(c->nupstreams, 6);
+    assert_int_equal(c->upstreams[0].balance, SL_BALANCE_LEAST_CONN);
+    assert_int_equal(c->upstreams[0].hash_on, SL_HASH_ON_NONE);
+    assert_int_equal(c->upstreams[1].balance, SL_BALANCE_P2C_EWMA);
+    assert_int_equal(c->upstreams[2].balance, SL_BALANCE_HASH);
+    assert_int_equal(c->upstreams[2].hash_on, SL_HASH_ON_IP); /* the default with balance: hash */
+    assert_int_equal(c->upstreams[2].hash_on_name.len, 0);
+    assert_int_equal(c->upstreams[3].hash_on, SL_HASH_ON_PATH);
+    assert_int_equal(c->upstreams[4].hash_on, SL_HASH_ON_COOKIE);
+    assert_str(c->upstreams[4].hash_on_name, "session_id");
+    assert_int_equal(c->upstreams[5].hash_on, SL_HASH_ON_HEADER);
+    assert_str(c->upstreams[5].hash_on_name, "X-User-Id");
+    sl_config_unref(c);
+
+    EXPECT_ERRORS(LISTEN "upstreams:\n"
+                         "  a:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    hash_on: ip\n"
+                         "  b:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    balance: least_conn\n"
+                         "    hash_on: header:X-User\n"
+                         "  c:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    balance: hash\n"
+                         "    hash_on: \"header:\"\n"
+                         "  d:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    balance: hash\n"
+                         "    hash_on: cookie:a b\n"
+                         "  e:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    balance: hash\n"
+                         "    hash_on: query\n"
+                         "  f:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    balance: hash\n"
+                         "    hash_on: [ ip ]\n"
+                         "  g:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    balance: random\n"
+                         "    hash_on: ip\n"
+                         "  h:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    balance: hash\n"
+                         "    hash_on: IP\n"
+                         "  i:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    balance: hash\n"
+                         "    hash_on: header:X(User)\n",
+                  "5:5: hash_on is only used with balance: hash (this upstream has balance: round_robin)",
+                  "9:5: hash_on is only used with balance: hash (this upstream has balance: least_conn)",
+                  "13:14: hash_on: 'header:' needs a header name (header:NAME)",
+                  "17:14: hash_on: 'a b' is not a valid cookie name",
+                  "21:14: hash_on: expected ip, path, header:NAME or cookie:NAME, got 'query'",
+                  "25:14: hash_on: expected a string, got a list",
+                  "28:14: balance: expected one of round_robin, least_conn, hash, p2c_ewma, got 'random'",
+                  "33:14: hash_on: expected ip, path, header:NAME or cookie:NAME, got 'IP'",
+                  "37:14: hash_on: 'X(User)' is not a valid header name");
+}
+
 static void test_targets(void **state)
 {
     EXPECT_ERRORS(LISTEN "upstreams:\n"
@@ -966,6 +1043,7 @@ int main(void)
         cmocka_unit_test(test_respond_rules),
         cmocka_unit_test(test_listen_and_admin),
         cmocka_unit_test(test_targets),
+        cmocka_unit_test(test_balance_and_hash_on),
         cmocka_unit_test(test_several_errors_in_one_file),
         cmocka_unit_test(test_yaml_syntax),
         cmocka_unit_test(test_encoding),
