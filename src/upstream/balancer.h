@@ -21,9 +21,13 @@
 
 #include "config/config.h"
 
-/* sl_target_state_t.flags: the target must not be picked (active health check failed, passively
- * ejected, circuit open). Every balancer skips it; the writer sets and clears it atomically. */
-#define SL_TARGET_UNAVAILABLE (1u << 0)
+/* sl_target_state_t.flags: why a target must not be picked, one bit per reason so each writer
+ * (active health checks, passive ejection, the circuit breaker) sets and clears only its own,
+ * atomically (fetch_or / fetch_and). Every balancer skips a target with any of them set. */
+#define SL_TARGET_UNHEALTHY    (1u << 0) /* active health checks failed */
+#define SL_TARGET_EJECTED      (1u << 1) /* passive outlier detection ejected it */
+#define SL_TARGET_CIRCUIT_OPEN (1u << 2) /* its circuit breaker is open */
+#define SL_TARGET_UNAVAILABLE  (SL_TARGET_UNHEALTHY | SL_TARGET_EJECTED | SL_TARGET_CIRCUIT_OPEN)
 
 /*
  * Runtime state of one target, shared by every worker. All fields start at zero (a zeroed

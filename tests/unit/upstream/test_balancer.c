@@ -58,7 +58,7 @@ static void teardown(fixture_t *f)
 static void set_down(fixture_t *f, size_t i, bool down)
 {
     if (down)
-        atomic_fetch_or(&f->states[i].flags, SL_TARGET_UNAVAILABLE);
+        atomic_fetch_or(&f->states[i].flags, SL_TARGET_EJECTED);
     else
         atomic_fetch_and(&f->states[i].flags, ~SL_TARGET_UNAVAILABLE);
 }
@@ -502,7 +502,7 @@ static void *flipper(void *p)
 {
     thread_arg_t *a = p;
     while (!atomic_load(a->stop)) {
-        atomic_fetch_xor(&a->f->states[0].flags, SL_TARGET_UNAVAILABLE);
+        atomic_fetch_xor(&a->f->states[0].flags, SL_TARGET_CIRCUIT_OPEN);
         sched_yield();
     }
     atomic_fetch_and(&a->f->states[0].flags, ~SL_TARGET_UNAVAILABLE);
