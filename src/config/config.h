@@ -78,6 +78,34 @@ typedef struct sl_upstream_conf {
     uint64_t send_timeout_ms;           /* default 30s: a blocked write to the upstream */
     uint32_t keepalive_max_idle;        /* idle connections kept per worker per target; default 64 */
     uint64_t keepalive_idle_timeout_ms; /* default 60s */
+    /* `health.active`: HTTP probes from the main thread (src/upstream/health.h). */
+    struct {
+        bool enabled;
+        sl_str_t path;        /* default "/" ; NUL-terminated, starts with '/' */
+        sl_str_t host;        /* Host header of probes; empty = the target's address */
+        uint64_t interval_ms; /* default 5s */
+        uint64_t timeout_ms;  /* default 1s: connect + response head */
+        uint32_t healthy;     /* consecutive successes to become healthy; default 2 */
+        uint32_t unhealthy;   /* consecutive failures to become unhealthy; default 3 */
+        uint16_t status_min;  /* expected statuses, `statuses: 200-399` (default) or `200` */
+        uint16_t status_max;
+    } health_active;
+    /* `health.passive`: ejection on consecutive failures seen by the proxy (src/upstream/outlier.h). */
+    struct {
+        bool enabled;
+        uint32_t consecutive_failures; /* default 5 */
+        uint64_t eject_for_ms;         /* default 30s; doubles on each repeat ejection, up to 10x */
+        uint32_t max_ejected_percent;  /* default 50: never eject more than this share of targets */
+    } health_passive;
+    /* `circuit_breaker` (src/upstream/breaker.h), per target. */
+    struct {
+        bool enabled;
+        double failure_ratio;        /* (0, 1]; default 0.5 */
+        uint32_t min_requests;       /* in the window before the ratio counts; default 20 */
+        uint64_t window_ms;          /* sliding window; default 10s */
+        uint64_t open_for_ms;        /* default 30s; then half-open */
+        uint32_t half_open_requests; /* probes let through while half-open; default 3 */
+    } circuit_breaker;
     sl_config_pos_t pos;
 } sl_upstream_conf_t;
 

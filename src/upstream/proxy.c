@@ -133,6 +133,12 @@ void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop)
     snap->proxy = proxy_start;
 }
 
+sl_target_state_t *sl_proxy_target_states(const sl_snapshot_t *snap, size_t upstream_index)
+{
+    const upstreams_rt_t *u = snap->upstreams;
+    return upstream_index < u->nups ? u->ups[upstream_index].states : NULL;
+}
+
 void sl_upstream_worker_init(sl_worker_t *w)
 {
     w->up = sl__connpool_worker_create();

@@ -20,6 +20,11 @@
  */
 void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop);
 
+/** The shared runtime state of upstream `upstream_index`'s targets in `snap`, at the same
+ *  indices as its config targets (read by balancers; health checks, ejection and breakers
+ *  write their flag bits there). Lives as long as `snap`. Any thread. */
+struct sl_target_state *sl_proxy_target_states(const sl_snapshot_t *snap, size_t upstream_index);
+
 /** Per-worker pools (w->up). Worker thread, before serving. */
 void sl_upstream_worker_init(sl_worker_t *w);
 /** Closes every pooled connection (drain); the worker's loop finishes the closes. */
