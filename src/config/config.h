@@ -66,6 +66,17 @@ enum sl_hash_on {
     SL_HASH_ON_COOKIE,   /* the value of cookie `hash_on_name` */
 };
 
+/* What `retries.on` retries. A connect failure never reached the upstream, so it is always safe;
+ * the others may repeat work the upstream already did (hence idempotent methods only). */
+enum sl_retry_on {
+    SL_RETRY_ON_CONNECT_FAILURE = 1 << 0, /* connect refused, unreachable or timed out */
+    SL_RETRY_ON_RESET = 1 << 1,           /* closed or reset before a response head */
+    SL_RETRY_ON_TIMEOUT = 1 << 2,         /* no response head within the per-try timeout */
+    SL_RETRY_ON_502 = 1 << 3,
+    SL_RETRY_ON_503 = 1 << 4,
+    SL_RETRY_ON_504 = 1 << 5,
+};
+
 typedef struct sl_upstream_conf {
     sl_str_t name;
     sl_target_conf_t *targets;
@@ -78,6 +89,17 @@ typedef struct sl_upstream_conf {
     uint64_t send_timeout_ms;           /* default 30s: a blocked write to the upstream */
     uint32_t keepalive_max_idle;        /* idle connections kept per worker per target; default 64 */
     uint64_t keepalive_idle_timeout_ms; /* default 60s */
+    /* `retries` (src/upstream/proxy.c): another try, on another target where possible, only
+     * before any response byte reached the client and only for idempotent methods unless
+     * `non_idempotent`. Bounded by a budget: retries <= budget_percent of recent requests. */
+    struct {
+        uint32_t attempts;           /* tries in all, the first included; default 2 */
+        uint32_t on;                 /* SL_RETRY_ON_* bits; default connect_failure */
+        uint32_t budget_percent;     /* default 20 */
+        uint64_t per_try_timeout_ms; /* 0 = timeouts.read */
+        uint64_t backoff_ms;         /* base of the jittered exponential backoff; default 25ms */
+        bool non_idempotent;         /* also retry POST/PATCH/...; default false */
+    } retries;
     /* `health.active`: HTTP probes from the main thread (src/upstream/health.h). */
     struct {
         bool enabled;

@@ -1,7 +1,7 @@
 /*
  * Key tables for `upstreams:`, a mapping from name to a group of targets with its balancer,
- * timeouts and keep-alive pool. Literal IP targets get their sockaddr here; host names are only
- * syntax-checked and left to the runtime resolver, so a load never blocks on DNS.
+ * timeouts, keep-alive pool, health checks and circuit breaker. Literal IP targets get their sockaddr here; host names
+ * are only syntax-checked and left to the runtime resolver, so a load never blocks on DNS.
  */
 #include <stddef.h>
 #include <string.h>
@@ -225,6 +225,385 @@ static void upstream_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, 
             }
 }
 
+/* ---- health checks and circuit breaker ------------------------------------------------------ */
+
+/* The probe path goes verbatim into a request line, so it must be an origin-form target
+ * (RFC 9112 §3.2.1): a leading '/', and nothing a request line cannot carry (SP, CTLs). */
+static int parse_health_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_upstream_conf_t *up = field;
+    sl_str_t s;
+    if (sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    v = sl__config_node_deref(v);
+    char q[80];
+    if (s.len == 0 || s.ptr[0] != '/') {
+        sl__config_error(ctx, v, "path: %s must start with '/'", sl__config_quote(q, sizeof(q), s));
+        return -1;
+    }
+    for (size_t i = 0; i < s.len; i++)
+        if ((unsigned char)s.ptr[i] <= 0x20 || (unsigned char)s.ptr[i] >= 0x7f) {
+            sl__config_error(ctx, v, "path: %s has a character not allowed in a request target",
+                             sl__config_quote(q, sizeof(q), s));
+            return -1;
+        }
+    up->health_active.path = s;
+    return 0;
+}
+
+/* The Host header of probes: a header value we can send and a single authority, so no
+ * whitespace either (RFC 9110 §7.2). */
+static int parse_health_host(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_upstream_conf_t *up = field;
+    sl_str_t s;
+    if (sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    v = sl__config_node_deref(v);
+    char q[80];
+    bool ok = s.len > 0;
+    for (size_t i = 0; ok && i < s.len; i++)
+        ok = (unsigned char)s.ptr[i] > 0x20 && (unsigned char)s.ptr[i] < 0x7f;
+    if (!ok) {
+        sl__config_error(ctx, v, "host: %s is not a valid Host header value", sl__config_quote(q, sizeof(q), s));
+        return -1;
+    }
+    up->health_active.host = s;
+    return 0;
+}
+
+static bool parse_status_code(sl_str_t s, uint16_t *out)
+{
+    unsigned long long v;
+    for (size_t i = 0; i < s.len; i++)
+        if (s.ptr[i] < '0' || s.ptr[i] > '9')
+            return false;
+    if (s.len == 0 || s.len > 3 || !sl_str_to_u64(s, &v))
+        return false;
+    *out = (uint16_t)v;
+    return true;
+}
+
+/* `statuses: 200-399` or `statuses: 200`: the probe succeeds iff the status is in the range. */
+static int parse_health_statuses(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                 void *field)
+{
+    sl_upstream_conf_t *up = field;
+    sl_str_t s;
+    if (sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    v = sl__config_node_deref(v);
+    char q[80];
+    const char *dash = memchr(s.ptr, '-', s.len);
+    sl_str_t lo_s = dash != NULL ? (sl_str_t){s.ptr, (size_t)(dash - s.ptr)} : s;
+    sl_str_t hi_s = dash != NULL ? (sl_str_t){dash + 1, s.len - (size_t)(dash - s.ptr) - 1} : s;
+    uint16_t lo, hi;
+    if (!parse_status_code(lo_s, &lo) || !parse_status_code(hi_s, &hi)) {
+        sl__config_error(ctx, v, "statuses: expected a status code or a range like 200-399, got %s",
+                         sl__config_quote(q, sizeof(q), s));
+        return -1;
+    }
+    if (lo < 100 || hi > 599 || lo > 599 || hi < 100) {
+        sl__config_error(ctx, v, "statuses: %s is out of range (100..599)", sl__config_quote(q, sizeof(q), s));
+        return -1;
+    }
+    if (lo > hi) {
+        sl__config_error(ctx, v, "statuses: %s is an empty range (the first code must not exceed the second)",
+                         sl__config_quote(q, sizeof(q), s));
+        return -1;
+    }
+    up->health_active.status_min = lo;
+    up->health_active.status_max = hi;
+    return 0;
+}
+
+/* Presence of `active:` turns probing on, so `active: {}` means "probe with the defaults". A
+ * timeout as long as the interval would let probes of one target overlap. */
+static void health_active_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, void *base, bool clean)
+{
+    sl_upstream_conf_t *up = base;
+    up->health_active.enabled = true;
+    if (!clean || up->health_active.timeout_ms < up->health_active.interval_ms)
+        return;
+    char t[32], i[32];
+    const sl__config_node_t *at = sl__config_node_map_get(map, "timeout");
+    if (at == NULL)
+        at = sl__config_node_map_get(map, "interval");
+    sl__config_error(ctx, at != NULL ? at : map, "health.active: timeout (%s) must be shorter than interval (%s)",
+                     sl__config_format_duration(t, sizeof(t), up->health_active.timeout_ms),
+                     sl__config_format_duration(i, sizeof(i), up->health_active.interval_ms));
+}
+
+static const sl__config_key_t health_active_keys[] = {
+    {.name = "path", .type = SL__CT_CUSTOM, .dflt = "/", .parse = parse_health_path},
+    {.name = "host", .type = SL__CT_CUSTOM, .parse = parse_health_host},
+    {.name = "interval",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_upstream_conf_t, health_active.interval_ms),
+     .dflt = "5s",
+     .min = 100,
+     .max = DURATION_MAX},
+    {.name = "timeout",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_upstream_conf_t, health_active.timeout_ms),
+     .dflt = "1s",
+     .min = 1,
+     .max = DURATION_MAX},
+    {.name = "healthy",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, health_active.healthy),
+     .dflt = "2",
+     .min = 1,
+     .max = 100},
+    {.name = "unhealthy",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, health_active.unhealthy),
+     .dflt = "3",
+     .min = 1,
+     .max = 100},
+    {.name = "statuses", .type = SL__CT_CUSTOM, .dflt = "200-399", .parse = parse_health_statuses},
+};
+
+static const sl__config_section_t health_active_section = {
+    .what = "health.active",
+    .keys = health_active_keys,
+    .nkeys = sizeof(health_active_keys) / sizeof(health_active_keys[0]),
+    .pos_offset = SL__NO_POS,
+    .check = health_active_check,
+};
+
+static void health_passive_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, void *base, bool clean)
+{
+    (void)ctx, (void)map, (void)clean;
+    ((sl_upstream_conf_t *)base)->health_passive.enabled = true;
+}
+
+static const sl__config_key_t health_passive_keys[] = {
+    {.name = "consecutive_failures",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, health_passive.consecutive_failures),
+     .dflt = "5",
+     .min = 1,
+     .max = 1000},
+    {.name = "eject_for",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_upstream_conf_t, health_passive.eject_for_ms),
+     .dflt = "30s",
+     .min = 1,
+     .max = DURATION_MAX},
+    {.name = "max_ejected_percent",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, health_passive.max_ejected_percent),
+     .dflt = "50",
+     .min = 1,
+     .max = 100},
+};
+
+static const sl__config_section_t health_passive_section = {
+    .what = "health.passive",
+    .keys = health_passive_keys,
+    .nkeys = sizeof(health_passive_keys) / sizeof(health_passive_keys[0]),
+    .pos_offset = SL__NO_POS,
+    .check = health_passive_check,
+};
+
+static const sl__config_key_t health_keys[] = {
+    {.name = "active", .type = SL__CT_SECTION, .section = &health_active_section},
+    {.name = "passive", .type = SL__CT_SECTION, .section = &health_passive_section},
+};
+
+static const sl__config_section_t health_section = {
+    .what = "health",
+    .keys = health_keys,
+    .nkeys = sizeof(health_keys) / sizeof(health_keys[0]),
+    .pos_offset = SL__NO_POS,
+};
+
+/* A plain decimal, "0.5", ".25", "1", "1.0": no sign, exponent, hex, inf or nan, so what the
+ * operator reads is what the breaker uses. At most 9 fraction digits keeps the integer exact. */
+static bool parse_decimal(sl_str_t s, double *out)
+{
+    uint64_t ip = 0, frac = 0, scale = 1;
+    size_t i = 0, ndigits = 0;
+    for (; i < s.len && s.ptr[i] >= '0' && s.ptr[i] <= '9'; i++, ndigits++) {
+        if (ip > 1000000)
+            return false;
+        ip = ip * 10 + (uint64_t)(s.ptr[i] - '0');
+    }
+    if (i < s.len && s.ptr[i] == '.') {
+        for (i++; i < s.len && s.ptr[i] >= '0' && s.ptr[i] <= '9'; i++, ndigits++) {
+            if (scale >= 1000000000ull)
+                return false;
+            frac = frac * 10 + (uint64_t)(s.ptr[i] - '0');
+            scale *= 10;
+        }
+    }
+    if (i != s.len || ndigits == 0)
+        return false;
+    *out = (double)ip + (double)frac / (double)scale;
+    return true;
+}
+
+static int parse_failure_ratio(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                               void *field)
+{
+    sl_upstream_conf_t *up = field;
+    const sl__config_node_t *d = sl__config_node_deref(v);
+    char q[80];
+    if (d == NULL || d->kind != SL__CONFIG_NODE_SCALAR || sl__config_node_is_null(d)) {
+        sl__config_error(ctx, d, "%s: expected a number like 0.5, got %s", k->name,
+                         sl__config_describe(q, sizeof(q), d));
+        return -1;
+    }
+    double r;
+    if (!parse_decimal(d->text, &r)) {
+        sl__config_error(ctx, d, "%s: expected a number like 0.5, got %s", k->name,
+                         sl__config_quote(q, sizeof(q), d->text));
+        return -1;
+    }
+    if (!(r > 0.0 && r <= 1.0)) {
+        sl__config_error(ctx, d, "%s: %s is out of range (more than 0, at most 1)", k->name,
+                         sl__config_quote(q, sizeof(q), d->text));
+        return -1;
+    }
+    up->circuit_breaker.failure_ratio = r;
+    return 0;
+}
+
+static void circuit_breaker_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, void *base, bool clean)
+{
+    (void)ctx, (void)map, (void)clean;
+    ((sl_upstream_conf_t *)base)->circuit_breaker.enabled = true;
+}
+
+static const sl__config_key_t circuit_breaker_keys[] = {
+    {.name = "failure_ratio", .type = SL__CT_CUSTOM, .dflt = "0.5", .parse = parse_failure_ratio},
+    {.name = "min_requests",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, circuit_breaker.min_requests),
+     .dflt = "20",
+     .min = 1,
+     .max = 1000000},
+    {.name = "window",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_upstream_conf_t, circuit_breaker.window_ms),
+     .dflt = "10s",
+     .min = 100,
+     .max = DURATION_MAX},
+    {.name = "open_for",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_upstream_conf_t, circuit_breaker.open_for_ms),
+     .dflt = "30s",
+     .min = 1,
+     .max = DURATION_MAX},
+    {.name = "half_open_requests",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, circuit_breaker.half_open_requests),
+     .dflt = "3",
+     .min = 1,
+     .max = 1000},
+};
+
+static const sl__config_section_t circuit_breaker_section = {
+    .what = "circuit_breaker",
+    .keys = circuit_breaker_keys,
+    .nkeys = sizeof(circuit_breaker_keys) / sizeof(circuit_breaker_keys[0]),
+    .pos_offset = SL__NO_POS,
+    .check = circuit_breaker_check,
+};
+
+/* ---- retries ------------------------------------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    uint32_t bit;
+} retry_ons[] = {
+    {"connect_failure", SL_RETRY_ON_CONNECT_FAILURE},
+    {"reset", SL_RETRY_ON_RESET},
+    {"timeout", SL_RETRY_ON_TIMEOUT},
+    {"502", SL_RETRY_ON_502},
+    {"503", SL_RETRY_ON_503},
+    {"504", SL_RETRY_ON_504},
+};
+
+static int retry_on_item(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *c, uint32_t *on)
+{
+    sl_str_t s;
+    char q[80];
+    if (sl__config_read_str(ctx, k->name, c, &s) != 0)
+        return -1;
+    for (size_t i = 0; i < sizeof(retry_ons) / sizeof(retry_ons[0]); i++)
+        if (sl_str_eq(s, sl_str_from_cstr(retry_ons[i].name))) {
+            *on |= retry_ons[i].bit;
+            return 0;
+        }
+    sl__config_error(ctx, sl__config_node_deref(c),
+                     "on: unknown retry condition %s (known: connect_failure, reset, timeout, 502, 503, 504)",
+                     sl__config_quote(q, sizeof(q), s));
+    return -1;
+}
+
+/* `on: [connect_failure, 503]`, or one condition without brackets (also how the default comes). */
+static int parse_retry_on(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    uint32_t on = 0;
+    v = sl__config_node_deref(v);
+    if (v != NULL && v->kind == SL__CONFIG_NODE_SCALAR) {
+        if (retry_on_item(ctx, k, v, &on) != 0)
+            return -1;
+    } else {
+        if (sl__config_expect_seq(ctx, k->name, v) != 0)
+            return -1;
+        int rc = 0;
+        for (const sl__config_node_t *c = v->first; c != NULL; c = c->next)
+            if (retry_on_item(ctx, k, c, &on) != 0)
+                rc = -1;
+        if (rc != 0)
+            return rc;
+    }
+    ((sl_upstream_conf_t *)field)->retries.on = on;
+    return 0;
+}
+
+static const sl__config_key_t retries_keys[] = {
+    {.name = "attempts",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, retries.attempts),
+     .dflt = "2",
+     .min = 1,
+     .max = 10},
+    {.name = "on", .type = SL__CT_CUSTOM, .dflt = "connect_failure", .parse = parse_retry_on},
+    {.name = "budget_percent",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, retries.budget_percent),
+     .dflt = "20",
+     .min = 0,
+     .max = 100},
+    {.name = "per_try_timeout",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_upstream_conf_t, retries.per_try_timeout_ms),
+     .dflt = "0ms",
+     .min = 0,
+     .max = DURATION_MAX},
+    {.name = "backoff",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_upstream_conf_t, retries.backoff_ms),
+     .dflt = "25ms",
+     .min = 0,
+     .max = 10000},
+    {.name = "non_idempotent",
+     .type = SL__CT_BOOL,
+     .offset = offsetof(sl_upstream_conf_t, retries.non_idempotent),
+     .dflt = "false"},
+};
+
+static const sl__config_section_t retries_section = {
+    .what = "retries",
+    .keys = retries_keys,
+    .nkeys = sizeof(retries_keys) / sizeof(retries_keys[0]),
+    .pos_offset = SL__NO_POS,
+};
+
 static const sl__config_key_t upstream_keys[] = {
     {.name = "targets", .type = SL__CT_CUSTOM, .parse = parse_targets},
     {.name = "balance",
@@ -235,10 +614,10 @@ static const sl__config_key_t upstream_keys[] = {
     {.name = "hash_on", .type = SL__CT_CUSTOM, .parse = parse_hash_on},
     {.name = "timeouts", .type = SL__CT_SECTION, .section = &upstream_timeouts_section},
     {.name = "keepalive", .type = SL__CT_SECTION, .section = &keepalive_section},
-    /* Later issue (health checks, breaker, retries): give each a type and a table to enable it. */
-    {.name = "health", .type = SL__CT_UNSUPPORTED},
-    {.name = "circuit_breaker", .type = SL__CT_UNSUPPORTED},
-    {.name = "retries", .type = SL__CT_UNSUPPORTED},
+    {.name = "health", .type = SL__CT_SECTION, .section = &health_section},
+    {.name = "circuit_breaker", .type = SL__CT_SECTION, .section = &circuit_breaker_section},
+    {.name = "retries", .type = SL__CT_SECTION, .section = &retries_section},
+    /* Later (upstream max_connections / max_pending): give it a table to enable it. */
     {.name = "limits", .type = SL__CT_UNSUPPORTED},
 };
 

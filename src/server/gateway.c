@@ -27,6 +27,7 @@
 #include "pipeline/pipeline.h"
 #include "pipeline/snapshot.h"
 #include "router/router.h"
+#include "upstream/health.h"
 #include "upstream/proxy.h"
 
 enum worker_cmd {
@@ -56,6 +57,7 @@ typedef struct gateway {
     atomic_size_t exited;
     sl_admin_t *admin;
     sl_metrics_t *metrics;
+    sl_health_t *health; /* active health checks; NULL once stopped */
     bool draining;
 } gateway_t;
 
@@ -179,6 +181,9 @@ static void reload(gateway_t *gw)
     sl_log_set_level((enum sl_log_level)cfg->logging.level);
     if (!sl_str_eq(old->logging.access_path, cfg->logging.access_path))
         sl_accesslog_open(cfg->logging.access_path);
+    /* Health: before publishing, so the new states carry the known health from the start. */
+    if (gw->health != NULL)
+        sl_health_apply(gw->health, snap);
     publish(gw, snap);
     sl_log_info("config reloaded: generation %llu", (unsigned long long)gw->generation);
 }
@@ -229,6 +234,12 @@ static void on_worker_exited(uv_async_t *a)
     uv_close((uv_handle_t *)&gw->worker_exited, NULL);
     uv_timer_stop(&gw->drain_timer);
     uv_close((uv_handle_t *)&gw->drain_timer, NULL);
+    /* Health: probes run until the last worker is gone (draining requests still pick targets);
+     * its timers would otherwise keep the main loop alive. */
+    if (gw->health != NULL) {
+        sl_health_stop(gw->health, NULL, NULL);
+        gw->health = NULL;
+    }
     if (gw->admin)
         sl_admin_stop(gw->admin);
 }
@@ -315,6 +326,9 @@ int sl_gateway_run(const char *config_path)
     gw->worker_exited.data = gw;
     uv_timer_init(&gw->loop, &gw->drain_timer);
     gw->drain_timer.data = gw;
+    /* Health: created once everything is bound; the first snapshot applied before workers see it. */
+    SL_BUG_ON(sl_health_create(&gw->loop, &gw->health) != 0);
+    sl_health_apply(gw->health, gw->current);
 
     for (size_t i = 0; i < gw->nworkers; i++) {
         worker_slot_t *slot = &gw->slots[i];

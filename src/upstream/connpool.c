@@ -26,7 +26,15 @@ struct sl_connpool {
 struct sl_upstream_worker {
     sl_connpool_t **pools;
     size_t npools, cap;
+    sl_timeq_entry_t *tick; /* the proxy's resilience tick; first member of its object */
+    void (*tick_free)(void *);
 };
+
+void sl__connpool_worker_set_tick(struct sl_upstream_worker *uw, void *tick, void (*tick_free)(void *))
+{
+    uw->tick = tick;
+    uw->tick_free = tick_free;
+}
 
 /* The proxy's read entry point for busy connections (defined in proxy.c). */
 void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread);
@@ -43,6 +51,10 @@ void sl__connpool_worker_destroy(struct sl_upstream_worker *uw)
     for (size_t i = 0; i < uw->npools; i++)
         free(uw->pools[i]);
     free(uw->pools);
+    if (uw->tick != NULL) {
+        sl_timeq_cancel(uw->tick);
+        uw->tick_free(uw->tick);
+    }
     free(uw);
 }
 
@@ -179,6 +191,9 @@ void sl_connpool_close_idle(sl_worker_t *w)
     struct sl_upstream_worker *uw = w->up;
     if (uw == NULL)
         return;
+    /* Draining: the periodic tick must not keep the loop alive (it re-arms itself). */
+    if (uw->tick != NULL)
+        sl_timeq_cancel(uw->tick);
     for (size_t i = 0; i < uw->npools; i++)
         while (uw->pools[i]->idle != NULL)
             idle_close(uw->pools[i]->idle);

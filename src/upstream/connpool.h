@@ -57,5 +57,6 @@ void sl_connpool_close_idle(sl_worker_t *w);
 struct sl_upstream_worker;
 struct sl_upstream_worker *sl__connpool_worker_create(void);
 void sl__connpool_worker_destroy(struct sl_upstream_worker *uw);
+void sl__connpool_worker_set_tick(struct sl_upstream_worker *uw, void *tick, void (*tick_free)(void *));
 
 #endif

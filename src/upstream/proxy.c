@@ -23,6 +23,8 @@
 #include "metrics/metrics.h"
 #include "net/stream.h"
 #include "upstream/balancer.h"
+#include "upstream/breaker.h"
+#include "upstream/outlier.h"
 #include "upstream/connpool.h"
 
 void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -30,6 +32,12 @@ void sl__connpool_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread);
 
 #define MAX_RESP_HEADERS 128
+
+/* The clock of ejections and breakers: monotonic ms, the same in every thread. */
+static uint64_t now_ms(void)
+{
+    return sl_time_mono_ns() / 1000000u;
+}
 
 /* ---- runtime state of a snapshot's upstreams -------------------------------------------- */
 
@@ -48,6 +56,12 @@ typedef struct upstream_rt {
     size_t ntargets;
     sl_target_state_t *states; /* shared by all workers: in-flight, latency, availability */
     sl_balancer_t *balancer;   /* NULL only if it could not be built (then no_healthy_upstream) */
+    sl_outlier_t *outlier;     /* passive ejection (a no-op unless health.passive is set) */
+    sl_breaker_t *breaker;     /* per-target circuit breakers (a no-op unless configured) */
+    /* Retry budget over a 10 s window, shared by workers: retries <= budget_percent of requests. */
+    atomic_uint_fast64_t window_start_ms;
+    atomic_uint window_requests;
+    atomic_uint window_retries;
 } upstream_rt_t;
 
 typedef struct upstreams_rt {
@@ -64,6 +78,8 @@ static void upstreams_unref(void *p)
     for (size_t i = 0; i < u->nups; i++) {
         free(u->ups[i].targets);
         sl_balancer_destroy(u->ups[i].balancer);
+        sl_outlier_destroy(u->ups[i].outlier);
+        sl_breaker_destroy(u->ups[i].breaker);
         sl_balancer_states_destroy(u->ups[i].states);
     }
     free(u->ups);
@@ -124,6 +140,8 @@ void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop)
             }
         }
         up->states = sl_balancer_states_create(up->ntargets ? up->ntargets : 1);
+        up->outlier = sl_outlier_create(up->conf, up->states, up->ntargets, NULL);
+        up->breaker = sl_breaker_create(up->conf, up->states, up->ntargets, NULL);
         int err = sl_balancer_create(up->conf, up->states, &up->balancer);
         if (err)
             sl_log_error("upstream %.*s: cannot build its balancer: %s", SL_STR_FMT(up->conf->name), sl_strerror(err));
@@ -139,9 +157,32 @@ sl_target_state_t *sl_proxy_target_states(const sl_snapshot_t *snap, size_t upst
     return upstream_index < u->nups ? u->ups[upstream_index].states : NULL;
 }
 
+/* Ejections expire and open circuits turn half-open by time, not by traffic (an open target is
+ * never picked, so nothing else would ask): every worker ticks its current snapshot. */
+typedef struct resilience_tick {
+    sl_timeq_entry_t e;
+    sl_worker_t *w;
+} resilience_tick_t;
+
+static void on_resilience_tick(sl_timeq_entry_t *e)
+{
+    resilience_tick_t *t = SL_CONTAINER_OF(e, resilience_tick_t, e);
+    upstreams_rt_t *u = t->w->snap->upstreams;
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < u->nups; i++) {
+        sl_outlier_tick(u->ups[i].outlier, now);
+        sl_breaker_tick(u->ups[i].breaker, now);
+    }
+    sl_timeq_add(&t->w->timeqs, sl_timeqs_get(&t->w->timeqs, 250), &t->e, on_resilience_tick);
+}
+
 void sl_upstream_worker_init(sl_worker_t *w)
 {
     w->up = sl__connpool_worker_create();
+    resilience_tick_t *t = sl_xcalloc(1, sizeof(*t));
+    t->w = w;
+    sl__connpool_worker_set_tick(w->up, t, free);
+    sl_timeq_add(&w->timeqs, sl_timeqs_get(&w->timeqs, 250), &t->e, on_resilience_tick);
 }
 
 void sl_upstream_worker_close_idle(sl_worker_t *w)
@@ -176,7 +217,8 @@ typedef struct proxy {
     uint64_t connect_start_ns;
     bool reused;
     bool retried;
-    bool counted; /* this exchange is in its target's in-flight count */
+    bool counted;   /* this exchange is in its target's in-flight count */
+    unsigned tries; /* 1 for the first try */
     /* request */
     char *head;
     size_t head_len;
@@ -232,6 +274,135 @@ static void proxy_cleanup(proxy_t *px)
     px->x->on_abort = NULL;
 }
 
+/* ---- retries ------------------------------------------------------------------------------ */
+
+static _Thread_local uint64_t pick_rng; /* per-thread xorshift state for p2c and backoff jitter */
+
+static bool method_is_idempotent(enum sl_method m)
+{
+    /* RFC 9110 §9.2.2 */
+    return m == SL_METHOD_GET || m == SL_METHOD_HEAD || m == SL_METHOD_OPTIONS || m == SL_METHOD_TRACE ||
+           m == SL_METHOD_PUT || m == SL_METHOD_DELETE;
+}
+
+static void budget_note_request(upstream_rt_t *up, uint64_t now_ms)
+{
+    uint64_t start = atomic_load_explicit(&up->window_start_ms, memory_order_relaxed);
+    if (now_ms - start > 10000 && atomic_compare_exchange_strong_explicit(&up->window_start_ms, &start, now_ms,
+                                                                          memory_order_relaxed, memory_order_relaxed)) {
+        atomic_store_explicit(&up->window_requests, 0, memory_order_relaxed);
+        atomic_store_explicit(&up->window_retries, 0, memory_order_relaxed);
+    }
+    atomic_fetch_add_explicit(&up->window_requests, 1, memory_order_relaxed);
+}
+
+/* Takes one retry from the budget if there is one. At least one retry is always allowed per
+ * window, so a quiet upstream still gets its stale-connection or connect-failure retry. */
+static bool budget_take(upstream_rt_t *up)
+{
+    unsigned reqs = atomic_load_explicit(&up->window_requests, memory_order_relaxed);
+    unsigned allowed = (unsigned)((uint64_t)reqs * up->conf->retries.budget_percent / 100);
+    if (allowed < 1)
+        allowed = 1;
+    unsigned used = atomic_fetch_add_explicit(&up->window_retries, 1, memory_order_relaxed);
+    if (used < allowed)
+        return true;
+    atomic_fetch_sub_explicit(&up->window_retries, 1, memory_order_relaxed);
+    return false;
+}
+
+static bool retry_allowed(proxy_t *px, uint32_t on_bit)
+{
+    const sl_exchange_t *x = px->x;
+    const __typeof__(px->up->conf->retries) *rp = &px->up->conf->retries;
+    if (px->tries >= rp->attempts || !(rp->on & on_bit) || x->head_sent || px->req_body_started)
+        return false;
+    /* A connect failure never reached the upstream: safe whatever the method, and outside the
+     * budget, which exists to keep retries from piling work on upstreams that are failing
+     * while they receive it. */
+    if (on_bit == SL_RETRY_ON_CONNECT_FAILURE)
+        return true;
+    if (!rp->non_idempotent && !method_is_idempotent(x->method))
+        return false;
+    return budget_take(px->up);
+}
+
+static void on_backoff_done(sl_timeq_entry_t *e)
+{
+    proxy_connect(SL_CONTAINER_OF(e, proxy_t, phase_timeout));
+}
+
+static target_rt_t *pick_target(const sl_exchange_t *x, upstream_rt_t *up);
+
+/* Starts another try after `cause`, on another target when the upstream has one. */
+static void retry(proxy_t *px, const char *detail)
+{
+    sl_exchange_t *x = px->x;
+    upstream_rt_t *up = px->up;
+    sl_log_debug("upstream %.*s: retrying after %s on %.*s", SL_STR_FMT(up->conf->name), detail,
+                 SL_STR_FMT(px->target->conf->address));
+    if (px->conn != NULL) {
+        px->conn->pinned = false;
+        sl_upconn_close(px->conn);
+        px->conn = NULL;
+    }
+    sl_timeq_cancel(&px->phase_timeout);
+    target_rt_t *failed = px->target, *next = NULL;
+    for (int i = 0; i < 4 && (next == NULL || (next == failed && up->ntargets > 1)); i++)
+        next = pick_target(x, up);
+    if (next == NULL)
+        next = failed;
+    atomic_fetch_sub_explicit(&up->states[failed - up->targets].inflight, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&up->states[next - up->targets].inflight, 1, memory_order_relaxed);
+    px->target = next;
+    x->target_addr = next->conf->address;
+    px->tries++;
+    px->reused = px->retried = false;
+    px->got_response_bytes = px->upstream_eof = false;
+    px->req_head_written = px->req_writing = false;
+    px->state = PX_CONNECTING;
+    /* Jittered exponential backoff: base x 2^(try-2) x [0.5, 1.5), at most 1 s, so retries from
+     * many exchanges do not arrive at the next target in step. */
+    uint64_t base = up->conf->retries.backoff_ms << (px->tries > 2 ? px->tries - 2 : 0);
+    if (pick_rng == 0)
+        pick_rng = sl_time_mono_ns() | 1;
+    pick_rng ^= pick_rng << 13;
+    pick_rng ^= pick_rng >> 7;
+    pick_rng ^= pick_rng << 17;
+    uint64_t delay = base / 2 + (base ? pick_rng % base : 0);
+    sl_timeq_add_at(timeqs_of(px), &px->phase_timeout, delay > 1000 ? 1000 : delay, on_backoff_done);
+}
+
+/* One try's outcome, for passive ejection and the target's circuit breaker. */
+static void report_outcome(proxy_t *px, bool failure)
+{
+    upstream_rt_t *up = px->up;
+    size_t t = (size_t)(px->target - up->targets);
+    uint64_t now = now_ms();
+    if (sl_outlier_report(up->outlier, t, failure, now) == SL_OUTLIER_EJECTED)
+        sl_log_warn("upstream %.*s: target %.*s ejected for %llus after %u consecutive failures",
+                    SL_STR_FMT(up->conf->name), SL_STR_FMT(px->target->conf->address),
+                    (unsigned long long)((sl_outlier_ejected_until(up->outlier, t) - now + 999) / 1000),
+                    up->conf->health_passive.consecutive_failures);
+    if (sl_breaker_report(up->breaker, t, failure, now))
+        sl_log_warn("upstream %.*s: circuit of target %.*s opened (failure ratio over %llums)",
+                    SL_STR_FMT(up->conf->name), SL_STR_FMT(px->target->conf->address),
+                    (unsigned long long)up->conf->circuit_breaker.window_ms);
+}
+
+static void proxy_fail(proxy_t *px, enum sl_cause cause, const char *detail);
+
+/* A try failed in a way `retries.on` may cover: try again if allowed, else fail with `cause`. */
+static void try_failed(proxy_t *px, enum sl_cause cause, const char *detail, uint32_t on_bit)
+{
+    report_outcome(px, true);
+    if (retry_allowed(px, on_bit)) {
+        retry(px, detail);
+        return;
+    }
+    proxy_fail(px, cause, detail);
+}
+
 /* Ends the exchange with a gateway error (before the head was sent) or by closing the client
  * connection (after). */
 static void proxy_fail(proxy_t *px, enum sl_cause cause, const char *detail)
@@ -265,19 +436,19 @@ static void on_route_timeout(sl_timeq_entry_t *e)
 static void on_connect_timeout(sl_timeq_entry_t *e)
 {
     proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
-    proxy_fail(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, "connect timed out");
+    try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, "connect timed out", SL_RETRY_ON_CONNECT_FAILURE);
 }
 
 static void on_read_timeout(sl_timeq_entry_t *e)
 {
     proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
-    proxy_fail(px, SL_CAUSE_UPSTREAM_TIMEOUT, "read timed out");
+    try_failed(px, SL_CAUSE_UPSTREAM_TIMEOUT, "read timed out", SL_RETRY_ON_TIMEOUT);
 }
 
 static void on_send_timeout(sl_timeq_entry_t *e)
 {
     proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
-    proxy_fail(px, SL_CAUSE_UPSTREAM_TIMEOUT, "send timed out");
+    try_failed(px, SL_CAUSE_UPSTREAM_TIMEOUT, "send timed out", SL_RETRY_ON_TIMEOUT);
 }
 
 /* ---- the request head ------------------------------------------------------------------- */
@@ -463,7 +634,7 @@ static void on_upstream_written(uv_write_t *req, int status)
     if (status < 0) {
         /* The upstream stopped reading our request; its response (if any) will tell. */
         if (!px->got_response_bytes)
-            proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed");
+            try_failed(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed", SL_RETRY_ON_RESET);
         return;
     }
     if (px->req_has_body && !px->req_body_done) {
@@ -524,7 +695,7 @@ static void request_body_cb(sl_exchange_t *x, int status, const char *data, size
     int r = upstream_write(px, px->wiov, n);
     if (r < 0) {
         if (!px->got_response_bytes)
-            proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed");
+            try_failed(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed", SL_RETRY_ON_RESET);
         return;
     }
     if (r == 1 && len > 0)
@@ -536,7 +707,8 @@ static void send_request(proxy_t *px)
     sl_exchange_t *x = px->x;
     px->state = PX_AWAIT_HEAD;
     px->conn->user = px;
-    phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+    uint64_t per_try = px->up->conf->retries.per_try_timeout_ms;
+    phase_timeout_set(px, per_try ? per_try : px->up->conf->read_timeout_ms, on_read_timeout);
     px->wiov[0] = uv_buf_init(px->head, (unsigned)px->head_len);
     int r = upstream_write(px, px->wiov, 1);
     if (r < 0) {
@@ -547,7 +719,7 @@ static void send_request(proxy_t *px)
             proxy_connect(px);
             return;
         }
-        proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed");
+        try_failed(px, SL_CAUSE_UPSTREAM_RESET, "write to upstream failed", SL_RETRY_ON_RESET);
         return;
     }
     px->req_head_written = true;
@@ -564,7 +736,7 @@ static void on_connected(uv_connect_t *req, int status)
     if (px == NULL)
         return;
     if (status < 0) {
-        proxy_fail(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, uv_strerror(status));
+        try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, uv_strerror(status), SL_RETRY_ON_CONNECT_FAILURE);
         return;
     }
     c->connected = true;
@@ -580,7 +752,8 @@ static void proxy_connect(proxy_t *px)
     target_rt_t *t = px->target;
     int resolved = atomic_load_explicit(&t->resolved, memory_order_acquire);
     if (resolved != 1) {
-        proxy_fail(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, resolved == 0 ? "name not resolved yet" : "name not resolved");
+        try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, resolved == 0 ? "name not resolved yet" : "name not resolved",
+                   SL_RETRY_ON_CONNECT_FAILURE);
         return;
     }
     sl_connpool_t *pool = sl_connpool_get(x->worker, (struct sockaddr *)&t->addr, t->addrlen);
@@ -600,7 +773,7 @@ static void proxy_connect(proxy_t *px)
     phase_timeout_set(px, px->up->conf->connect_timeout_ms, on_connect_timeout);
     int err = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&t->addr, on_connected);
     if (err) {
-        proxy_fail(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, uv_strerror(err));
+        try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, uv_strerror(err), SL_RETRY_ON_CONNECT_FAILURE);
         return;
     }
 }
@@ -678,6 +851,15 @@ static bool forward_slice(proxy_t *px, const char *data, size_t len)
 static void response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head_len)
 {
     sl_exchange_t *x = px->x;
+    uint32_t status_bit = resp->status == 502   ? SL_RETRY_ON_502
+                          : resp->status == 503 ? SL_RETRY_ON_503
+                          : resp->status == 504 ? SL_RETRY_ON_504
+                                                : 0;
+    report_outcome(px, resp->status >= 500);
+    if (status_bit && retry_allowed(px, status_bit)) {
+        retry(px, resp->status == 502 ? "status 502" : resp->status == 503 ? "status 503" : "status 504");
+        return;
+    }
     sl_buf_t *b = px->conn->rbuf;
     x->status = resp->status;
     conn_fields_t cf;
@@ -739,7 +921,7 @@ static void response_process(proxy_t *px)
         if (px->state == PX_AWAIT_HEAD) {
             if (avail == 0) {
                 if (px->upstream_eof)
-                    proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed before responding");
+                    try_failed(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed before responding", SL_RETRY_ON_RESET);
                 return;
             }
             sl_h1_response_t resp;
@@ -750,7 +932,7 @@ static void response_process(proxy_t *px)
             int r = sl_h1_parse_response(b->data + b->off, avail, &resp, &limits, x->method == SL_METHOD_HEAD);
             if (r == SL_EINCOMPLETE) {
                 if (px->upstream_eof)
-                    proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed in the response head");
+                    try_failed(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed in the response head", SL_RETRY_ON_RESET);
                 return;
             }
             if (r < 0) {
@@ -881,8 +1063,6 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
 
 /* ---- entry --------------------------------------------------------------------------------- */
 
-static _Thread_local uint64_t pick_rng;
-
 /* The bytes `balance: hash` hashes, per `hash_on`; empty (round robin) when absent. */
 static sl_balance_key_t hash_key(const sl_exchange_t *x, const sl_upstream_conf_t *conf)
 {
@@ -946,8 +1126,15 @@ static target_rt_t *pick_target(const sl_exchange_t *x, upstream_rt_t *up)
     sl_balance_key_t key = {NULL, 0};
     if (up->conf->balance == SL_BALANCE_HASH)
         key = hash_key(x, up->conf);
-    int i = sl_balancer_pick(up->balancer, &key, &pick_rng);
-    return i < 0 ? NULL : &up->targets[i];
+    /* A half-open circuit admits only a few probes: another pick when this one is refused. */
+    for (int tries = 0; tries < 3; tries++) {
+        int i = sl_balancer_pick(up->balancer, &key, &pick_rng);
+        if (i < 0)
+            return NULL;
+        if (sl_breaker_allow(up->breaker, (size_t)i, now_ms()))
+            return &up->targets[i];
+    }
+    return NULL;
 }
 
 static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
@@ -958,6 +1145,8 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
     px->x = x;
     px->route = route;
     px->up = &u->ups[route->upstream_index];
+    px->tries = 1;
+    budget_note_request(px->up, uv_now(&x->worker->loop));
     x->handler_data = px;
     x->on_abort = proxy_on_abort;
     x->upstream_name = px->up->conf->name;
@@ -967,6 +1156,14 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
     }
     px->target = pick_target(x, px->up);
     if (px->target == NULL) {
+        if (sl_breaker_any_open(px->up->breaker)) {
+            /* RFC 9110 §10.2.3: when the breaker will let requests through again. */
+            char *ra = sl_arena_alloc(&x->arena, 24);
+            char *e = sl_put_u64(ra, sl_breaker_min_retry_after_s(px->up->breaker, now_ms()));
+            sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("Retry-After"), (sl_str_t){ra, (size_t)(e - ra)});
+            proxy_fail(px, SL_CAUSE_CIRCUIT_OPEN, "every target's circuit is open");
+            return;
+        }
         proxy_fail(px, SL_CAUSE_NO_HEALTHY_UPSTREAM, "no available target");
         return;
     }

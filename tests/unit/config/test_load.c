@@ -506,13 +506,150 @@ static void test_not_supported_yet(void **state)
                   "stores: {}\n"
                   "consumers: {}\n"
                   "jwt_issuers: {}\n",
-                  "3:5: tls is not supported yet", "7:5: health is not supported yet",
-                  "8:5: circuit_breaker is not supported yet", "9:5: retries is not supported yet",
-                  "10:5: limits is not supported yet", "14:5: auth is not supported yet",
-                  "15:5: acl is not supported yet", "16:5: rate_limit is not supported yet",
-                  "17:5: quota is not supported yet", "18:5: cache is not supported yet",
-                  "19:1: stores is not supported yet", "20:1: consumers is not supported yet",
-                  "21:1: jwt_issuers is not supported yet");
+                  "3:5: tls is not supported yet", "10:5: limits is not supported yet",
+                  "14:5: auth is not supported yet", "15:5: acl is not supported yet",
+                  "16:5: rate_limit is not supported yet", "17:5: quota is not supported yet",
+                  "18:5: cache is not supported yet", "19:1: stores is not supported yet",
+                  "20:1: consumers is not supported yet", "21:1: jwt_issuers is not supported yet");
+}
+
+static void test_health_and_breaker(void **state)
+{
+    sl_config_t *c =
+        load_ok(LISTEN "upstreams:\n"
+                       "  u:\n"
+                       "    targets: [ { address: 10.0.0.1:80 } ]\n"
+                       "    health:\n"
+                       "      active: { path: /healthz, host: h.example, interval: 200ms, timeout: 100ms,\n"
+                       "                healthy: 1, unhealthy: 4, statuses: 204 }\n"
+                       "      passive: { consecutive_failures: 7, eject_for: 1m, max_ejected_percent: 30 }\n"
+                       "    circuit_breaker: { failure_ratio: .25, min_requests: 5, window: 2s, open_for: 3s,\n"
+                       "                       half_open_requests: 1 }\n"
+                       "  v:\n"
+                       "    targets: [ { address: 10.0.0.1:80 } ]\n"
+                       "    health: { active: {}, passive: {} }\n"
+                       "    circuit_breaker: {}\n"
+                       "  w:\n"
+                       "    targets: [ { address: 10.0.0.1:80 } ]\n"
+                       "    health: {}\n"
+                       "    circuit_breaker: { failure_ratio: 1 }\n"
+                       "routes: [ { name: a, upstream: u }, { name: b, match: { path: /v }, upstream: v },\n"
+                       "          { name: c, match: { path: /w }, upstream: w } ]\n");
+    const sl_upstream_conf_t *u = &c->upstreams[0];
+    assert_true(u->health_active.enabled);
+    assert_str(u->health_active.path, "/healthz");
+    assert_str(u->health_active.host, "h.example");
+    assert_int_equal(u->health_active.interval_ms, 200);
+    assert_int_equal(u->health_active.timeout_ms, 100);
+    assert_int_equal(u->health_active.healthy, 1);
+    assert_int_equal(u->health_active.unhealthy, 4);
+    assert_int_equal(u->health_active.status_min, 204);
+    assert_int_equal(u->health_active.status_max, 204);
+    assert_true(u->health_passive.enabled);
+    assert_int_equal(u->health_passive.consecutive_failures, 7);
+    assert_int_equal(u->health_passive.eject_for_ms, 60000);
+    assert_int_equal(u->health_passive.max_ejected_percent, 30);
+    assert_true(u->circuit_breaker.enabled);
+    assert_true(u->circuit_breaker.failure_ratio == 0.25);
+    assert_int_equal(u->circuit_breaker.min_requests, 5);
+    assert_int_equal(u->circuit_breaker.window_ms, 2000);
+    assert_int_equal(u->circuit_breaker.open_for_ms, 3000);
+    assert_int_equal(u->circuit_breaker.half_open_requests, 1);
+
+    /* Present but empty: enabled with every default. */
+    const sl_upstream_conf_t *v = &c->upstreams[1];
+    assert_true(v->health_active.enabled);
+    assert_str(v->health_active.path, "/");
+    assert_int_equal(v->health_active.host.len, 0);
+    assert_int_equal(v->health_active.interval_ms, 5000);
+    assert_int_equal(v->health_active.timeout_ms, 1000);
+    assert_int_equal(v->health_active.healthy, 2);
+    assert_int_equal(v->health_active.unhealthy, 3);
+    assert_int_equal(v->health_active.status_min, 200);
+    assert_int_equal(v->health_active.status_max, 399);
+    assert_true(v->health_passive.enabled);
+    assert_int_equal(v->health_passive.consecutive_failures, 5);
+    assert_int_equal(v->health_passive.eject_for_ms, 30000);
+    assert_int_equal(v->health_passive.max_ejected_percent, 50);
+    assert_true(v->circuit_breaker.enabled);
+    assert_true(v->circuit_breaker.failure_ratio == 0.5);
+    assert_int_equal(v->circuit_breaker.min_requests, 20);
+    assert_int_equal(v->circuit_breaker.window_ms, 10000);
+    assert_int_equal(v->circuit_breaker.open_for_ms, 30000);
+    assert_int_equal(v->circuit_breaker.half_open_requests, 3);
+
+    /* `health: {}` enables nothing. */
+    const sl_upstream_conf_t *w = &c->upstreams[2];
+    assert_false(w->health_active.enabled);
+    assert_false(w->health_passive.enabled);
+    assert_true(w->circuit_breaker.enabled);
+    assert_true(w->circuit_breaker.failure_ratio == 1.0);
+    sl_config_unref(c);
+
+    /* Absent: disabled, defaults still in place for whoever reads them. */
+    c = load_ok(LISTEN "upstreams: { u: { targets: [ { address: 10.0.0.1:80 } ] } }\n"
+                       "routes: [ { name: a, upstream: u } ]\n");
+    u = &c->upstreams[0];
+    assert_false(u->health_active.enabled);
+    assert_false(u->health_passive.enabled);
+    assert_false(u->circuit_breaker.enabled);
+    assert_int_equal(u->health_active.status_min, 200);
+    sl_config_unref(c);
+}
+
+#define UP_HEAD LISTEN "upstreams:\n  u:\n    targets: [ { address: 10.0.0.1:80 } ]\n"
+#define UP_TAIL "routes: [ { name: a, upstream: u } ]\n"
+
+static void test_health_and_breaker_errors(void **state)
+{
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { path: healthz } }\n" UP_TAIL,
+                  "5:31: path: 'healthz' must start with '/'");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { path: \"/a b\" } }\n" UP_TAIL,
+                  "5:31: path: '/a b' has a character not allowed in a request target");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { host: \"a b\" } }\n" UP_TAIL,
+                  "5:31: host: 'a b' is not a valid Host header value");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { interval: 50ms, timeout: 10ms } }\n" UP_TAIL,
+                  "5:35: interval: '50ms' is out of range (100ms..1d)");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { interval: 1s, timeout: 1s } }\n" UP_TAIL,
+                  "5:48: health.active: timeout (1s) must be shorter than interval (1s)");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { interval: 500ms } }\n" UP_TAIL,
+                  "5:35: health.active: timeout (1s) must be shorter than interval (500ms)");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { healthy: 0, unhealthy: 101 } }\n" UP_TAIL,
+                  "5:34: healthy: '0' is out of range (1..100)", "5:48: unhealthy: '101' is out of range (1..100)");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { statuses: 2xx } }\n" UP_TAIL,
+                  "5:35: statuses: expected a status code or a range like 200-399, got '2xx'");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { statuses: 200-700 } }\n" UP_TAIL,
+                  "5:35: statuses: '200-700' is out of range (100..599)");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { statuses: 399-200 } }\n" UP_TAIL,
+                  "5:35: statuses: '399-200' is an empty range (the first code must not exceed the second)");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: { tcp: true } }\n" UP_TAIL,
+                  "5:25: unknown key 'tcp' in health.active (allowed: path, host, interval, timeout, healthy, "
+                  "unhealthy, statuses)");
+    EXPECT_ERRORS(UP_HEAD "    health: { active: on }\n" UP_TAIL, "5:23: active: expected a mapping, got 'on'");
+    EXPECT_ERRORS(
+        UP_HEAD "    health: { passive: { consecutive_failures: 0, eject_for: 5, max_ejected_percent: 0 } }\n" UP_TAIL,
+        "5:48: consecutive_failures: '0' is out of range (1..1000)",
+        "5:62: eject_for: expected a duration like 250ms, 30s, 5m, got '5'",
+        "5:86: max_ejected_percent: '0' is out of range (1..100)");
+    EXPECT_ERRORS(UP_HEAD "    health: { checks: {} }\n" UP_TAIL,
+                  "5:15: unknown key 'checks' in health (allowed: active, passive)");
+    EXPECT_ERRORS(UP_HEAD "    circuit_breaker: { failure_ratio: 0 }\n" UP_TAIL,
+                  "5:39: failure_ratio: '0' is out of range (more than 0, at most 1)");
+    EXPECT_ERRORS(UP_HEAD "    circuit_breaker: { failure_ratio: 1.5 }\n" UP_TAIL,
+                  "5:39: failure_ratio: '1.5' is out of range (more than 0, at most 1)");
+    EXPECT_ERRORS(UP_HEAD "    circuit_breaker: { failure_ratio: 50% }\n" UP_TAIL,
+                  "5:39: failure_ratio: expected a number like 0.5, got '50%'");
+    EXPECT_ERRORS(UP_HEAD "    circuit_breaker: { failure_ratio: 5e-1 }\n" UP_TAIL,
+                  "5:39: failure_ratio: expected a number like 0.5, got '5e-1'");
+    EXPECT_ERRORS(UP_HEAD "    circuit_breaker: { failure_ratio: . }\n" UP_TAIL,
+                  "5:39: failure_ratio: expected a number like 0.5, got '.'");
+    EXPECT_ERRORS(UP_HEAD "    circuit_breaker: { failure_ratio: [] }\n" UP_TAIL,
+                  "5:39: failure_ratio: expected a number like 0.5, got a list");
+    EXPECT_ERRORS(
+        UP_HEAD "    circuit_breaker: { min_requests: 0, window: 10ms, open_for: 0s, half_open_requests: 0 }\n" UP_TAIL,
+        "5:38: min_requests: '0' is out of range (1..1000000)", "5:49: window: '10ms' is out of range (100ms..1d)",
+        "5:65: open_for: '0s' is out of range (1ms..1d)", "5:89: half_open_requests: '0' is out of range (1..1000)");
+    EXPECT_ERRORS(UP_HEAD "    circuit_breaker: yes\n" UP_TAIL, "5:22: circuit_breaker: expected a mapping, got 'yes'");
 }
 
 static void test_duplicate_keys(void **state)
@@ -856,6 +993,45 @@ static void test_targets(void **state)
                   "2:54: upstreams: upstream names must be strings");
 }
 
+static void test_retries(void **state)
+{
+    (void)state;
+    sl_config_errors_t errs = {0};
+    sl_config_t *c = NULL;
+    const char *yaml = "listen: [ { address: 127.0.0.1:8080 } ]\n"
+                       "upstreams:\n"
+                       "  d: { targets: [ { address: a:1 } ] }\n"
+                       "  r:\n"
+                       "    targets: [ { address: a:1 } ]\n"
+                       "    retries: { attempts: 3, on: [ reset, 503, timeout ], budget_percent: 10,\n"
+                       "               per_try_timeout: 2s, backoff: 5ms, non_idempotent: true }\n"
+                       "routes: [ { name: x, match: { path_prefix: / }, upstream: d } ]\n";
+    assert_int_equal(sl_config_load_buffer("t.yaml", yaml, strlen(yaml), &c, &errs), 0);
+    const sl_upstream_conf_t *d = &c->upstreams[sl_config_find_upstream(c, SL_STR_LIT("d"))];
+    const sl_upstream_conf_t *r = &c->upstreams[sl_config_find_upstream(c, SL_STR_LIT("r"))];
+    /* absent: a connect failure is retried once, within a 20% budget */
+    assert_int_equal(d->retries.attempts, 2);
+    assert_int_equal(d->retries.on, SL_RETRY_ON_CONNECT_FAILURE);
+    assert_int_equal(d->retries.budget_percent, 20);
+    assert_int_equal(d->retries.backoff_ms, 25);
+    assert_false(d->retries.non_idempotent);
+    assert_int_equal(r->retries.attempts, 3);
+    assert_int_equal(r->retries.on, SL_RETRY_ON_RESET | SL_RETRY_ON_503 | SL_RETRY_ON_TIMEOUT);
+    assert_int_equal(r->retries.budget_percent, 10);
+    assert_int_equal(r->retries.per_try_timeout_ms, 2000);
+    assert_int_equal(r->retries.backoff_ms, 5);
+    assert_true(r->retries.non_idempotent);
+    sl_config_unref(c);
+    sl_config_errors_dispose(&errs);
+    EXPECT_ERRORS(LISTEN "upstreams:\n"
+                         "  u:\n"
+                         "    targets: [ { address: a:1 } ]\n"
+                         "    retries: { attempts: 0, on: [ 500 ] }\n"
+                         "routes: [ { name: x, match: { path_prefix: / }, upstream: u } ]\n",
+                  "5:26: attempts: '0' is out of range (1..10)",
+                  "5:35: on: unknown retry condition '500' (known: connect_failure, reset, timeout, 502, 503, 504)");
+}
+
 static void test_several_errors_in_one_file(void **state)
 {
     sl_config_errors_t errs = {0};
@@ -871,7 +1047,7 @@ static void test_several_errors_in_one_file(void **state)
     char want[4096];
     snprintf(want, sizeof(want),
              "%s:3:10: workers: expected auto or an integer from 1 to 256, got 'lots'\n"
-             "%s:7:5: retries is not supported yet\n"
+             "%s:7:5: limits is not supported yet\n"
              "%s:10:14: unknown key 'pathprefix' in route match (allowed: hosts, path, path_prefix, path_regex, "
              "methods, headers)\n"
              "%s:12:11: duplicate route name 'a' (first defined at 9:11)\n"
@@ -1032,6 +1208,8 @@ int main(void)
         cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_out_of_range),
         cmocka_unit_test(test_not_supported_yet),
+        cmocka_unit_test(test_health_and_breaker),
+        cmocka_unit_test(test_health_and_breaker_errors),
         cmocka_unit_test(test_duplicate_keys),
         cmocka_unit_test(test_duplicate_route_names),
         cmocka_unit_test(test_upstream_references),
@@ -1044,6 +1222,7 @@ int main(void)
         cmocka_unit_test(test_listen_and_admin),
         cmocka_unit_test(test_targets),
         cmocka_unit_test(test_balance_and_hash_on),
+        cmocka_unit_test(test_retries),
         cmocka_unit_test(test_several_errors_in_one_file),
         cmocka_unit_test(test_yaml_syntax),
         cmocka_unit_test(test_encoding),
