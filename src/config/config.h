@@ -89,6 +89,7 @@ typedef struct sl_upstream_conf {
     uint64_t send_timeout_ms;           /* default 30s: a blocked write to the upstream */
     uint32_t keepalive_max_idle;        /* idle connections kept per worker per target; default 64 */
     uint64_t keepalive_idle_timeout_ms; /* default 60s */
+    uint64_t dns_refresh_ms;            /* `dns_refresh`: re-resolve host-name targets; default 30s */
     /* `retries` (src/upstream/proxy.c): another try, on another target where possible, only
      * before any response byte reached the client and only for idempotent methods unless
      * `non_idempotent`. Bounded by a budget: retries <= budget_percent of recent requests. */
@@ -100,6 +101,13 @@ typedef struct sl_upstream_conf {
         uint64_t backoff_ms;         /* base of the jittered exponential backoff; default 25ms */
         bool non_idempotent;         /* also retry POST/PATCH/...; default false */
     } retries;
+    /* `limits`: overload protection. Connections in use (one request each on HTTP/1.1) are
+     * capped across all workers; requests past the cap wait, at most max_pending of them and
+     * at most timeouts.connect long, then get upstream_overloaded. 0 = no limit. */
+    struct {
+        uint32_t max_connections;
+        uint32_t max_pending; /* default 0: no waiting, answer at once */
+    } limits;
     /* `health.active`: HTTP probes from the main thread (src/upstream/health.h). */
     struct {
         bool enabled;
@@ -185,11 +193,31 @@ typedef struct sl_respond_conf {
     bool echo;             /* answer with the request seen, as JSON */
 } sl_respond_conf_t;
 
+/* One entry of a route's `split`: a weighted share of the route's requests (canary,
+ * blue-green). Weight 0 drains the upstream without removing it from the file. */
+typedef struct sl_route_split_conf {
+    sl_str_t upstream;
+    size_t upstream_index; /* index into sl_config_t.upstreams */
+    uint32_t weight;       /* 0..1000; at least one entry of the route is > 0 */
+    sl_config_pos_t pos;
+} sl_route_split_conf_t;
+
+#define SL_ROUTE_SPLIT_MAX 16
+
 typedef struct sl_route_conf {
     sl_str_t name;
     sl_route_match_conf_t match;
-    sl_str_t upstream;      /* empty when `respond` is set */
-    size_t upstream_index;  /* index into sl_config_t.upstreams, valid when upstream is set */
+    sl_str_t upstream; /* empty when `split` or `respond` is set */
+    /* Index into sl_config_t.upstreams: of `upstream`, or of split[0].upstream on a split route
+     * so code that knows one upstream per route (metrics, the proxy before it picks) keeps a
+     * valid index. Not meaningful on `respond` routes. */
+    size_t upstream_index;
+    sl_route_split_conf_t *split; /* `split`: 1..SL_ROUTE_SPLIT_MAX entries, or NULL */
+    size_t nsplit;                /* 0 = not a split route */
+    /* `sticky` (split routes only): what keeps a client on one upstream of the split. IP,
+     * HEADER or COOKIE (never PATH); NONE = weighted random per request. */
+    enum sl_hash_on sticky;
+    sl_str_t sticky_name;   /* header or cookie name; NUL-terminated */
     bool strip_prefix;      /* remove match.path_prefix before forwarding */
     sl_str_t rewrite_regex; /* `rewrite: { regex, replacement }`: pcre2 substitute on the path */
     sl_str_t rewrite_replacement;

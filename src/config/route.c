@@ -1,8 +1,9 @@
 /*
  * Key tables for `routes:`, the list the router compiles: a match (hosts, one path form,
- * methods, header conditions), a destination (an upstream or a local `respond`), path rewriting
- * and header edits. Everything the router would otherwise discover at request time (a bad regex,
- * a wildcard in the middle of a host, an edit of a framing header) is rejected here, with a position.
+ * methods, header conditions), a destination (an upstream, a weighted `split` over several, or
+ * a local `respond`), path rewriting and header edits. Everything the router would otherwise
+ * discover at request time (a bad regex, a wildcard in the middle of a host, an edit of a framing
+ * header) is rejected here, with a position.
  */
 #include <arpa/inet.h>
 #include <stddef.h>
@@ -547,6 +548,118 @@ static const sl__config_section_t rewrite_section = {
     .check = rewrite_check,
 };
 
+/* ---- split, sticky ------------------------------------------------------------------------ */
+
+static const sl__config_key_t split_keys[] = {
+    {.name = "upstream",
+     .type = SL__CT_CUSTOM,
+     .offset = offsetof(sl_route_split_conf_t, upstream),
+     .required = true,
+     .parse = parse_name},
+    /* Required: a canary share is a decision, not something to inherit from a default. */
+    {.name = "weight",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_route_split_conf_t, weight),
+     .required = true,
+     .min = 0,
+     .max = 1000},
+};
+
+static const sl__config_section_t split_section = {
+    .what = "split entry",
+    .keys = split_keys,
+    .nkeys = sizeof(split_keys) / sizeof(split_keys[0]),
+    .pos_offset = offsetof(sl_route_split_conf_t, pos),
+};
+
+/* Whether an upstream exists is judged in validate.c, once every upstream has been read. */
+static int parse_split(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_route_conf_t *r = field;
+    const sl__config_node_t *seq = sl__config_node_deref(v);
+    void *items;
+    size_t n;
+    int rc = sl__config_walk_seq(ctx, &split_section, k->name, v, sizeof(sl_route_split_conf_t), &items, &n);
+    if (seq == NULL || seq->kind != SL__CONFIG_NODE_SEQ)
+        return -1;
+    if (n == 0) {
+        sl__config_error(ctx, seq, "split: the list is empty (it needs 1 to %d upstreams)", SL_ROUTE_SPLIT_MAX);
+        return -1;
+    }
+    if (n > SL_ROUTE_SPLIT_MAX) {
+        sl__config_error(ctx, seq, "split: at most %d upstreams, got %zu", SL_ROUTE_SPLIT_MAX, n);
+        return -1;
+    }
+    sl_route_split_conf_t *e = items;
+    r->split = e;
+    r->nsplit = n;
+    if (rc != 0)
+        return rc;
+    char q[80];
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        total += e[i].weight;
+        for (size_t j = 0; j < i; j++)
+            if (sl_str_eq(e[i].upstream, e[j].upstream)) {
+                sl__config_error_at(ctx, e[i].pos, "split: upstream %s is listed twice (first at %u:%u)",
+                                    sl__config_quote(q, sizeof(q), e[i].upstream), e[j].pos.line, e[j].pos.col);
+                rc = -1;
+                break;
+            }
+    }
+    /* Weight 0 drains one upstream; all of them at 0 would leave the route nowhere to go. */
+    if (total == 0) {
+        sl__config_error(ctx, seq, "split: every weight is 0; at least one upstream must take traffic");
+        rc = -1;
+    }
+    return rc;
+}
+
+/* `sticky: ip | header:NAME | cookie:NAME`, like an upstream's `hash_on` minus `path`: a
+ * split keyed on the path would send whole URLs, not clients, to the canary. NAME must be a
+ * token (RFC 9110 §5.1, RFC 6265 §4.1.1). */
+static int parse_sticky(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_route_conf_t *r = field;
+    sl_str_t s;
+    if (sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    v = sl__config_node_deref(v);
+    char q[80];
+    static const struct {
+        const char *prefix;
+        enum sl_hash_on on;
+        const char *noun;
+    } named[] = {{"header:", SL_HASH_ON_HEADER, "header"}, {"cookie:", SL_HASH_ON_COOKIE, "cookie"}};
+    if (sl_str_eq(s, SL_STR_LIT("ip"))) {
+        r->sticky = SL_HASH_ON_IP;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+        sl_str_t prefix = sl_str_from_cstr(named[i].prefix);
+        if (!sl_str_has_prefix(s, prefix))
+            continue;
+        sl_str_t name = {s.ptr + prefix.len, s.len - prefix.len};
+        if (name.len == 0) {
+            sl__config_error(ctx, v, "sticky: %s needs a %s name (%sNAME)", sl__config_quote(q, sizeof(q), s),
+                             named[i].noun, named[i].prefix);
+            return -1;
+        }
+        if (!sl__config_is_token(name)) {
+            sl__config_error(ctx, v, "sticky: %s is not a valid %s name", sl__config_quote(q, sizeof(q), name),
+                             named[i].noun);
+            return -1;
+        }
+        r->sticky = named[i].on;
+        r->sticky_name = name; /* a suffix of the arena copy, so still NUL-terminated */
+        return 0;
+    }
+    sl__config_error(ctx, v, "sticky: expected ip, header:NAME or cookie:NAME, got %s%s",
+                     sl__config_quote(q, sizeof(q), s),
+                     sl_str_eq(s, SL_STR_LIT("path")) ? " (a split keeps clients, not paths, together)" : "");
+    return -1;
+}
+
 /* ---- one route ---------------------------------------------------------------------------- */
 
 static void route_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, void *base, bool clean)
@@ -559,17 +672,34 @@ static void route_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, voi
         snprintf(label, sizeof(label), "route %s", sl__config_quote(q, sizeof(q), r->name));
     else
         snprintf(label, sizeof(label), "route");
+    /* Exactly one destination; each extra one is reported against the first, at its own key. */
+    static const char *const dests[] = {"upstream", "split", "respond"};
+    const sl__config_node_t *first = NULL;
+    const char *first_name = NULL;
+    for (size_t i = 0; i < sizeof(dests) / sizeof(dests[0]); i++) {
+        const sl__config_node_t *key = sl__config_node_map_key(map, dests[i]);
+        if (key == NULL)
+            continue;
+        if (first == NULL) {
+            first = key;
+            first_name = dests[i];
+        } else {
+            sl__config_error(ctx, key, "%s has both %s and %s; keep one", label, first_name, dests[i]);
+        }
+    }
+    if (first == NULL)
+        sl__config_error(ctx, map, "%s needs one of upstream, split, respond", label);
     const sl__config_node_t *upstream = sl__config_node_map_key(map, "upstream");
+    const sl__config_node_t *split = sl__config_node_map_key(map, "split");
     const sl__config_node_t *respond = sl__config_node_map_key(map, "respond");
-    if (upstream == NULL && respond == NULL)
-        sl__config_error(ctx, map, "%s needs either upstream or respond", label);
-    if (upstream != NULL && respond != NULL)
-        sl__config_error(ctx, respond, "%s has both upstream and respond; keep one", label);
+    const sl__config_node_t *sticky = sl__config_node_map_key(map, "sticky");
+    if (sticky != NULL && split == NULL)
+        sl__config_error(ctx, sticky, "sticky only applies to routes with split");
 
     const sl__config_node_t *strip = sl__config_node_map_key(map, "strip_prefix");
     if (r->strip_prefix && r->match.path_prefix.len == 0)
         sl__config_error(ctx, strip, "strip_prefix needs match.path_prefix");
-    if (respond != NULL && upstream == NULL) {
+    if (respond != NULL && upstream == NULL && split == NULL) {
         const sl__config_node_t *rewrite = sl__config_node_map_key(map, "rewrite");
         if (r->strip_prefix)
             sl__config_error(ctx, strip, "strip_prefix only applies to routes with an upstream");
@@ -587,6 +717,8 @@ static const sl__config_key_t route_keys[] = {
      .parse = parse_name},
     {.name = "match", .type = SL__CT_SECTION, .offset = offsetof(sl_route_conf_t, match), .section = &match_section},
     {.name = "upstream", .type = SL__CT_CUSTOM, .offset = offsetof(sl_route_conf_t, upstream), .parse = parse_name},
+    {.name = "split", .type = SL__CT_CUSTOM, .parse = parse_split},
+    {.name = "sticky", .type = SL__CT_CUSTOM, .parse = parse_sticky},
     {.name = "strip_prefix", .type = SL__CT_BOOL, .offset = offsetof(sl_route_conf_t, strip_prefix)},
     {.name = "rewrite", .type = SL__CT_SECTION, .section = &rewrite_section},
     {.name = "timeout",

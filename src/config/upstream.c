@@ -604,6 +604,30 @@ static const sl__config_section_t retries_section = {
     .pos_offset = SL__NO_POS,
 };
 
+/* ---- limits -------------------------------------------------------------------------------- */
+
+static const sl__config_key_t upstream_limits_keys[] = {
+    {.name = "max_connections",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, limits.max_connections),
+     .dflt = "0",
+     .min = 0,
+     .max = 1000000},
+    {.name = "max_pending",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_upstream_conf_t, limits.max_pending),
+     .dflt = "0",
+     .min = 0,
+     .max = 1000000},
+};
+
+static const sl__config_section_t upstream_limits_section = {
+    .what = "upstream limits",
+    .keys = upstream_limits_keys,
+    .nkeys = sizeof(upstream_limits_keys) / sizeof(upstream_limits_keys[0]),
+    .pos_offset = SL__NO_POS,
+};
+
 static const sl__config_key_t upstream_keys[] = {
     {.name = "targets", .type = SL__CT_CUSTOM, .parse = parse_targets},
     {.name = "balance",
@@ -614,11 +638,16 @@ static const sl__config_key_t upstream_keys[] = {
     {.name = "hash_on", .type = SL__CT_CUSTOM, .parse = parse_hash_on},
     {.name = "timeouts", .type = SL__CT_SECTION, .section = &upstream_timeouts_section},
     {.name = "keepalive", .type = SL__CT_SECTION, .section = &keepalive_section},
+    {.name = "dns_refresh",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_upstream_conf_t, dns_refresh_ms),
+     .dflt = "30s",
+     .min = 1000,
+     .max = DURATION_MAX},
     {.name = "health", .type = SL__CT_SECTION, .section = &health_section},
     {.name = "circuit_breaker", .type = SL__CT_SECTION, .section = &circuit_breaker_section},
     {.name = "retries", .type = SL__CT_SECTION, .section = &retries_section},
-    /* Later (upstream max_connections / max_pending): give it a table to enable it. */
-    {.name = "limits", .type = SL__CT_UNSUPPORTED},
+    {.name = "limits", .type = SL__CT_SECTION, .section = &upstream_limits_section},
 };
 
 static const sl__config_section_t upstream_section = {

@@ -1,8 +1,8 @@
 /*
  * Cross-checks that need the whole generation, run after every table has been walked: routes
- * naming upstreams that do not exist, duplicate route names, routes that can never match because
- * an earlier route has the same match, and listeners bound twice. Routes with errors of their own
- * are left out of the match comparison so one typo does not produce a cascade.
+ * (and split entries) naming upstreams that do not exist, duplicate route names, routes that can
+ * never match because an earlier route has the same match, and listeners bound twice. Routes with
+ * errors of their own are left out of the match comparison so one typo does not produce a cascade.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +73,36 @@ static void check_listeners(sl__config_ctx_t *ctx)
     }
 }
 
+static void report_undefined(sl__config_ctx_t *ctx, const sl__config_node_t *where, sl_str_t route, sl_str_t upstream)
+{
+    char q1[80], q2[80];
+    sl__config_error(ctx, where, "route %s refers to upstream %s, which is not defined%s",
+                     sl__config_quote(q1, sizeof(q1), route), sl__config_quote(q2, sizeof(q2), upstream),
+                     ctx->cfg->nupstreams == 0 ? " (there is no upstreams section)" : "");
+}
+
+/* A split route's entries, in file order: parse_split made one entry per list item. */
+static void resolve_split(sl__config_ctx_t *ctx, name_index_t *ix, const sl__config_route_aux_t *aux)
+{
+    sl_route_conf_t *r = aux->route;
+    const sl__config_node_t *seq = sl__config_node_map_get(aux->node, "split");
+    const sl__config_node_t *item = seq != NULL ? seq->first : NULL;
+    for (size_t j = 0; j < r->nsplit; j++, item = item != NULL ? item->next : NULL) {
+        sl_route_split_conf_t *e = &r->split[j];
+        if (e->upstream.len == 0)
+            continue; /* already reported by the entry's own parse */
+        slot_t *s = index_slot(ix, e->upstream);
+        if (s->key.ptr != NULL) {
+            e->upstream_index = s->value;
+            continue;
+        }
+        const sl__config_node_t *where = sl__config_node_map_get(sl__config_node_deref(item), "upstream");
+        report_undefined(ctx, where != NULL ? where : item, r->name, e->upstream);
+    }
+    /* Code that knows one upstream per route reads upstream_index (see config.h). */
+    r->upstream_index = r->split[0].upstream_index;
+}
+
 static void check_upstream_refs(sl__config_ctx_t *ctx)
 {
     sl_config_t *cfg = ctx->cfg;
@@ -83,9 +113,12 @@ static void check_upstream_refs(sl__config_ctx_t *ctx)
         s->key = cfg->upstreams[i].name;
         s->value = i;
     }
-    char q1[80], q2[80];
     for (size_t i = 0; i < ctx->nroute_aux; i++) {
         sl_route_conf_t *r = ctx->route_aux[i].route;
+        if (r->nsplit > 0) {
+            resolve_split(ctx, &ix, &ctx->route_aux[i]);
+            continue;
+        }
         if (r->upstream.len == 0)
             continue;
         slot_t *s = index_slot(&ix, r->upstream);
@@ -93,10 +126,7 @@ static void check_upstream_refs(sl__config_ctx_t *ctx)
             r->upstream_index = s->value;
             continue;
         }
-        sl__config_error(ctx, sl__config_node_map_get(ctx->route_aux[i].node, "upstream"),
-                         "route %s refers to upstream %s, which is not defined%s",
-                         sl__config_quote(q1, sizeof(q1), r->name), sl__config_quote(q2, sizeof(q2), r->upstream),
-                         cfg->nupstreams == 0 ? " (there is no upstreams section)" : "");
+        report_undefined(ctx, sl__config_node_map_get(ctx->route_aux[i].node, "upstream"), r->name, r->upstream);
     }
 }
 

@@ -49,6 +49,7 @@ typedef struct gateway {
     uv_signal_t sigterm, sigint, sighup;
     uv_async_t worker_exited;
     uv_timer_t drain_timer;
+    uv_timer_t dns_timer; /* re-resolves host-name targets of the current snapshot */
     const char *config_path;
     sl_snapshot_t *current;
     uint64_t generation;
@@ -234,6 +235,7 @@ static void on_worker_exited(uv_async_t *a)
     uv_close((uv_handle_t *)&gw->worker_exited, NULL);
     uv_timer_stop(&gw->drain_timer);
     uv_close((uv_handle_t *)&gw->drain_timer, NULL);
+    uv_close((uv_handle_t *)&gw->dns_timer, NULL);
     /* Health: probes run until the last worker is gone (draining requests still pick targets);
      * its timers would otherwise keep the main loop alive. */
     if (gw->health != NULL) {
@@ -242,6 +244,12 @@ static void on_worker_exited(uv_async_t *a)
     }
     if (gw->admin)
         sl_admin_stop(gw->admin);
+}
+
+static void on_dns_timer(uv_timer_t *t)
+{
+    gateway_t *gw = t->data;
+    sl_proxy_refresh_dns(gw->current, &gw->loop);
 }
 
 static int render_metrics(void *ctx, char **out, size_t *len)
@@ -326,6 +334,9 @@ int sl_gateway_run(const char *config_path)
     gw->worker_exited.data = gw;
     uv_timer_init(&gw->loop, &gw->drain_timer);
     gw->drain_timer.data = gw;
+    uv_timer_init(&gw->loop, &gw->dns_timer);
+    gw->dns_timer.data = gw;
+    uv_timer_start(&gw->dns_timer, on_dns_timer, 1000, 1000);
     /* Health: created once everything is bound; the first snapshot applied before workers see it. */
     SL_BUG_ON(sl_health_create(&gw->loop, &gw->health) != 0);
     sl_health_apply(gw->health, gw->current);

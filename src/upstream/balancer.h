@@ -27,7 +27,8 @@
 #define SL_TARGET_UNHEALTHY    (1u << 0) /* active health checks failed */
 #define SL_TARGET_EJECTED      (1u << 1) /* passive outlier detection ejected it */
 #define SL_TARGET_CIRCUIT_OPEN (1u << 2) /* its circuit breaker is open */
-#define SL_TARGET_UNAVAILABLE  (SL_TARGET_UNHEALTHY | SL_TARGET_EJECTED | SL_TARGET_CIRCUIT_OPEN)
+#define SL_TARGET_UNRESOLVED   (1u << 3) /* its host name does not resolve (yet, or any more) */
+#define SL_TARGET_UNAVAILABLE  (SL_TARGET_UNHEALTHY | SL_TARGET_EJECTED | SL_TARGET_CIRCUIT_OPEN | SL_TARGET_UNRESOLVED)
 
 /*
  * Runtime state of one target, shared by every worker. All fields start at zero (a zeroed

@@ -25,6 +25,7 @@
 #include "upstream/balancer.h"
 #include "upstream/breaker.h"
 #include "upstream/outlier.h"
+#include "upstream/split.h"
 #include "upstream/connpool.h"
 
 void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -41,12 +42,26 @@ static uint64_t now_ms(void)
 
 /* ---- runtime state of a snapshot's upstreams -------------------------------------------- */
 
+/* The address a target connects to. Host names are re-resolved by the main thread every
+ * dns_refresh: it writes the inactive slot, then flips `cur` (release), so a worker that loads
+ * `cur` (acquire) copies a complete address. A slot is rewritten only a whole refresh interval
+ * after it was last current, far longer than a reader's copy takes. */
+typedef struct target_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+} target_addr_t;
+
 typedef struct target_rt {
     const sl_target_conf_t *conf;
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    atomic_int resolved; /* 1 resolved, 0 pending, -1 failed */
+    target_addr_t slot[2];
+    atomic_uint cur;
+    atomic_int resolved; /* 1 resolved (at least once), 0 pending, -1 never resolved */
+    sl_target_state_t *state;
+    /* main thread only */
     uv_getaddrinfo_t gai;
+    bool resolving;
+    bool failing; /* the last resolution failed: logged once per change */
+    uint64_t resolved_at_ms;
     struct upstreams_rt *owner;
 } target_rt_t;
 
@@ -62,6 +77,9 @@ typedef struct upstream_rt {
     atomic_uint_fast64_t window_start_ms;
     atomic_uint window_requests;
     atomic_uint window_retries;
+    /* limits: connections in use (= exchanges holding a slot) and exchanges waiting for one */
+    atomic_uint in_use;
+    atomic_uint pending;
 } upstream_rt_t;
 
 typedef struct upstreams_rt {
@@ -89,20 +107,77 @@ static void upstreams_unref(void *p)
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     target_rt_t *t = req->data;
-    if (status == 0 && res != NULL) {
-        memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
-        t->addrlen = (socklen_t)res->ai_addrlen;
-        if (t->addr.ss_family == AF_INET)
-            ((struct sockaddr_in *)&t->addr)->sin_port = htons(t->conf->port);
+    t->resolving = false;
+    t->resolved_at_ms = now_ms();
+    /* The first IPv4 answer, else the first IPv6 one (loopback services often bind IPv4 only). */
+    const struct addrinfo *pick = NULL;
+    for (const struct addrinfo *a = status == 0 ? res : NULL; a != NULL; a = a->ai_next)
+        if (pick == NULL || (a->ai_family == AF_INET && pick->ai_family != AF_INET))
+            pick = a;
+    if (pick != NULL) {
+        unsigned next = atomic_load_explicit(&t->cur, memory_order_relaxed) ^ 1u;
+        target_addr_t *a = &t->slot[next];
+        memcpy(&a->ss, pick->ai_addr, pick->ai_addrlen);
+        a->len = (socklen_t)pick->ai_addrlen;
+        if (a->ss.ss_family == AF_INET)
+            ((struct sockaddr_in *)&a->ss)->sin_port = htons(t->conf->port);
         else
-            ((struct sockaddr_in6 *)&t->addr)->sin6_port = htons(t->conf->port);
+            ((struct sockaddr_in6 *)&a->ss)->sin6_port = htons(t->conf->port);
+        atomic_store_explicit(&t->cur, next, memory_order_release);
         atomic_store_explicit(&t->resolved, 1, memory_order_release);
+        if (sl_log_get_level() <= SL_LOG_DEBUG) {
+            char ip[64] = "";
+            if (a->ss.ss_family == AF_INET)
+                uv_ip4_name((struct sockaddr_in *)&a->ss, ip, sizeof(ip));
+            else
+                uv_ip6_name((struct sockaddr_in6 *)&a->ss, ip, sizeof(ip));
+            sl_log_debug("upstream target %.*s resolved to %s", SL_STR_FMT(t->conf->address), ip);
+        }
+        atomic_fetch_and_explicit(&t->state->flags, ~SL_TARGET_UNRESOLVED, memory_order_relaxed);
+        if (t->failing)
+            sl_log_info("upstream target %.*s resolves again", SL_STR_FMT(t->conf->address));
+        t->failing = false;
     } else {
-        sl_log_warn("upstream target %.*s: cannot resolve: %s", SL_STR_FMT(t->conf->address), uv_strerror(status));
-        atomic_store_explicit(&t->resolved, -1, memory_order_release);
+        /* Not crashed on, not connected to: balancers skip it until the name comes back. */
+        atomic_fetch_or_explicit(&t->state->flags, SL_TARGET_UNRESOLVED, memory_order_relaxed);
+        if (atomic_load_explicit(&t->resolved, memory_order_relaxed) == 0)
+            atomic_store_explicit(&t->resolved, -1, memory_order_release);
+        if (!t->failing)
+            sl_log_warn("upstream target %.*s: cannot resolve %s: %s; not used until it does",
+                        SL_STR_FMT(t->conf->address), t->conf->host.ptr, uv_strerror(status ? status : UV_EAI_NODATA));
+        t->failing = true;
     }
     uv_freeaddrinfo(res);
     upstreams_unref(t->owner);
+}
+
+static void resolve_start(target_rt_t *t, uv_loop_t *loop)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    t->gai.data = t;
+    atomic_fetch_add(&t->owner->refs, 1);
+    t->resolving = true;
+    if (loop == NULL || uv_getaddrinfo(loop, &t->gai, on_resolved, t->conf->host.ptr, NULL, &hints) != 0) {
+        t->resolving = false;
+        atomic_fetch_or_explicit(&t->state->flags, SL_TARGET_UNRESOLVED, memory_order_relaxed);
+        if (atomic_load_explicit(&t->resolved, memory_order_relaxed) == 0)
+            atomic_store(&t->resolved, -1);
+        atomic_fetch_sub(&t->owner->refs, 1);
+    }
+}
+
+void sl_proxy_refresh_dns(sl_snapshot_t *snap, uv_loop_t *loop)
+{
+    upstreams_rt_t *u = snap->upstreams;
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < u->nups; i++) {
+        upstream_rt_t *up = &u->ups[i];
+        for (size_t j = 0; j < up->ntargets; j++) {
+            target_rt_t *t = &up->targets[j];
+            if (!t->conf->host_is_ip && !t->resolving && now - t->resolved_at_ms >= up->conf->dns_refresh_ms)
+                resolve_start(t, loop);
+        }
+    }
 }
 
 static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route);
@@ -119,27 +194,22 @@ void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop)
         up->conf = &cfg->upstreams[i];
         up->ntargets = up->conf->ntargets;
         up->targets = sl_xcalloc(up->ntargets ? up->ntargets : 1, sizeof(*up->targets));
+        up->states = sl_balancer_states_create(up->ntargets ? up->ntargets : 1);
         for (size_t j = 0; j < up->ntargets; j++) {
             target_rt_t *t = &up->targets[j];
             t->conf = &up->conf->targets[j];
             t->owner = u;
+            t->state = &up->states[j];
             if (t->conf->host_is_ip) {
-                memcpy(&t->addr, &t->conf->addr, t->conf->addrlen);
-                t->addrlen = t->conf->addrlen;
+                memcpy(&t->slot[0].ss, &t->conf->addr, t->conf->addrlen);
+                t->slot[0].len = t->conf->addrlen;
                 atomic_init(&t->resolved, 1);
                 continue;
             }
             atomic_init(&t->resolved, 0);
-            t->gai.data = t;
-            struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-            atomic_fetch_add(&u->refs, 1);
-            if (main_loop == NULL ||
-                uv_getaddrinfo(main_loop, &t->gai, on_resolved, t->conf->host.ptr, NULL, &hints) != 0) {
-                atomic_store(&t->resolved, -1);
-                atomic_fetch_sub(&u->refs, 1);
-            }
+            atomic_fetch_or(&t->state->flags, SL_TARGET_UNRESOLVED);
+            resolve_start(t, main_loop);
         }
-        up->states = sl_balancer_states_create(up->ntargets ? up->ntargets : 1);
         up->outlier = sl_outlier_create(up->conf, up->states, up->ntargets, NULL);
         up->breaker = sl_breaker_create(up->conf, up->states, up->ntargets, NULL);
         int err = sl_balancer_create(up->conf, up->states, &up->balancer);
@@ -219,6 +289,9 @@ typedef struct proxy {
     bool retried;
     bool counted;   /* this exchange is in its target's in-flight count */
     unsigned tries; /* 1 for the first try */
+    bool slotted;   /* holds one of the upstream's limits.max_connections slots */
+    bool waiting;   /* queued for a slot (counted in pending) */
+    uint64_t wait_deadline_ms;
     /* request */
     char *head;
     size_t head_len;
@@ -243,6 +316,11 @@ typedef struct proxy {
 static void proxy_connect(proxy_t *px);
 static void response_process(proxy_t *px);
 
+static upstreams_rt_t *u_of(proxy_t *px)
+{
+    return px->x->snap->upstreams;
+}
+
 static sl_timeqs_t *timeqs_of(proxy_t *px)
 {
     return &px->x->worker->timeqs;
@@ -264,6 +342,14 @@ static void conn_drop(proxy_t *px)
 
 static void proxy_cleanup(proxy_t *px)
 {
+    if (px->waiting) {
+        px->waiting = false;
+        atomic_fetch_sub_explicit(&px->up->pending, 1, memory_order_relaxed);
+    }
+    if (px->slotted) {
+        px->slotted = false;
+        atomic_fetch_sub_explicit(&px->up->in_use, 1, memory_order_relaxed);
+    }
     if (px->counted) {
         px->counted = false;
         atomic_fetch_sub_explicit(&px->up->states[px->target - px->up->targets].inflight, 1, memory_order_relaxed);
@@ -751,12 +837,13 @@ static void proxy_connect(proxy_t *px)
     sl_exchange_t *x = px->x;
     target_rt_t *t = px->target;
     int resolved = atomic_load_explicit(&t->resolved, memory_order_acquire);
+    target_addr_t addr = t->slot[atomic_load_explicit(&t->cur, memory_order_acquire)];
     if (resolved != 1) {
         try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, resolved == 0 ? "name not resolved yet" : "name not resolved",
                    SL_RETRY_ON_CONNECT_FAILURE);
         return;
     }
-    sl_connpool_t *pool = sl_connpool_get(x->worker, (struct sockaddr *)&t->addr, t->addrlen);
+    sl_connpool_t *pool = sl_connpool_get(x->worker, (struct sockaddr *)&addr.ss, addr.len);
     sl_upconn_t *c = px->retried ? NULL : sl_connpool_acquire(pool);
     if (c != NULL) {
         px->conn = c;
@@ -771,7 +858,7 @@ static void proxy_connect(proxy_t *px)
     px->state = PX_CONNECTING;
     px->connect_start_ns = sl_time_mono_ns();
     phase_timeout_set(px, px->up->conf->connect_timeout_ms, on_connect_timeout);
-    int err = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&t->addr, on_connected);
+    int err = uv_tcp_connect(&c->connect_req, &c->tcp, (struct sockaddr *)&addr.ss, on_connected);
     if (err) {
         try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, uv_strerror(err), SL_RETRY_ON_CONNECT_FAILURE);
         return;
@@ -943,7 +1030,7 @@ static void response_process(proxy_t *px)
                 x->upstream_first_byte_ns = (int64_t)(sl_time_mono_ns() - x->start_ns);
                 sl_balancer_observe(&px->up->states[px->target - px->up->targets], (uint64_t)x->upstream_first_byte_ns);
                 if (x->worker->metrics != NULL && x->snap->metrics != NULL)
-                    sl_metrics_observe_upstream(x->worker->metrics, x->snap->metrics, px->route->upstream_index,
+                    sl_metrics_observe_upstream(x->worker->metrics, x->snap->metrics, (size_t)(px->up - u_of(px)->ups),
                                                 (size_t)(px->target - px->up->targets),
                                                 (uint64_t)x->upstream_first_byte_ns);
             }
@@ -1137,23 +1224,43 @@ static target_rt_t *pick_target(const sl_exchange_t *x, upstream_rt_t *up)
     return NULL;
 }
 
-static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
+/* Slots of limits.max_connections are taken with a CAS loop so the cap holds across workers. */
+static bool slot_take(upstream_rt_t *up, uint32_t max)
 {
-    upstreams_rt_t *u = x->snap->upstreams;
-    proxy_t *px = sl_arena_alloc(&x->arena, sizeof(*px));
-    memset(px, 0, sizeof(*px));
-    px->x = x;
-    px->route = route;
-    px->up = &u->ups[route->upstream_index];
-    px->tries = 1;
-    budget_note_request(px->up, uv_now(&x->worker->loop));
-    x->handler_data = px;
-    x->on_abort = proxy_on_abort;
-    x->upstream_name = px->up->conf->name;
-    if (px->up->ntargets == 0) {
-        proxy_fail(px, SL_CAUSE_NO_HEALTHY_UPSTREAM, "no targets");
+    unsigned n = atomic_load_explicit(&up->in_use, memory_order_relaxed);
+    while (n < max)
+        if (atomic_compare_exchange_weak_explicit(&up->in_use, &n, n + 1, memory_order_relaxed, memory_order_relaxed))
+            return true;
+    return false;
+}
+
+/* Waiters poll rather than being woken: a slot may free up on any worker, and a few ms of
+ * polling only happens while the upstream is at its cap. */
+#define SLOT_POLL_MS 2
+
+static void proxy_begin(proxy_t *px);
+
+static void on_slot_poll(sl_timeq_entry_t *e)
+{
+    proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
+    if (slot_take(px->up, px->up->conf->limits.max_connections)) {
+        px->waiting = false;
+        atomic_fetch_sub_explicit(&px->up->pending, 1, memory_order_relaxed);
+        px->slotted = true;
+        proxy_begin(px);
         return;
     }
+    if (now_ms() >= px->wait_deadline_ms) {
+        proxy_fail(px, SL_CAUSE_UPSTREAM_OVERLOADED, "waited too long for a connection");
+        return;
+    }
+    sl_timeq_add_at(timeqs_of(px), &px->phase_timeout, SLOT_POLL_MS, on_slot_poll);
+}
+
+/* Picks a target, writes the request head and connects (or takes a pooled connection). */
+static void proxy_begin(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
     px->target = pick_target(x, px->up);
     if (px->target == NULL) {
         if (sl_breaker_any_open(px->up->breaker)) {
@@ -1174,7 +1281,46 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
         proxy_fail(px, SL_CAUSE_URI_TOO_LONG, "rewritten path too long");
         return;
     }
+    proxy_connect(px);
+}
+
+static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
+{
+    upstreams_rt_t *u = x->snap->upstreams;
+    proxy_t *px = sl_arena_alloc(&x->arena, sizeof(*px));
+    memset(px, 0, sizeof(*px));
+    px->x = x;
+    px->route = route;
+    if (pick_rng == 0)
+        pick_rng = sl_time_mono_ns() | 1;
+    /* A split route sends weighted shares (or sticky keys) to several upstreams. */
+    px->up = &u->ups[route->nsplit > 0 ? sl_split_pick(route, x, &pick_rng) : route->upstream_index];
+    px->tries = 1;
+    budget_note_request(px->up, uv_now(&x->worker->loop));
+    x->handler_data = px;
+    x->on_abort = proxy_on_abort;
+    x->upstream_name = px->up->conf->name;
+    if (px->up->ntargets == 0) {
+        proxy_fail(px, SL_CAUSE_NO_HEALTHY_UPSTREAM, "no targets");
+        return;
+    }
     if (route->timeout_ms)
         sl_timeq_add_at(timeqs_of(px), &px->route_timeout, route->timeout_ms, on_route_timeout);
-    proxy_connect(px);
+    uint32_t max_conn = px->up->conf->limits.max_connections;
+    if (max_conn && !slot_take(px->up, max_conn)) {
+        /* At the cap: wait for a slot if the queue has room, else say so at once rather than
+         * letting requests pile up without bound. */
+        unsigned waiting = atomic_fetch_add_explicit(&px->up->pending, 1, memory_order_relaxed);
+        if (waiting >= px->up->conf->limits.max_pending) {
+            atomic_fetch_sub_explicit(&px->up->pending, 1, memory_order_relaxed);
+            proxy_fail(px, SL_CAUSE_UPSTREAM_OVERLOADED, "connection limit reached, queue full");
+            return;
+        }
+        px->waiting = true;
+        px->wait_deadline_ms = now_ms() + px->up->conf->connect_timeout_ms;
+        sl_timeq_add_at(timeqs_of(px), &px->phase_timeout, SLOT_POLL_MS, on_slot_poll);
+        return;
+    }
+    px->slotted = max_conn != 0;
+    proxy_begin(px);
 }

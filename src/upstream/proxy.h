@@ -25,6 +25,11 @@ void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop);
  *  write their flag bits there). Lives as long as `snap`. Any thread. */
 struct sl_target_state *sl_proxy_target_states(const sl_snapshot_t *snap, size_t upstream_index);
 
+/** Re-resolves the host-name targets of `snap` whose last resolution is dns_refresh old, on
+ *  `loop`. Main thread, periodically (the server calls it every second for the current
+ *  snapshot); a name that stops resolving marks its target SL_TARGET_UNRESOLVED. */
+void sl_proxy_refresh_dns(sl_snapshot_t *snap, uv_loop_t *loop);
+
 /** Per-worker pools (w->up). Worker thread, before serving. */
 void sl_upstream_worker_init(sl_worker_t *w);
 /** Closes every pooled connection (drain); the worker's loop finishes the closes. */

@@ -165,7 +165,6 @@ LATER_FEATURES = {
     "auth": ("    auth: [ api_key ]\n", 1),
     "rate_limit": ("    rate_limit: [ { key: ip, rate: 10/s } ]\n", 1),
     "cache": ("    cache: { ttl: 30s }\n", 1),
-    "limits": ("    limits: { max_connections: 10 }\n", 2),
 }
 
 

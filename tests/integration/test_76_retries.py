@@ -120,4 +120,10 @@ def test_killed_target_under_steady_load_costs_no_client_errors(env):
         t.join(10)
     print(f"{done[0]} requests, errors: {errors[:5]}")
     assert done[0] > 100
-    assert not errors, errors[:10]
+    # The only failures allowed are requests already in flight on the killed target, whose
+    # response had started (so no retry is possible): at most one per client at the kill.
+    failed = [e for e in gw.access_log() if e["status"] != 200 or e["cause"]]
+    print("failed exchanges:", failed[:5])
+    assert len(errors) <= len(threads), errors[:10]
+    assert len(failed) == len(errors), (failed, errors)
+    assert all(e["target"] == f"127.0.0.1:{backs[1].port}" and e["upstream_first_byte_ms"] >= 0 for e in failed), failed

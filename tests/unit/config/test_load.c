@@ -424,8 +424,8 @@ static void test_unknown_keys(void **state)
                   "upstreams, routes, logging)",
                   "5:14: unknown key 'pathprefix' in route match (allowed: hosts, path, path_prefix, path_regex, "
                   "methods, headers)",
-                  "6:5: unknown key 'upstrem' in route (allowed: name, match, upstream, strip_prefix, rewrite, "
-                  "timeout, respond, request_headers, response_headers)",
+                  "6:5: unknown key 'upstrem' in route (allowed: name, match, upstream, split, sticky, "
+                  "strip_prefix, rewrite, timeout, respond, request_headers, response_headers)",
                   "7:16: unknown key 'stauts' in respond (allowed: status, body, content_type, echo)",
                   "8:46: unknown key 'wieght' in target (allowed: address, weight)",
                   "8:74: unknown key 'idle' in keepalive (allowed: max_idle, idle_timeout)",
@@ -494,7 +494,6 @@ static void test_not_supported_yet(void **state)
                   "    health: {}\n"
                   "    circuit_breaker: {}\n"
                   "    retries: {}\n"
-                  "    limits: {}\n"
                   "routes:\n"
                   "  - name: r\n"
                   "    upstream: u\n"
@@ -506,11 +505,10 @@ static void test_not_supported_yet(void **state)
                   "stores: {}\n"
                   "consumers: {}\n"
                   "jwt_issuers: {}\n",
-                  "3:5: tls is not supported yet", "10:5: limits is not supported yet",
-                  "14:5: auth is not supported yet", "15:5: acl is not supported yet",
-                  "16:5: rate_limit is not supported yet", "17:5: quota is not supported yet",
-                  "18:5: cache is not supported yet", "19:1: stores is not supported yet",
-                  "20:1: consumers is not supported yet", "21:1: jwt_issuers is not supported yet");
+                  "3:5: tls is not supported yet", "13:5: auth is not supported yet", "14:5: acl is not supported yet",
+                  "15:5: rate_limit is not supported yet", "16:5: quota is not supported yet",
+                  "17:5: cache is not supported yet", "18:1: stores is not supported yet",
+                  "19:1: consumers is not supported yet", "20:1: jwt_issuers is not supported yet");
 }
 
 static void test_health_and_breaker(void **state)
@@ -735,7 +733,7 @@ static void test_route_rules(void **state)
                          "  - { name: \"bad name\", respond: {} }\n"
                          "  - { name: forms, respond: {}, match: { path: /a, path_prefix: /b, path_regex: c } }\n"
                          "  - { upstream: u }\n",
-                  "4:5: route 'none' needs either upstream or respond",
+                  "4:5: route 'none' needs one of upstream, split, respond",
                   "5:32: route 'both' has both upstream and respond; keep one",
                   "6:33: strip_prefix needs match.path_prefix",
                   "7:33: strip_prefix only applies to routes with an upstream",
@@ -1047,7 +1045,7 @@ static void test_several_errors_in_one_file(void **state)
     char want[4096];
     snprintf(want, sizeof(want),
              "%s:3:10: workers: expected auto or an integer from 1 to 256, got 'lots'\n"
-             "%s:7:5: limits is not supported yet\n"
+             "%s:7:5: hash_on is only used with balance: hash (this upstream has balance: round_robin)\n"
              "%s:10:14: unknown key 'pathprefix' in route match (allowed: hosts, path, path_prefix, path_regex, "
              "methods, headers)\n"
              "%s:12:11: duplicate route name 'a' (first defined at 9:11)\n"
@@ -1196,6 +1194,141 @@ static void test_many_routes(void **state)
     sl_config_errors_dispose(&errs);
 }
 
+#define SPLIT_UPSTREAMS                                                                                                \
+    "upstreams:\n"                                                                                                     \
+    "  a: { targets: [ { address: a:1 } ] }\n"                                                                         \
+    "  b: { targets: [ { address: a:2 } ] }\n"                                                                         \
+    "  c: { targets: [ { address: a:3 } ] }\n"
+
+static void test_split_values(void **state)
+{
+    sl_config_t *c = load_ok(LISTEN SPLIT_UPSTREAMS
+                             "routes:\n"
+                             "  - name: canary\n"
+                             "    match: { path_prefix: /users }\n"
+                             "    split:\n"
+                             "      - { upstream: b, weight: 90 }\n"
+                             "      - { upstream: c, weight: 10 }\n"
+                             "    sticky: header:X-User\n"
+                             "    strip_prefix: true\n"
+                             "  - name: flip\n"
+                             "    match: { path_prefix: /flip }\n"
+                             "    split: [ { upstream: a, weight: 0 }, { upstream: c, weight: 1000 } ]\n"
+                             "    sticky: cookie:sid\n"
+                             "  - name: ip\n"
+                             "    match: { path_prefix: /ip }\n"
+                             "    split: [ { upstream: c, weight: 1 } ]\n"
+                             "    sticky: ip\n"
+                             "  - { name: plain, match: { path_prefix: /p }, split: [ { upstream: a, weight: 5 },\n"
+                             "      { upstream: b, weight: 5 }, { upstream: c, weight: 5 } ] }\n"
+                             "  - { name: one, upstream: b }\n");
+    assert_int_equal(c->nroutes, 5);
+    const sl_route_conf_t *r = &c->routes[0];
+    assert_int_equal(r->nsplit, 2);
+    assert_int_equal(r->upstream.len, 0);
+    assert_int_equal(r->upstream_index, 1); /* the first entry's: code that knows one upstream works */
+    assert_str(r->split[0].upstream, "b");
+    assert_int_equal(r->split[0].upstream_index, 1);
+    assert_int_equal(r->split[0].weight, 90);
+    assert_int_equal(r->split[0].pos.line, 10);
+    assert_int_equal(r->split[0].pos.col, 9);
+    assert_str(r->split[1].upstream, "c");
+    assert_int_equal(r->split[1].upstream_index, 2);
+    assert_int_equal(r->split[1].weight, 10);
+    assert_int_equal(r->sticky, SL_HASH_ON_HEADER);
+    assert_str(r->sticky_name, "X-User");
+    assert_true(r->strip_prefix);
+    r = &c->routes[1];
+    assert_int_equal(r->nsplit, 2);
+    assert_int_equal(r->upstream_index, 0); /* first entry, even though drained */
+    assert_int_equal(r->split[0].weight, 0);
+    assert_int_equal(r->split[1].weight, 1000);
+    assert_int_equal(r->sticky, SL_HASH_ON_COOKIE);
+    assert_str(r->sticky_name, "sid");
+    r = &c->routes[2];
+    assert_int_equal(r->nsplit, 1);
+    assert_int_equal(r->upstream_index, 2);
+    assert_int_equal(r->sticky, SL_HASH_ON_IP);
+    assert_int_equal(r->sticky_name.len, 0);
+    r = &c->routes[3];
+    assert_int_equal(r->nsplit, 3);
+    assert_int_equal(r->sticky, SL_HASH_ON_NONE);
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(r->split[i].upstream_index, i);
+    r = &c->routes[4];
+    assert_int_equal(r->nsplit, 0);
+    assert_null(r->split);
+    assert_int_equal(r->upstream_index, 1);
+    sl_config_unref(c);
+}
+
+static void test_split_errors(void **state)
+{
+    EXPECT_ERRORS(
+        LISTEN SPLIT_UPSTREAMS
+        "routes:\n"
+        "  - { name: r1, upstream: a, split: [ { upstream: b, weight: 1 } ], match: { path: /1 } }\n"
+        "  - { name: r2, split: [ { upstream: b, weight: 1 } ], respond: {}, match: { path: /2 } }\n"
+        "  - { name: r3, sticky: ip, upstream: a, match: { path: /3 } }\n"
+        "  - { name: r4, split: [], match: { path: /4 } }\n"
+        "  - { name: r5, split: { upstream: a }, match: { path: /5 } }\n"
+        "  - { name: r6, split: [ { upstream: a, weight: 1001 } ], match: { path: /6 } }\n"
+        "  - { name: r7, split: [ { upstream: a } ], match: { path: /7 } }\n"
+        "  - { name: r8, split: [ { upstream: a, weight: 0 }, { upstream: b, weight: 0 } ],\n"
+        "      match: { path: /8 } }\n"
+        "  - { name: r9, split: [ { upstream: a, weight: 1 }, { upstream: a, weight: 2 } ],\n"
+        "      match: { path: /9 } }\n"
+        "  - { name: r10, split: [ { upstream: a, weight: 1 }, { upstream: nope, weight: 2 } ],\n"
+        "      match: { path: /10 } }\n"
+        /* Routes with errors take no part in the unreachable check, so these need no match. */
+        "  - { name: r11, split: [ { upstream: a, weight: 1 } ], sticky: path }\n"
+        "  - { name: r12, split: [ { upstream: a, weight: 1 } ], sticky: \"header:\" }\n"
+        "  - { name: r13, split: [ { upstream: a, weight: 1 } ], sticky: cookie:a b }\n"
+        "  - { name: r14, split: [ { upstream: a, weight: -1, extra: 1 } ], match: { path: /14 } }\n"
+        "  - { name: r15, match: { path: /15 } }\n",
+        "7:30: route 'r1' has both upstream and split; keep one",
+        "8:56: route 'r2' has both split and respond; keep one", "9:17: sticky only applies to routes with split",
+        "10:24: split: the list is empty (it needs 1 to 16 upstreams)", "11:24: split: expected a list, got a mapping",
+        "12:49: weight: '1001' is out of range (0..1000)", "13:26: missing required key 'weight' in split entry",
+        "14:24: split: every weight is 0; at least one upstream must take traffic",
+        "16:54: split: upstream 'a' is listed twice (first at 16:26)",
+        "18:67: route 'r10' refers to upstream 'nope', which is not defined",
+        "20:65: sticky: expected ip, header:NAME or cookie:NAME, got 'path' (a split keeps clients, not "
+        "paths, together)",
+        "21:65: sticky: 'header:' needs a header name (header:NAME)", "22:65: sticky: 'a b' is not a valid cookie name",
+        "23:50: weight: expected an integer from 0 to 1000, got '-1'",
+        "23:54: unknown key 'extra' in split entry (allowed: upstream, weight)",
+        "24:5: route 'r15' needs one of upstream, split, respond");
+}
+
+static void test_split_limits_and_reachability(void **state)
+{
+    /* 16 entries is the cap; 17 is an error. */
+    char yaml[4096];
+    int n = snprintf(yaml, sizeof(yaml), LISTEN "upstreams:\n");
+    for (int i = 0; i < 17; i++)
+        n += snprintf(yaml + n, sizeof(yaml) - (size_t)n, "  u%d: { targets: [ { address: a:1 } ] }\n", i);
+    n += snprintf(yaml + n, sizeof(yaml) - (size_t)n, "routes:\n  - name: r\n    split:\n");
+    for (int i = 0; i < 16; i++)
+        n += snprintf(yaml + n, sizeof(yaml) - (size_t)n, "      - { upstream: u%d, weight: 1 }\n", i);
+    sl_config_t *c = load_ok(yaml);
+    assert_int_equal(c->routes[0].nsplit, 16);
+    assert_int_equal(c->routes[0].split[15].upstream_index, 15);
+    sl_config_unref(c);
+    n += snprintf(yaml + n, sizeof(yaml) - (size_t)n, "      - { upstream: u16, weight: 1 }\n");
+    EXPECT_ERRORS(yaml, "23:7: split: at most 16 upstreams, got 17");
+
+    /* A split route with the same match as an earlier route is as dead as any other. */
+    EXPECT_ERRORS(LISTEN SPLIT_UPSTREAMS
+                  "routes:\n"
+                  "  - { name: a, match: { path_prefix: /p }, upstream: a }\n"
+                  "  - { name: b, match: { path_prefix: /p }, split: [ { upstream: a, weight: 1 } ] }\n"
+                  "  - { name: c, match: { path_prefix: /q }, split: [ { upstream: b, weight: 1 } ] }\n"
+                  "  - { name: d, match: { path_prefix: /q }, split: [ { upstream: c, weight: 1 } ] }\n",
+                  "8:23: route 'b' can never match: route 'a' (line 7) has the same match",
+                  "10:23: route 'd' can never match: route 'c' (line 9) has the same match");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1230,6 +1363,9 @@ int main(void)
         cmocka_unit_test(test_errors_api),
         cmocka_unit_test(test_error_cap),
         cmocka_unit_test(test_many_routes),
+        cmocka_unit_test(test_split_values),
+        cmocka_unit_test(test_split_errors),
+        cmocka_unit_test(test_split_limits_and_reachability),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
