@@ -47,7 +47,7 @@ build-tsan/Makefile: CMakeLists.txt
 # The integration suite against a ThreadSanitizer build: workers, reloads and drain race-checked.
 test-tsan: setup build-tsan/Makefile
 	cmake --build build-tsan -j $(JOBS) --target sluice
-	TSAN_OPTIONS="halt_on_error=1 exitcode=66" SLUICE_BIN=$(CURDIR)/build-tsan/sluice SLUICE_SANITIZED=1 \
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$(CURDIR)/tests/tsan.supp" SLUICE_BIN=$(CURDIR)/build-tsan/sluice SLUICE_SANITIZED=1 \
 	  $(PYTHON) -m pytest -q tests/integration
 
 build-fuzz/Makefile: CMakeLists.txt
