@@ -66,6 +66,14 @@ typedef struct sl__config_ctx {
     size_t nroute_aux;
 } sl__config_ctx_t;
 
+/**
+ * Parses the request keys of `hash_on` and `sticky`: `ip`, `path` (when `allow_path`),
+ * `header:NAME`, `cookie:NAME` (NAME a token). Reports errors prefixed by `key` at `v`.
+ * `*name` points into `s` (a NUL-terminated arena copy). Returns 0 or -1.
+ */
+int sl__config_parse_request_key(sl__config_ctx_t *ctx, const char *key, const sl__config_node_t *v, sl_str_t s,
+                                 bool allow_path, enum sl_hash_on *on, sl_str_t *name);
+
 /* Errors past this many are counted but dropped (one last line says how many): a broken
  * generated file must not produce megabytes of messages. */
 #define SL__CONFIG_MAX_ERRORS 1000

@@ -625,39 +625,7 @@ static int parse_sticky(sl__config_ctx_t *ctx, const sl__config_key_t *k, const 
     if (sl__config_read_str(ctx, k->name, v, &s) != 0)
         return -1;
     v = sl__config_node_deref(v);
-    char q[80];
-    static const struct {
-        const char *prefix;
-        enum sl_hash_on on;
-        const char *noun;
-    } named[] = {{"header:", SL_HASH_ON_HEADER, "header"}, {"cookie:", SL_HASH_ON_COOKIE, "cookie"}};
-    if (sl_str_eq(s, SL_STR_LIT("ip"))) {
-        r->sticky = SL_HASH_ON_IP;
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
-        sl_str_t prefix = sl_str_from_cstr(named[i].prefix);
-        if (!sl_str_has_prefix(s, prefix))
-            continue;
-        sl_str_t name = {s.ptr + prefix.len, s.len - prefix.len};
-        if (name.len == 0) {
-            sl__config_error(ctx, v, "sticky: %s needs a %s name (%sNAME)", sl__config_quote(q, sizeof(q), s),
-                             named[i].noun, named[i].prefix);
-            return -1;
-        }
-        if (!sl__config_is_token(name)) {
-            sl__config_error(ctx, v, "sticky: %s is not a valid %s name", sl__config_quote(q, sizeof(q), name),
-                             named[i].noun);
-            return -1;
-        }
-        r->sticky = named[i].on;
-        r->sticky_name = name; /* a suffix of the arena copy, so still NUL-terminated */
-        return 0;
-    }
-    sl__config_error(ctx, v, "sticky: expected ip, header:NAME or cookie:NAME, got %s%s",
-                     sl__config_quote(q, sizeof(q), s),
-                     sl_str_eq(s, SL_STR_LIT("path")) ? " (a split keeps clients, not paths, together)" : "");
-    return -1;
+    return sl__config_parse_request_key(ctx, "sticky", v, s, false, &r->sticky, &r->sticky_name);
 }
 
 /* ---- one route ---------------------------------------------------------------------------- */

@@ -175,3 +175,49 @@ const char *sl__config_format_size(char *buf, size_t size, uint64_t bytes)
     };
     return format_units(buf, size, bytes, units, sizeof(units) / sizeof(units[0]));
 }
+
+int sl__config_parse_request_key(sl__config_ctx_t *ctx, const char *key, const sl__config_node_t *v, sl_str_t s,
+                                 bool allow_path, enum sl_hash_on *on, sl_str_t *name)
+{
+    char q[80];
+    static const struct {
+        const char *prefix;
+        enum sl_hash_on on;
+        const char *noun;
+    } named[] = {{"header:", SL_HASH_ON_HEADER, "header"}, {"cookie:", SL_HASH_ON_COOKIE, "cookie"}};
+    if (sl_str_eq(s, SL_STR_LIT("ip"))) {
+        *on = SL_HASH_ON_IP;
+        return 0;
+    }
+    if (allow_path && sl_str_eq(s, SL_STR_LIT("path"))) {
+        *on = SL_HASH_ON_PATH;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+        sl_str_t prefix = sl_str_from_cstr(named[i].prefix);
+        if (!sl_str_has_prefix(s, prefix))
+            continue;
+        sl_str_t n = {s.ptr + prefix.len, s.len - prefix.len};
+        if (n.len == 0) {
+            sl__config_error(ctx, v, "%s: %s needs a %s name (%sNAME)", key, sl__config_quote(q, sizeof(q), s),
+                             named[i].noun, named[i].prefix);
+            return -1;
+        }
+        if (!sl__config_is_token(n)) {
+            sl__config_error(ctx, v, "%s: %s is not a valid %s name", key, sl__config_quote(q, sizeof(q), n),
+                             named[i].noun);
+            return -1;
+        }
+        *on = named[i].on;
+        *name = n; /* a suffix of the arena copy, so still NUL-terminated */
+        return 0;
+    }
+    if (allow_path)
+        sl__config_error(ctx, v, "%s: expected ip, path, header:NAME or cookie:NAME, got %s", key,
+                         sl__config_quote(q, sizeof(q), s));
+    else
+        sl__config_error(ctx, v, "%s: expected ip, header:NAME or cookie:NAME, got %s%s", key,
+                         sl__config_quote(q, sizeof(q), s),
+                         sl_str_eq(s, SL_STR_LIT("path")) ? " (a split keeps clients, not paths, together)" : "");
+    return -1;
+}

@@ -105,42 +105,7 @@ static int parse_hash_on(sl__config_ctx_t *ctx, const sl__config_key_t *k, const
     if (sl__config_read_str(ctx, k->name, v, &s) != 0)
         return -1;
     v = sl__config_node_deref(v);
-    char q[80];
-    static const struct {
-        const char *prefix;
-        enum sl_hash_on on;
-        const char *noun;
-    } named[] = {{"header:", SL_HASH_ON_HEADER, "header"}, {"cookie:", SL_HASH_ON_COOKIE, "cookie"}};
-    if (sl_str_eq(s, SL_STR_LIT("ip"))) {
-        up->hash_on = SL_HASH_ON_IP;
-        return 0;
-    }
-    if (sl_str_eq(s, SL_STR_LIT("path"))) {
-        up->hash_on = SL_HASH_ON_PATH;
-        return 0;
-    }
-    for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
-        sl_str_t prefix = sl_str_from_cstr(named[i].prefix);
-        if (!sl_str_has_prefix(s, prefix))
-            continue;
-        sl_str_t name = {s.ptr + prefix.len, s.len - prefix.len};
-        if (name.len == 0) {
-            sl__config_error(ctx, v, "hash_on: %s needs a %s name (%sNAME)", sl__config_quote(q, sizeof(q), s),
-                             named[i].noun, named[i].prefix);
-            return -1;
-        }
-        if (!sl__config_is_token(name)) {
-            sl__config_error(ctx, v, "hash_on: %s is not a valid %s name", sl__config_quote(q, sizeof(q), name),
-                             named[i].noun);
-            return -1;
-        }
-        up->hash_on = named[i].on;
-        up->hash_on_name = name; /* a suffix of the arena copy, so still NUL-terminated */
-        return 0;
-    }
-    sl__config_error(ctx, v, "hash_on: expected ip, path, header:NAME or cookie:NAME, got %s",
-                     sl__config_quote(q, sizeof(q), s));
-    return -1;
+    return sl__config_parse_request_key(ctx, "hash_on", v, s, true, &up->hash_on, &up->hash_on_name);
 }
 
 static const sl__config_key_t upstream_timeout_keys[] = {

@@ -42,3 +42,29 @@ const sl_header_t *sl_headers_find(const sl_headers_t *h, sl_str_t name)
             return &h->items[i];
     return NULL;
 }
+
+sl_str_t sl_headers_cookie(const sl_headers_t *h, sl_str_t want)
+{
+    for (size_t i = 0; i < h->len; i++) {
+        if (!sl_str_caseeq(h->items[i].name, SL_STR_LIT("Cookie")))
+            continue;
+        sl_str_t v = h->items[i].value;
+        size_t p = 0;
+        while (p < v.len) {
+            while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == ';'))
+                p++;
+            size_t name = p;
+            while (p < v.len && v.ptr[p] != '=' && v.ptr[p] != ';')
+                p++;
+            sl_str_t n = {v.ptr + name, p - name};
+            if (p >= v.len || v.ptr[p] != '=')
+                continue;
+            size_t val = ++p;
+            while (p < v.len && v.ptr[p] != ';')
+                p++;
+            if (sl_str_eq(n, want))
+                return (sl_str_t){v.ptr + val, p - val};
+        }
+    }
+    return SL_STR_NULL;
+}

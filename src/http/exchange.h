@@ -126,4 +126,8 @@ size_t sl_headers_remove(sl_headers_t *h, sl_str_t name);
 /** The first field named `name`, or NULL. */
 const sl_header_t *sl_headers_find(const sl_headers_t *h, sl_str_t name);
 
+/** The value of cookie `name` from the Cookie fields (RFC 6265 §4.2.1: `a=1; b=2`, possibly
+ *  over several fields; the first match wins), or an empty slice. Points into `h`'s values. */
+sl_str_t sl_headers_cookie(const sl_headers_t *h, sl_str_t name);
+
 #endif

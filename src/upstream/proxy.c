@@ -1216,33 +1216,12 @@ static sl_balance_key_t hash_key(const sl_exchange_t *x, const sl_upstream_conf_
         }
         break;
     }
-    case SL_HASH_ON_COOKIE:
-        /* Cookie: a=1; b=2 (RFC 6265 §4.2.1), possibly over several fields. */
-        for (size_t i = 0; i < x->req_headers.len && k.len == 0; i++) {
-            if (!sl_str_caseeq(x->req_headers.items[i].name, SL_STR_LIT("Cookie")))
-                continue;
-            sl_str_t v = x->req_headers.items[i].value;
-            size_t p = 0;
-            while (p < v.len) {
-                while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == ';'))
-                    p++;
-                size_t name = p;
-                while (p < v.len && v.ptr[p] != '=' && v.ptr[p] != ';')
-                    p++;
-                sl_str_t n = {v.ptr + name, p - name};
-                if (p >= v.len || v.ptr[p] != '=')
-                    continue;
-                size_t val = ++p;
-                while (p < v.len && v.ptr[p] != ';')
-                    p++;
-                if (sl_str_eq(n, conf->hash_on_name)) {
-                    k.ptr = v.ptr + val;
-                    k.len = p - val;
-                    break;
-                }
-            }
-        }
+    case SL_HASH_ON_COOKIE: {
+        sl_str_t v = sl_headers_cookie(&x->req_headers, conf->hash_on_name);
+        k.ptr = v.ptr;
+        k.len = v.len;
         break;
+    }
     default:
         break;
     }

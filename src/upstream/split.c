@@ -45,33 +45,6 @@ static size_t pick_slot(const sl_route_conf_t *r, uint32_t point)
     return r->upstream_index; /* unreachable when the total is positive, as the config ensures */
 }
 
-/* Cookie: a=1; b=2 (RFC 6265 §4.2.1), possibly over several fields; the first match wins. */
-static sl_str_t find_cookie(const sl_headers_t *h, sl_str_t want)
-{
-    for (size_t i = 0; i < h->len; i++) {
-        if (!sl_str_caseeq(h->items[i].name, SL_STR_LIT("Cookie")))
-            continue;
-        sl_str_t v = h->items[i].value;
-        size_t p = 0;
-        while (p < v.len) {
-            while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == ';'))
-                p++;
-            size_t name = p;
-            while (p < v.len && v.ptr[p] != '=' && v.ptr[p] != ';')
-                p++;
-            sl_str_t n = {v.ptr + name, p - name};
-            if (p >= v.len || v.ptr[p] != '=')
-                continue;
-            size_t val = ++p;
-            while (p < v.len && v.ptr[p] != ';')
-                p++;
-            if (sl_str_eq(n, want))
-                return (sl_str_t){v.ptr + val, p - val};
-        }
-    }
-    return SL_STR_NULL;
-}
-
 sl_str_t sl_split_key(const sl_route_conf_t *r, const sl_exchange_t *x)
 {
     switch (r->sticky) {
@@ -82,7 +55,7 @@ sl_str_t sl_split_key(const sl_route_conf_t *r, const sl_exchange_t *x)
         return h != NULL ? h->value : SL_STR_NULL;
     }
     case SL_HASH_ON_COOKIE:
-        return find_cookie(&x->req_headers, r->sticky_name);
+        return sl_headers_cookie(&x->req_headers, r->sticky_name);
     default:
         return SL_STR_NULL;
     }
