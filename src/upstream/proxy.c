@@ -375,6 +375,13 @@ static void phase_timeout_set(proxy_t *px, uint64_t ms, sl_timeq_cb cb)
     sl_timeq_add(timeqs_of(px), sl_timeqs_get(timeqs_of(px), ms), &px->phase_timeout, cb);
 }
 
+/* How long a try may wait for the response head: retries.per_try_timeout, else timeouts.read. */
+static uint64_t try_timeout_ms(const proxy_t *px)
+{
+    uint64_t per_try = px->up->conf->retries.per_try_timeout_ms;
+    return per_try ? per_try : px->up->conf->read_timeout_ms;
+}
+
 static void conn_drop(proxy_t *px)
 {
     if (px->conn != NULL) {
@@ -507,6 +514,8 @@ static void retry(proxy_t *px, const char *detail)
 static void report_outcome(proxy_t *px, bool failure)
 {
     upstream_rt_t *up = px->up;
+    if (!up->conf->health_passive.enabled && !up->conf->circuit_breaker.enabled)
+        return; /* neither is configured: no clock read, no shared write */
     size_t t = (size_t)(px->target - up->targets);
     uint64_t now = now_ms();
     if (sl_outlier_report(up->outlier, t, failure, now) == SL_OUTLIER_EJECTED)
@@ -757,10 +766,8 @@ static void on_upstream_written(uv_write_t *req, int status)
     if (px == NULL)
         return; /* the exchange was torn down while this write was queued */
     px->req_writing = false;
-    if (px->state == PX_AWAIT_HEAD || px->state == PX_BODY) {
-        if (px->state == PX_AWAIT_HEAD)
-            phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
-    }
+    if (px->state == PX_AWAIT_HEAD)
+        phase_timeout_set(px, try_timeout_ms(px), on_read_timeout);
     if (status < 0) {
         /* The upstream stopped reading our request; its response (if any) will tell. */
         if (!px->got_response_bytes)
@@ -837,8 +844,7 @@ static void send_request(proxy_t *px)
     sl_exchange_t *x = px->x;
     px->state = PX_AWAIT_HEAD;
     px->conn->user = px;
-    uint64_t per_try = px->up->conf->retries.per_try_timeout_ms;
-    phase_timeout_set(px, per_try ? per_try : px->up->conf->read_timeout_ms, on_read_timeout);
+    phase_timeout_set(px, try_timeout_ms(px), on_read_timeout);
     px->wiov[0] = uv_buf_init(px->head, (unsigned)px->head_len);
     int r = upstream_write(px, px->wiov, 1);
     if (r < 0) {
@@ -947,8 +953,6 @@ static void on_client_written(sl_exchange_t *x, int status)
         x->down->abort(x);
         return;
     }
-    sl_buf_t *b = px->conn->rbuf;
-    (void)b;
     phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
     uv_read_start((uv_stream_t *)&px->conn->tcp, sl__connpool_on_alloc, sl__connpool_on_read);
     response_process(px);
@@ -1242,7 +1246,7 @@ static target_rt_t *pick_target(const sl_exchange_t *x, upstream_rt_t *up)
         int i = sl_balancer_pick(up->balancer, &key, &pick_rng);
         if (i < 0)
             return NULL;
-        if (sl_breaker_allow(up->breaker, (size_t)i, now_ms()))
+        if (!up->conf->circuit_breaker.enabled || sl_breaker_allow(up->breaker, (size_t)i, now_ms()))
             return &up->targets[i];
     }
     return NULL;
@@ -1320,7 +1324,10 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
     /* A split route sends weighted shares (or sticky keys) to several upstreams. */
     px->up = &u->ups[route->nsplit > 0 ? sl_split_pick(route, x, &pick_rng) : route->upstream_index];
     px->tries = 1;
-    budget_note_request(px->up, uv_now(&x->worker->loop));
+    /* The budget only limits retries other than after a connect failure: without such retries
+     * configured, no request needs counting in the shared window. */
+    if (px->up->conf->retries.attempts > 1 && (px->up->conf->retries.on & ~SL_RETRY_ON_CONNECT_FAILURE))
+        budget_note_request(px->up, uv_now(&x->worker->loop));
     x->handler_data = px;
     x->on_abort = proxy_on_abort;
     x->upstream_name = px->up->conf->name;
