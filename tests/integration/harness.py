@@ -596,8 +596,10 @@ class Gateway:
 
     # -- lifecycle --
 
-    def start(self, wait=True):
-        self.write_config()
+    def start(self, wait=True, write=True):
+        """`write=False` starts on the file as it is (e.g. as the admin API left it)."""
+        if write:
+            self.write_config()
         out = open(self.stdout_path, "ab")
         err = open(self.stderr_path, "ab")
         self._files = [out, err]
@@ -641,6 +643,26 @@ class Gateway:
             c.request("GET", path)
             r = c.getresponse()
             return r.status, Headers(r.getheaders()), r.read()
+        finally:
+            c.close()
+
+    def admin_request(self, method, path, body=None, headers=None, timeout=5.0):
+        """(status, headers, parsed JSON or raw bytes) of any request on the admin listener.
+        `body` may be bytes, str, or a JSON-able object (sent as JSON)."""
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=slack(timeout))
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            raw = r.read()
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:
+                data = raw
+            return r.status, Headers(r.getheaders()), data
         finally:
             c.close()
 
