@@ -668,3 +668,72 @@ int sl_router_rewrite_path(const sl_router_t *r, size_t route_index, sl_str_t pa
     *out = cur;
     return 0;
 }
+
+/* ---- match order --------------------------------------------------------------------------- */
+
+/* Sort key of one route: smaller is tried earlier (sl_router_match_order in router.h). */
+typedef struct order_key {
+    int host_class;    /* 0 exact host, 1 wildcard host, 2 any host */
+    size_t suffix_len; /* wildcard: the longest suffix of the route, longer first */
+    int path_class;    /* 0 exact, 1 prefix, 2 regex, 3 any */
+    size_t prefix_len; /* prefix: longer first */
+    size_t index;      /* config order */
+} order_key_t;
+
+static order_key_t order_key_of(const sl_route_conf_t *rc, size_t index)
+{
+    const sl_route_match_conf_t *m = &rc->match;
+    order_key_t k = {.host_class = m->nhosts == 0 ? 2 : 1, .index = index};
+    for (size_t h = 0; h < m->nhosts; h++) {
+        if (m->hosts[h].len > 0 && m->hosts[h].ptr[0] != '*')
+            k.host_class = 0;
+        else if (m->hosts[h].len > 1)
+            k.suffix_len = SL_MAX(k.suffix_len, m->hosts[h].len - 1);
+    }
+    if (k.host_class == 0)
+        k.suffix_len = 0;
+    if (m->path_exact.len > 0) {
+        k.path_class = 0;
+    } else if (m->path_prefix.len > 0) {
+        k.path_class = 1;
+        k.prefix_len = m->path_prefix.len;
+    } else {
+        k.path_class = m->path_regex.len > 0 ? 2 : 3;
+    }
+    return k;
+}
+
+static int cmp_size_desc(size_t a, size_t b)
+{
+    return (a < b) - (a > b);
+}
+
+static int cmp_order_key(const void *pa, const void *pb)
+{
+    const order_key_t *a = pa, *b = pb;
+    int c;
+    if (a->host_class != b->host_class)
+        return a->host_class - b->host_class;
+    if ((c = cmp_size_desc(a->suffix_len, b->suffix_len)) != 0)
+        return c;
+    if (a->path_class != b->path_class)
+        return a->path_class - b->path_class;
+    if ((c = cmp_size_desc(a->prefix_len, b->prefix_len)) != 0)
+        return c;
+    return (a->index > b->index) - (a->index < b->index);
+}
+
+size_t sl_router_match_order(const sl_router_t *r, size_t *out_indices, size_t cap)
+{
+    size_t n = r->nroutes;
+    if (cap == 0 || n == 0)
+        return n;
+    order_key_t *keys = sl_xmalloc(n * sizeof(*keys));
+    for (size_t i = 0; i < n; i++)
+        keys[i] = order_key_of(&r->cfg->routes[i], i);
+    qsort(keys, n, sizeof(*keys), cmp_order_key);
+    for (size_t i = 0; i < n && i < cap; i++)
+        out_indices[i] = keys[i].index;
+    free(keys);
+    return n;
+}

@@ -60,6 +60,17 @@ void sl_router_destroy(sl_router_t *r);
 void sl_router_match(const sl_router_t *r, const sl_router_input_t *in, sl_router_result_t *out);
 
 /**
+ * The routes in the order matching tries them, for display (`GET /routes?view=table`,
+ * `sluice routes`): routes with an exact host first, then wildcard hosts by longest suffix,
+ * then routes without hosts; inside each, exact paths, prefixes longest first, regexes, routes
+ * without a path; ties in config order. Precedence is per request, so this is one total order
+ * consistent with it: a route with several hosts is listed once, under its most specific host.
+ * Writes min(cap, routes) indices into cfg->routes to `out_indices` and returns the number of
+ * routes (call with cap 0 to size the array). Allocates scratch only; thread-safe.
+ */
+size_t sl_router_match_order(const sl_router_t *r, size_t *out_indices, size_t cap);
+
+/**
  * The path to send upstream for route `route_index`: strip_prefix applied, then the rewrite
  * regex substituted. Returns `path` itself when the route changes nothing, otherwise a string in
  * `arena`. Returns 0, or SL_ETOOBIG if the result would exceed 8 KiB (then `*out` untouched).

@@ -789,6 +789,66 @@ static void test_threads(void **state)
     sl_router_destroy(r);
 }
 
+/* ---- match order --------------------------------------------------------------------------- */
+
+static void test_match_order(void **state)
+{
+    /* In config order from least to most specific, so a correct order reverses most of it. */
+    sl_route_conf_t routes[] = {
+        {.name = S("catch-all"), .match = {0}},
+        {.name = S("any-regex"), .match = {.path_regex = S("^/r")}},
+        {.name = S("any-prefix-short"), .match = {.path_prefix = S("/a")}},
+        {.name = S("any-prefix-long"), .match = {.path_prefix = S("/a/b")}},
+        {.name = S("any-exact"), .match = {.path_exact = S("/x")}},
+        {.name = S("wild-short"), .match = {HOSTS(S("*.com")), .path_exact = S("/x")}},
+        {.name = S("wild-long"), .match = {HOSTS(S("*.example.com"))}},
+        {.name = S("exact-any-path"), .match = {HOSTS(S("api.example.com"))}},
+        {.name = S("exact-prefix"), .match = {HOSTS(S("api.example.com")), .path_prefix = S("/")}},
+        {.name = S("mixed-hosts"), .match = {HOSTS(S("*.org"), S("www.example.org")), .path_prefix = S("/")}},
+        {.name = S("any-prefix-long-2"), .match = {.path_prefix = S("/a/c")}},
+    };
+    sl_config_t cfg;
+    sl_router_t *r = BUILD(cfg, routes);
+    const char *want[] = {"exact-prefix",     "mixed-hosts", "exact-any-path",  "wild-long",
+                          "wild-short",       "any-exact",   "any-prefix-long", "any-prefix-long-2",
+                          "any-prefix-short", "any-regex",   "catch-all"};
+    size_t idx[SL_ARRAY_SIZE(routes)];
+    assert_int_equal(sl_router_match_order(r, NULL, 0), SL_ARRAY_SIZE(routes));
+    assert_int_equal(sl_router_match_order(r, idx, SL_ARRAY_SIZE(idx)), SL_ARRAY_SIZE(routes));
+    for (size_t i = 0; i < SL_ARRAY_SIZE(want); i++)
+        assert_string_equal(routes[idx[i]].name.ptr, want[i]);
+
+    /* A short array gets the first entries of the same order. */
+    size_t first[2] = {99, 99};
+    assert_int_equal(sl_router_match_order(r, first, 2), SL_ARRAY_SIZE(routes));
+    assert_int_equal(first[0], idx[0]);
+    assert_int_equal(first[1], idx[1]);
+
+    /* The order agrees with matching: the first listed route that accepts a request is the one
+     * the router picks. */
+    assert_route(match(r, GET, "api.example.com", "/a/b"), 8);
+    assert_route(match(r, GET, "www.example.com", "/x"), 6);
+    assert_route(match(r, GET, "www.other.com", "/x"), 5);
+    assert_route(match(r, GET, "other.net", "/a/b/c"), 3);
+    assert_route(match(r, GET, "other.net", "/rest"), 1);
+    sl_router_destroy(r);
+}
+
+static void test_match_order_empty(void **state)
+{
+    sl_config_t cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.path = S("test.yaml");
+    sl_router_t *r = NULL;
+    sl_config_errors_t errs = {0};
+    assert_int_equal(sl_router_create(&cfg, &r, &errs), 0);
+    size_t idx[1] = {42};
+    assert_int_equal(sl_router_match_order(r, idx, 1), 0);
+    assert_int_equal(idx[0], 42);
+    errs_dispose(&errs);
+    sl_router_destroy(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -810,6 +870,8 @@ int main(void)
         cmocka_unit_test(test_empty_config),
         cmocka_unit_test(test_ten_thousand_routes),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_match_order),
+        cmocka_unit_test(test_match_order_empty),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
