@@ -2,6 +2,8 @@
  * Key tables for `upstreams:`, a mapping from name to a group of targets with its balancer,
  * timeouts, keep-alive pool, health checks and circuit breaker. Literal IP targets get their sockaddr here; host names
  * are only syntax-checked and left to the runtime resolver, so a load never blocks on DNS.
+ * Each upstream also gets a fingerprint of its YAML subtree, by which a reload recognises an
+ * unchanged upstream and keeps its runtime state (src/upstream/proxy.h).
  */
 #include <stddef.h>
 #include <string.h>
@@ -623,6 +625,62 @@ static const sl__config_section_t upstream_section = {
     .check = upstream_check,
 };
 
+/* ---- fingerprint --------------------------------------------------------------------------- */
+
+/* splitmix64's finaliser: every input bit moves about half the output bits, so sums and xors
+ * of mixed values below do not cancel out in structured ways. */
+static uint64_t fp_mix(uint64_t h)
+{
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    return h ^ (h >> 31);
+}
+
+static uint64_t fp_bytes(uint64_t h, const char *p, size_t n)
+{
+    /* FNV-1a, then mixed: the length goes in first so "ab"+"c" and "a"+"bc" differ. */
+    h ^= n;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)p[i];
+        h *= 0x100000001b3ull;
+    }
+    return fp_mix(h);
+}
+
+/* Canonical: a mapping is the sum of its pairs' hashes, so key order does not count; a list is
+ * ordered (target order is the balancers' order). Quoting does not count either (a document
+ * rewritten by the admin API may quote what the file did not), except where it changes the
+ * meaning: a plain null (`~`, `null`, nothing) is not the quoted text. Booleans must be plain
+ * and numbers read the same quoted or not, so nothing else differs. Aliases are followed: the
+ * loader already bounds their expansion (node weight). */
+static uint64_t fp_node(const sl__config_node_t *n)
+{
+    n = sl__config_node_deref(n);
+    if (n == NULL || sl__config_node_is_null(n))
+        return fp_mix(0x6e756c6cull);
+    switch (n->kind) {
+    case SL__CONFIG_NODE_SCALAR:
+        return fp_bytes(0xcbf29ce484222325ull, n->text.ptr, n->text.len);
+    case SL__CONFIG_NODE_SEQ: {
+        uint64_t h = fp_mix(0x736571ull ^ n->count);
+        for (const sl__config_node_t *c = n->first; c != NULL; c = c->next)
+            h = fp_mix(h ^ fp_node(c));
+        return h;
+    }
+    case SL__CONFIG_NODE_MAP: {
+        uint64_t sum = 0;
+        for (const sl__config_node_t *k = n->first; k != NULL && k->next != NULL; k = k->next->next)
+            if (!k->dup)
+                sum += fp_mix(fp_node(k) * 0x9e3779b97f4a7c15ull ^ fp_node(k->next));
+        return fp_mix(0x6d6170ull ^ sum);
+    }
+    default:
+        return 0;
+    }
+}
+
 int sl__config_parse_upstreams(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
                                void *field)
 {
@@ -667,6 +725,8 @@ int sl__config_parse_upstreams(sl__config_ctx_t *ctx, const sl__config_key_t *k,
         sl__config_defaults(ctx, &upstream_section, up);
         if (sl__config_walk(ctx, &upstream_section, "upstream", kn->next, up) != 0)
             rc = -1;
+        else
+            up->fingerprint = fp_node(kn->next); /* only valid trees: their depth is bounded */
     }
     return rc;
 }

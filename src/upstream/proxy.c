@@ -22,6 +22,7 @@
 #include "http1/parser.h"
 #include "metrics/metrics.h"
 #include "net/stream.h"
+#include "pipeline/pipeline.h"
 #include "upstream/balancer.h"
 #include "upstream/breaker.h"
 #include "upstream/outlier.h"
@@ -109,10 +110,19 @@ typedef struct target_rt {
     bool resolving;
     bool failing; /* the last resolution failed: logged once per change */
     uint64_t resolved_at_ms;
-    struct upstreams_rt *owner;
+    struct upstream_rt *owner;
 } target_rt_t;
 
+/* One upstream's runtime state. Refcounted on its own, so consecutive snapshots share it while
+ * the upstream's config (name + fingerprint) stays the same: a reload then keeps ejections,
+ * open circuits, the balancer's cursor, EWMAs and in-flight counts, the retry budget window
+ * and the limits slots, instead of starting every upstream from zero (which also let a reload
+ * under load overshoot limits.max_connections while old exchanges still held slots). Every
+ * field a worker writes is atomic, so it does not matter which snapshot an exchange reaches
+ * it through. */
 typedef struct upstream_rt {
+    atomic_uint refs; /* snapshots listing it + its pending resolutions */
+    sl_config_t *cfg; /* one reference: the generation `conf` and the targets' confs live in */
     const sl_upstream_conf_t *conf;
     target_rt_t *targets;
     size_t ntargets;
@@ -129,24 +139,32 @@ typedef struct upstream_rt {
     atomic_uint pending;
 } upstream_rt_t;
 
+/* A snapshot's view: its config's upstreams, in config order, each one reference. */
 typedef struct upstreams_rt {
-    atomic_uint refs; /* the snapshot + pending resolutions */
-    upstream_rt_t *ups;
+    upstream_rt_t **ups;
     size_t nups;
 } upstreams_rt_t;
 
-static void upstreams_unref(void *p)
+/* The last reference may go on any thread (a worker ending the last exchange of an old
+ * snapshot); acq_rel orders every earlier write to the state before the free. */
+static void upstream_unref(upstream_rt_t *up)
+{
+    if (atomic_fetch_sub_explicit(&up->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    free(up->targets);
+    sl_balancer_destroy(up->balancer);
+    sl_outlier_destroy(up->outlier);
+    sl_breaker_destroy(up->breaker);
+    sl_balancer_states_destroy(up->states);
+    sl_config_unref(up->cfg);
+    free(up);
+}
+
+static void upstreams_release(void *p)
 {
     upstreams_rt_t *u = p;
-    if (atomic_fetch_sub(&u->refs, 1) != 1)
-        return;
-    for (size_t i = 0; i < u->nups; i++) {
-        free(u->ups[i].targets);
-        sl_balancer_destroy(u->ups[i].balancer);
-        sl_outlier_destroy(u->ups[i].outlier);
-        sl_breaker_destroy(u->ups[i].breaker);
-        sl_balancer_states_destroy(u->ups[i].states);
-    }
+    for (size_t i = 0; i < u->nups; i++)
+        upstream_unref(u->ups[i]);
     free(u->ups);
     free(u);
 }
@@ -193,30 +211,32 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         t->failing = true;
     }
     uv_freeaddrinfo(res);
-    upstreams_unref(t->owner);
+    upstream_unref(t->owner);
 }
 
 static void resolve_start(target_rt_t *t, uv_loop_t *loop)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     t->gai.data = t;
-    atomic_fetch_add(&t->owner->refs, 1);
+    atomic_fetch_add_explicit(&t->owner->refs, 1, memory_order_relaxed);
     t->resolving = true;
     if (loop == NULL || uv_getaddrinfo(loop, &t->gai, on_resolved, t->conf->host.ptr, NULL, &hints) != 0) {
         t->resolving = false;
         atomic_fetch_or_explicit(&t->state->flags, SL_TARGET_UNRESOLVED, memory_order_relaxed);
         if (atomic_load_explicit(&t->resolved, memory_order_relaxed) == 0)
             atomic_store(&t->resolved, -1);
-        atomic_fetch_sub(&t->owner->refs, 1);
+        atomic_fetch_sub_explicit(&t->owner->refs, 1, memory_order_relaxed);
     }
 }
 
 void sl_proxy_refresh_dns(sl_snapshot_t *snap, uv_loop_t *loop)
 {
+    /* An upstream_rt shared with older snapshots is refreshed once, through the current one;
+     * `resolving` (main thread only) keeps a slow answer from being asked for twice. */
     upstreams_rt_t *u = snap->upstreams;
     uint64_t now = now_ms();
     for (size_t i = 0; i < u->nups; i++) {
-        upstream_rt_t *up = &u->ups[i];
+        upstream_rt_t *up = u->ups[i];
         for (size_t j = 0; j < up->ntargets; j++) {
             target_rt_t *t = &up->targets[j];
             if (!t->conf->host_is_ip && !t->resolving && now - t->resolved_at_ms >= up->conf->dns_refresh_ms)
@@ -225,54 +245,97 @@ void sl_proxy_refresh_dns(sl_snapshot_t *snap, uv_loop_t *loop)
     }
 }
 
+static upstream_rt_t *upstream_rt_create(sl_config_t *cfg, size_t index, uv_loop_t *main_loop)
+{
+    upstream_rt_t *up = sl_xcalloc(1, sizeof(*up));
+    atomic_init(&up->refs, 1);
+    up->cfg = sl_config_ref(cfg);
+    up->conf = &cfg->upstreams[index];
+    up->ntargets = up->conf->ntargets;
+    up->targets = sl_xcalloc(up->ntargets ? up->ntargets : 1, sizeof(*up->targets));
+    up->states = sl_balancer_states_create(up->ntargets ? up->ntargets : 1);
+    for (size_t j = 0; j < up->ntargets; j++) {
+        target_rt_t *t = &up->targets[j];
+        t->conf = &up->conf->targets[j];
+        t->owner = up;
+        t->state = &up->states[j];
+        if (t->conf->host_is_ip) {
+            addr_store(&t->addr, (const struct sockaddr *)&t->conf->addr);
+            atomic_init(&t->resolved, 1);
+            continue;
+        }
+        atomic_init(&t->resolved, 0);
+        atomic_fetch_or(&t->state->flags, SL_TARGET_UNRESOLVED);
+        resolve_start(t, main_loop);
+    }
+    up->outlier = sl_outlier_create(up->conf, up->states, up->ntargets, NULL);
+    up->breaker = sl_breaker_create(up->conf, up->states, up->ntargets, NULL);
+    int err = sl_balancer_create(up->conf, up->states, &up->balancer);
+    if (err)
+        sl_log_error("upstream %.*s: cannot build its balancer: %s", SL_STR_FMT(up->conf->name), sl_strerror(err));
+    return up;
+}
+
+/* The runtime state `prev` has for an upstream configured exactly like `conf`, or NULL. The
+ * target count is compared too: a fingerprint collision must not index past an array. */
+static upstream_rt_t *upstream_rt_reusable(const sl_snapshot_t *prev, const sl_upstream_conf_t *conf)
+{
+    if (prev == NULL || prev->upstreams_release != upstreams_release)
+        return NULL;
+    const upstreams_rt_t *pu = prev->upstreams;
+    long j = sl_config_find_upstream(prev->cfg, conf->name);
+    if (j < 0 || (size_t)j >= pu->nups)
+        return NULL;
+    upstream_rt_t *up = pu->ups[j];
+    if (up->conf->fingerprint != conf->fingerprint || up->ntargets != conf->ntargets ||
+        !sl_str_eq(up->conf->name, conf->name))
+        return NULL;
+    return up;
+}
+
 static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route);
 
-void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop)
+void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop, const sl_snapshot_t *prev)
 {
-    const sl_config_t *cfg = snap->cfg;
+    sl_config_t *cfg = snap->cfg;
     upstreams_rt_t *u = sl_xcalloc(1, sizeof(*u));
-    atomic_init(&u->refs, 1);
     u->nups = cfg->nupstreams;
     u->ups = sl_xcalloc(u->nups ? u->nups : 1, sizeof(*u->ups));
+    size_t kept = 0;
     for (size_t i = 0; i < u->nups; i++) {
-        upstream_rt_t *up = &u->ups[i];
-        up->conf = &cfg->upstreams[i];
-        up->ntargets = up->conf->ntargets;
-        up->targets = sl_xcalloc(up->ntargets ? up->ntargets : 1, sizeof(*up->targets));
-        up->states = sl_balancer_states_create(up->ntargets ? up->ntargets : 1);
-        for (size_t j = 0; j < up->ntargets; j++) {
-            target_rt_t *t = &up->targets[j];
-            t->conf = &up->conf->targets[j];
-            t->owner = u;
-            t->state = &up->states[j];
-            if (t->conf->host_is_ip) {
-                addr_store(&t->addr, (const struct sockaddr *)&t->conf->addr);
-                atomic_init(&t->resolved, 1);
-                continue;
-            }
-            atomic_init(&t->resolved, 0);
-            atomic_fetch_or(&t->state->flags, SL_TARGET_UNRESOLVED);
-            resolve_start(t, main_loop);
+        upstream_rt_t *old = upstream_rt_reusable(prev, &cfg->upstreams[i]);
+        if (old != NULL) {
+            /* `prev` holds a reference, so the count cannot reach zero under us. */
+            atomic_fetch_add_explicit(&old->refs, 1, memory_order_relaxed);
+            u->ups[i] = old;
+            kept++;
+            continue;
         }
-        up->outlier = sl_outlier_create(up->conf, up->states, up->ntargets, NULL);
-        up->breaker = sl_breaker_create(up->conf, up->states, up->ntargets, NULL);
-        int err = sl_balancer_create(up->conf, up->states, &up->balancer);
-        if (err)
-            sl_log_error("upstream %.*s: cannot build its balancer: %s", SL_STR_FMT(up->conf->name), sl_strerror(err));
+        u->ups[i] = upstream_rt_create(cfg, i, main_loop);
     }
+    if (prev != NULL)
+        sl_log_debug("upstreams: %zu kept their runtime state, %zu start fresh", kept, u->nups - kept);
     snap->upstreams = u;
-    snap->upstreams_release = upstreams_unref;
+    snap->upstreams_release = upstreams_release;
     snap->proxy = proxy_start;
 }
 
 sl_target_state_t *sl_proxy_target_states(const sl_snapshot_t *snap, size_t upstream_index)
 {
     const upstreams_rt_t *u = snap->upstreams;
-    return upstream_index < u->nups ? u->ups[upstream_index].states : NULL;
+    return upstream_index < u->nups ? u->ups[upstream_index]->states : NULL;
+}
+
+sl_breaker_t *sl_proxy_breaker(const sl_snapshot_t *snap, size_t upstream_index)
+{
+    const upstreams_rt_t *u = snap->upstreams;
+    return u != NULL && upstream_index < u->nups ? u->ups[upstream_index]->breaker : NULL;
 }
 
 /* Ejections expire and open circuits turn half-open by time, not by traffic (an open target is
- * never picked, so nothing else would ask): every worker ticks its current snapshot. */
+ * never picked, so nothing else would ask): every worker ticks its current snapshot. A state
+ * shared by several snapshots is ticked by several workers at once, as it always was by N
+ * workers: each transition is one CAS that only one of them wins, so a repeat costs a read. */
 typedef struct resilience_tick {
     sl_timeq_entry_t e;
     sl_worker_t *w;
@@ -284,8 +347,8 @@ static void on_resilience_tick(sl_timeq_entry_t *e)
     upstreams_rt_t *u = t->w->snap->upstreams;
     uint64_t now = now_ms();
     for (size_t i = 0; i < u->nups; i++) {
-        sl_outlier_tick(u->ups[i].outlier, now);
-        sl_breaker_tick(u->ups[i].breaker, now);
+        sl_outlier_tick(u->ups[i]->outlier, now);
+        sl_breaker_tick(u->ups[i]->breaker, now);
     }
     sl_timeq_add(&t->w->timeqs, sl_timeqs_get(&t->w->timeqs, 250), &t->e, on_resilience_tick);
 }
@@ -323,6 +386,7 @@ typedef struct proxy {
     sl_exchange_t *x;
     const sl_route_conf_t *route;
     upstream_rt_t *up;
+    size_t up_index; /* of `up` in x->snap (metrics); the state may be shared by other snapshots */
     target_rt_t *target;
     sl_upconn_t *conn;
     sl_timeq_entry_t phase_timeout; /* connect, then read/send */
@@ -359,11 +423,6 @@ typedef struct proxy {
 
 static void proxy_connect(proxy_t *px);
 static void response_process(proxy_t *px);
-
-static upstreams_rt_t *u_of(proxy_t *px)
-{
-    return px->x->snap->upstreams;
-}
 
 static sl_timeqs_t *timeqs_of(proxy_t *px)
 {
@@ -511,9 +570,15 @@ static void retry(proxy_t *px, const char *detail)
 }
 
 /* One try's outcome, for passive ejection and the target's circuit breaker. */
-static void report_outcome(proxy_t *px, bool failure)
+static void report_try(proxy_t *px, bool failure, enum sl_cause cause)
 {
     upstream_rt_t *up = px->up;
+    sl_exchange_t *x = px->x;
+    /* Per-target failure counters (the doctor's dead-target and 5xx findings): the worker's
+     * own storage, a relaxed store, whatever else is configured. */
+    if (failure && x->worker->metrics != NULL && x->snap->metrics != NULL)
+        sl_metrics_observe_upstream_failure(x->worker->metrics, x->snap->metrics, px->up_index,
+                                            (size_t)(px->target - up->targets), cause);
     if (!up->conf->health_passive.enabled && !up->conf->circuit_breaker.enabled)
         return; /* neither is configured: no clock read, no shared write */
     size_t t = (size_t)(px->target - up->targets);
@@ -529,12 +594,18 @@ static void report_outcome(proxy_t *px, bool failure)
                     (unsigned long long)up->conf->circuit_breaker.window_ms);
 }
 
+/* A response head's outcome: a failure here is a 5xx status from the upstream itself. */
+static void report_outcome(proxy_t *px, bool failure)
+{
+    report_try(px, failure, SL_CAUSE_NONE);
+}
+
 static void proxy_fail(proxy_t *px, enum sl_cause cause, const char *detail);
 
 /* A try failed in a way `retries.on` may cover: try again if allowed, else fail with `cause`. */
 static void try_failed(proxy_t *px, enum sl_cause cause, const char *detail, uint32_t on_bit)
 {
-    report_outcome(px, true);
+    report_try(px, true, cause);
     if (retry_allowed(px, on_bit)) {
         retry(px, detail);
         return;
@@ -640,18 +711,19 @@ static bool is_replaced_request_header(sl_str_t name)
     return sl_str_caseeq(name, SL_STR_LIT("X-Forwarded-Proto")) ||
            sl_str_caseeq(name, SL_STR_LIT("X-Forwarded-Host")) || sl_str_caseeq(name, SL_STR_LIT("X-Request-Id")) ||
            sl_str_caseeq(name, SL_STR_LIT("Expect")) || sl_str_caseeq(name, SL_STR_LIT("X-Forwarded-For")) ||
-           sl_str_caseeq(name, SL_STR_LIT("Forwarded"));
+           sl_str_caseeq(name, SL_STR_LIT("Forwarded")) || sl_str_caseeq(name, SL_STR_LIT("traceparent"));
 }
 
 static int build_request_head(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
     sl_str_t path = x->path;
+    sl_trace_begin(x);
     if (sl_router_rewrite_path(x->snap->router, (size_t)x->route_index, x->path, &x->arena, &path) != 0)
         return SL_ETOOBIG;
     const sl_headers_t *h = &x->req_headers;
     const sl_header_t *xff = NULL, *fwd = NULL;
-    size_t size = 256 + x->method_token.len + path.len + x->query.len + 2 * x->authority.len + x->request_id.len +
+    size_t size = 336 + x->method_token.len + path.len + x->query.len + 2 * x->authority.len + x->request_id.len +
                   px->target->conf->address.len + 4 * sizeof(x->client_ip);
     for (size_t i = 0; i < h->len; i++) {
         size += h->items[i].name.len + h->items[i].value.len + 4;
@@ -739,6 +811,10 @@ static int build_request_head(proxy_t *px)
     }
     p = sl_put(p, "\r\nX-Request-Id: ", 16);
     p = sl_put(p, x->request_id.ptr, x->request_id.len);
+    /* The caller's trace with our span as the parent; tracestate went through untouched. */
+    p = sl_put(p, "\r\ntraceparent: ", 15);
+    sl_trace_format(&x->trace, p);
+    p += 55;
     p = sl_put(p, "\r\n", 2);
     if (x->req_body_kind == SL_BODY_LENGTH) {
         p = sl_put(p, "Content-Length: ", 16);
@@ -1079,7 +1155,7 @@ static void response_process(proxy_t *px)
                 x->upstream_first_byte_ns = (int64_t)(sl_time_mono_ns() - x->start_ns);
                 sl_balancer_observe(&px->up->states[px->target - px->up->targets], (uint64_t)x->upstream_first_byte_ns);
                 if (x->worker->metrics != NULL && x->snap->metrics != NULL)
-                    sl_metrics_observe_upstream(x->worker->metrics, x->snap->metrics, (size_t)(px->up - u_of(px)->ups),
+                    sl_metrics_observe_upstream(x->worker->metrics, x->snap->metrics, px->up_index,
                                                 (size_t)(px->target - px->up->targets),
                                                 (uint64_t)x->upstream_first_byte_ns);
             }
@@ -1322,7 +1398,8 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
     if (pick_rng == 0)
         pick_rng = sl_time_mono_ns() | 1;
     /* A split route sends weighted shares (or sticky keys) to several upstreams. */
-    px->up = &u->ups[route->nsplit > 0 ? sl_split_pick(route, x, &pick_rng) : route->upstream_index];
+    px->up_index = route->nsplit > 0 ? sl_split_pick(route, x, &pick_rng) : route->upstream_index;
+    px->up = u->ups[px->up_index];
     px->tries = 1;
     /* The budget only limits retries other than after a connect failure: without such retries
      * configured, no request needs counting in the shared window. */

@@ -13,21 +13,37 @@
 #include "pipeline/snapshot.h"
 
 /**
- * Builds the upstreams' runtime state for `snap` (targets, balancer tables) and installs the
- * proxy handler in it. Hostname targets are resolved asynchronously on `main_loop` (the main
- * thread's); until a name resolves, connects to it fail with upstream_connect_failed.
- * Main thread only.
+ * Gives `snap` the runtime state of its upstreams (targets, balancer, ejections, circuits,
+ * retry budget, limits slots) and installs the proxy handler in it.
+ *
+ * Each upstream's state is an object of its own, refcounted and shared by consecutive
+ * snapshots: an upstream of `prev` (the snapshot being replaced, or NULL) with the same name
+ * and config fingerprint (sl_upstream_conf_t.fingerprint) is reused as it is, with everything
+ * it learnt; any other starts fresh. A reused state keeps pointing at the config generation it
+ * was built from (it holds a reference to it), which is equal in content. It lives until the
+ * last snapshot listing it (and its last pending DNS answer) is gone; the last release may run
+ * on any thread. Workers of old and new snapshots use it at once: every field they write is
+ * atomic. Reused host-name targets keep their resolved address and their refresh schedule
+ * (a reload does not re-resolve them); new ones are resolved asynchronously on `main_loop`
+ * (the main thread's, NULL for none), and until a name resolves, connects to it fail with
+ * upstream_connect_failed. Main thread only; `prev` must stay referenced during the call.
  */
-void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop);
+void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop, const sl_snapshot_t *prev);
 
 /** The shared runtime state of upstream `upstream_index`'s targets in `snap`, at the same
  *  indices as its config targets (read by balancers; health checks, ejection and breakers
- *  write their flag bits there). Lives as long as `snap`. Any thread. */
+ *  write their flag bits there). The same array for every snapshot sharing the upstream's
+ *  state (see sl_proxy_attach); lives at least as long as `snap`. Any thread. */
 struct sl_target_state *sl_proxy_target_states(const sl_snapshot_t *snap, size_t upstream_index);
+
+/** The circuit breakers of upstream `upstream_index` in `snap` (read sl_breaker_state from any
+ *  thread), or NULL. Lives as long as `snap`. */
+struct sl_breaker *sl_proxy_breaker(const sl_snapshot_t *snap, size_t upstream_index);
 
 /** Re-resolves the host-name targets of `snap` whose last resolution is dns_refresh old, on
  *  `loop`. Main thread, periodically (the server calls it every second for the current
- *  snapshot); a name that stops resolving marks its target SL_TARGET_UNRESOLVED. */
+ *  snapshot only: a state shared with older snapshots is refreshed once, through it); a name
+ *  that stops resolving marks its target SL_TARGET_UNRESOLVED. */
 void sl_proxy_refresh_dns(sl_snapshot_t *snap, uv_loop_t *loop);
 
 /** Per-worker pools (w->up). Worker thread, before serving. */
