@@ -42,6 +42,7 @@ void sl_config_errors_vadd(sl_config_errors_t *errs, sl_str_t file, uint32_t lin
     e->file = intern_file(errs, file);
     e->line = line;
     e->col = col;
+    e->path[0] = '\0';
     vsnprintf(e->message, sizeof(e->message), fmt, ap);
     errs->count++;
 }
@@ -88,13 +89,60 @@ void sl__config_error_at(sl__config_ctx_t *ctx, sl_config_pos_t pos, const char 
     va_end(ap);
 }
 
+/* Writes the path of `n` from the root (`a.b[2].c`) into out; a path that does not fit is cut
+ * at the front with "..". A key node names itself, a value the key before it. */
+static void node_path(const sl__config_node_t *n, char *out, size_t cap)
+{
+    char tmp[128];
+    size_t start = sizeof(tmp);
+    tmp[--start] = '\0';
+    bool cut = false;
+    for (const sl__config_node_t *c = n; c != NULL && c->parent != NULL && !cut; c = c->parent) {
+        const sl__config_node_t *p = c->parent;
+        char seg[80];
+        int len = 0;
+        if (p->kind == SL__CONFIG_NODE_SEQ) {
+            size_t i = 0;
+            for (const sl__config_node_t *s = p->first; s != NULL && s != c; s = s->next)
+                i++;
+            len = snprintf(seg, sizeof(seg), "[%zu]", i);
+        } else if (p->kind == SL__CONFIG_NODE_MAP) {
+            /* Children alternate key, value: a value's key is the child just before it. */
+            const sl__config_node_t *key = c, *prev = NULL;
+            size_t i = 0;
+            for (const sl__config_node_t *s = p->first; s != NULL && s != c; s = s->next, i++)
+                prev = s;
+            if (i % 2 == 1)
+                key = prev;
+            len = snprintf(seg, sizeof(seg), ".%.*s", (int)(key->text.len < 60 ? key->text.len : 60), key->text.ptr);
+        }
+        if (len <= 0)
+            continue;
+        if ((size_t)len >= sizeof(seg))
+            len = (int)sizeof(seg) - 1;
+        if ((size_t)len + 3 > start) {
+            cut = true;
+            break;
+        }
+        start -= (size_t)len;
+        memcpy(tmp + start, seg, (size_t)len);
+    }
+    const char *p = tmp + start;
+    if (*p == '.')
+        p++;
+    snprintf(out, cap, "%s%s", cut ? ".." : "", p);
+}
+
 void sl__config_error(sl__config_ctx_t *ctx, const sl__config_node_t *n, const char *fmt, ...)
 {
     sl_config_pos_t pos = n != NULL && n->pos.line != 0 ? n->pos : (sl_config_pos_t){1, 1};
+    size_t before = ctx->errs->count;
     va_list ap;
     va_start(ap, fmt);
     verror_at(ctx, pos, fmt, ap);
     va_end(ap);
+    if (n != NULL && ctx->errs->count > before)
+        node_path(n, ctx->errs->items[ctx->errs->count - 1].path, sizeof(ctx->errs->items[0].path));
 }
 
 /* Walk order is mostly file order, but cross-checks run last: this load's errors are sorted by
@@ -244,6 +292,11 @@ static int read_file(const char *path, char **data, size_t *len)
     *data = buf;
     *len = n;
     return 0;
+}
+
+int sl_config_read_file(const char *path, char **data, size_t *len)
+{
+    return read_file(path, data, len);
 }
 
 int sl_config_load_file(const char *path, sl_config_t **out, sl_config_errors_t *errs)

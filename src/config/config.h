@@ -137,6 +137,13 @@ typedef struct sl_upstream_conf {
         uint32_t half_open_requests; /* probes let through while half-open; default 3 */
     } circuit_breaker;
     sl_config_pos_t pos;
+    /* A 64-bit hash of the upstream's YAML subtree, canonical: key order, layout, comments,
+     * aliases and quoting do not change it (but a plain null is not the quoted text); any
+     * value does. A reload keeps
+     * the runtime state (ejections, circuits, balancer, limits) of an upstream whose name and
+     * fingerprint are unchanged (src/upstream/proxy.h); hashing the source rather than these
+     * fields means a field added later can never be missed. */
+    uint64_t fingerprint;
 } sl_upstream_conf_t;
 
 /* ---- routes ------------------------------------------------------------------------------- */
@@ -193,6 +200,144 @@ typedef struct sl_respond_conf {
     bool echo;             /* answer with the request seen, as JSON */
 } sl_respond_conf_t;
 
+/* ---- consumers and authentication (docs/auth.md) ------------------------------------------ */
+
+typedef struct sl_api_key_conf {
+    uint8_t sha256[32]; /* of the key as the client sends it; the key itself is never stored */
+    sl_config_pos_t pos;
+} sl_api_key_conf_t;
+
+typedef struct sl_basic_cred_conf {
+    sl_str_t username;      /* NUL-terminated; no ':' (RFC 7617 §2) */
+    sl_str_t password_hash; /* NUL-terminated crypt(3) string: $2b$/$2y$ bcrypt, $y$ yescrypt, $6$ */
+    sl_config_pos_t pos;
+} sl_basic_cred_conf_t;
+
+typedef struct sl_consumer_conf {
+    sl_str_t name; /* the consumer id passed upstream in X-Consumer-Id */
+    sl_str_t *groups;
+    size_t ngroups;
+    sl_api_key_conf_t *api_keys;
+    size_t napi_keys;
+    sl_basic_cred_conf_t *basic;
+    size_t nbasic;
+    sl_config_pos_t pos;
+} sl_consumer_conf_t;
+
+/* JWS algorithms an issuer accepts, as a bit set. Bit n is the filters module's enum sl_jwt_alg
+ * value n (src/filters/jwt.h: HS256 = 1 ... EdDSA = 12), so the set is passed on as is; the
+ * auth filter checks the two agree at compile time. */
+enum sl_jwt_alg_set {
+    SL_JWT_SET_HS256 = 1u << 1,
+    SL_JWT_SET_HS384 = 1u << 2,
+    SL_JWT_SET_HS512 = 1u << 3,
+    SL_JWT_SET_RS256 = 1u << 4,
+    SL_JWT_SET_RS384 = 1u << 5,
+    SL_JWT_SET_RS512 = 1u << 6,
+    SL_JWT_SET_PS256 = 1u << 7,
+    SL_JWT_SET_PS384 = 1u << 8,
+    SL_JWT_SET_PS512 = 1u << 9,
+    SL_JWT_SET_ES256 = 1u << 10,
+    SL_JWT_SET_ES384 = 1u << 11,
+    SL_JWT_SET_EDDSA = 1u << 12,
+};
+
+enum sl_jwt_key_source {
+    SL_JWT_KEYS_JWKS_FILE = 1,
+    SL_JWT_KEYS_JWKS_URL,
+    SL_JWT_KEYS_PEM_FILE, /* public_key_file: one PEM public key, `algorithms` names its one alg */
+    SL_JWT_KEYS_SECRET,   /* secret_env: an HMAC secret from the environment */
+};
+
+typedef struct sl_jwt_issuer_conf {
+    sl_str_t name;
+    sl_str_t issuer;     /* the exact `iss` required */
+    sl_str_t *audiences; /* one of them must be in `aud`; none = `aud` not checked */
+    size_t naudiences;
+    enum sl_jwt_key_source source;
+    sl_str_t keys;           /* the file, URL or environment variable name, per `source`; NUL-terminated */
+    uint32_t algorithms;     /* enum sl_jwt_alg_set bits; defaults per source (see docs/auth.md) */
+    uint64_t leeway_ms;      /* default 30s, for exp / nbf / iat */
+    sl_str_t consumer_claim; /* default "sub" */
+    sl_str_t groups_claim;   /* optional: a string or list claim with the consumer's groups */
+    sl_str_t *required_claims;
+    size_t nrequired_claims;
+    sl_header_kv_conf_t *claims_to_headers; /* name = claim, value = header sent upstream */
+    size_t nclaims_to_headers;
+    uint64_t jwks_refresh_ms; /* jwks_url: default 5m */
+    uint64_t jwks_timeout_ms; /* jwks_url: default 5s */
+    sl_config_pos_t pos;
+} sl_jwt_issuer_conf_t;
+
+typedef struct sl_introspection_conf {
+    sl_str_t name;
+    sl_str_t url;               /* http://host:port/path (RFC 7662 endpoint); NUL-terminated */
+    sl_str_t client_id;         /* NUL-terminated */
+    sl_str_t client_secret_env; /* NUL-terminated environment variable name */
+    uint64_t timeout_ms;        /* default 2s */
+    uint64_t cache_ttl_ms;      /* default 60s; never past the token's `exp` */
+    sl_str_t consumer_field;    /* default "sub" */
+    sl_config_pos_t pos;
+} sl_introspection_conf_t;
+
+enum sl_auth_kind {
+    SL_AUTH_API_KEY = 1,
+    SL_AUTH_BASIC,
+    SL_AUTH_JWT,
+    SL_AUTH_INTROSPECTION,
+};
+
+typedef struct sl_auth_method_conf {
+    enum sl_auth_kind kind;
+    sl_str_t ref;     /* JWT: the issuer name; INTROSPECTION: the endpoint name */
+    size_t ref_index; /* into jwt_issuers / introspection, after validation */
+    sl_config_pos_t pos;
+} sl_auth_method_conf_t;
+
+typedef struct sl_route_auth_conf {
+    sl_auth_method_conf_t *methods; /* any one of them identifies the consumer */
+    size_t nmethods;
+    bool anonymous;          /* no credentials at all is let through (bad ones never are) */
+    bool hide_credentials;   /* strip the credential from the upstream request; default false */
+    sl_str_t api_key_header; /* default "X-API-Key" */
+    sl_str_t api_key_query;  /* default none: keys in URLs end up in logs */
+    sl_str_t realm;          /* Basic realm; default "sluice" */
+} sl_route_auth_conf_t;
+
+typedef struct sl_acl_conf {
+    sl_str_t *allow_groups; /* none = any identified consumer */
+    size_t nallow_groups;
+    sl_str_t *deny_groups;
+    size_t ndeny_groups;
+} sl_acl_conf_t;
+
+typedef struct sl_cidr_conf {
+    uint8_t family; /* AF_INET or AF_INET6 */
+    uint8_t prefix; /* bits */
+    uint8_t addr[16];
+} sl_cidr_conf_t;
+
+typedef struct sl_ip_rules_conf {
+    sl_cidr_conf_t *allow; /* none = all (unless denied) */
+    size_t nallow;
+    sl_cidr_conf_t *deny; /* deny wins over allow */
+    size_t ndeny;
+} sl_ip_rules_conf_t;
+
+typedef struct sl_cors_conf {
+    bool enabled;
+    sl_str_t *origins; /* exact origins, or "*" */
+    size_t norigins;
+    bool any_origin;
+    uint32_t methods;  /* SL_METHOD_BIT set; default GET, HEAD, POST */
+    sl_str_t *headers; /* allowed request headers; none = reflect the preflight's request */
+    size_t nheaders;
+    sl_str_t *expose_headers;
+    size_t nexpose_headers;
+    bool credentials;
+    uint64_t max_age_ms; /* default 10m */
+} sl_cors_conf_t;
+
 /* One entry of a route's `split`: a weighted share of the route's requests (canary,
  * blue-green). Weight 0 drains the upstream without removing it from the file. */
 typedef struct sl_route_split_conf {
@@ -225,6 +370,12 @@ typedef struct sl_route_conf {
     sl_respond_conf_t respond;
     sl_header_edits_conf_t request_headers;
     sl_header_edits_conf_t response_headers;
+    sl_route_auth_conf_t auth; /* nmethods 0 and !anonymous: no authentication */
+    bool has_acl;
+    sl_acl_conf_t acl;
+    bool has_ip_rules;
+    sl_ip_rules_conf_t ip_rules;
+    sl_cors_conf_t cors;
     sl_config_pos_t pos;
 } sl_route_conf_t;
 
@@ -268,6 +419,15 @@ typedef struct sl_config {
     size_t nupstreams;
     sl_route_conf_t *routes;
     size_t nroutes;
+    sl_consumer_conf_t *consumers;
+    size_t nconsumers;
+    sl_jwt_issuer_conf_t *jwt_issuers;
+    size_t njwt_issuers;
+    sl_introspection_conf_t *introspection;
+    size_t nintrospection;
+    sl_ip_rules_conf_t ip_rules;     /* every route, before its own rules */
+    sl_cidr_conf_t *trusted_proxies; /* X-Forwarded-For from these is believed */
+    size_t ntrusted_proxies;
 
     struct {
         sl_str_t access_path; /* "stdout", "off" or a file path; default "stdout" */
@@ -280,6 +440,9 @@ typedef struct sl_config {
 typedef struct sl_config_error {
     sl_str_t file;
     uint32_t line, col;
+    /* Where in the document, as `routes[0].match.path_prefix` ("" when the error has no node):
+     * the admin API reports it because positions in a document it built mean little to a user. */
+    char path[128];
     char message[256];
 } sl_config_error_t;
 

@@ -174,6 +174,26 @@ int sl__config_parse_upstreams(sl__config_ctx_t *ctx, const sl__config_key_t *k,
                                void *field);
 int sl__config_parse_routes(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field);
 
+/* src/config/auth.c */
+extern const sl__config_section_t sl__config_ip_rules_section;
+extern const sl__config_section_t sl__config_acl_section;
+extern const sl__config_section_t sl__config_cors_section;
+int sl__config_parse_consumers(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                               void *field);
+int sl__config_parse_jwt_issuers(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                 void *field);
+int sl__config_parse_introspection(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                   void *field);
+int sl__config_parse_trusted_proxies(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                     void *field);
+int sl__config_parse_cors(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field);
+int sl__config_parse_route_auth(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                void *field);
+/** `methods: [GET, POST]` into a uint32_t SL_METHOD_BIT set (route.c). */
+int sl__config_parse_methods(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field);
+/** Auth references (route → issuer / endpoint) and credentials shared by two consumers. */
+void sl__config_validate_auth(sl__config_ctx_t *ctx);
+
 /** Cross-checks over the whole generation: upstream references, duplicate route names,
  * unreachable routes, duplicate listeners. */
 void sl__config_validate(sl__config_ctx_t *ctx);

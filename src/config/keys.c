@@ -356,8 +356,14 @@ static const sl__config_key_t top_keys[] = {
     {.name = "logging", .type = SL__CT_SECTION, .section = &logging_section},
     /* Later issues: give these a type (and a table) when the feature lands. */
     {.name = "stores", .type = SL__CT_UNSUPPORTED},
-    {.name = "consumers", .type = SL__CT_UNSUPPORTED},
-    {.name = "jwt_issuers", .type = SL__CT_UNSUPPORTED},
+    {.name = "consumers", .type = SL__CT_CUSTOM, .parse = sl__config_parse_consumers},
+    {.name = "jwt_issuers", .type = SL__CT_CUSTOM, .parse = sl__config_parse_jwt_issuers},
+    {.name = "introspection", .type = SL__CT_CUSTOM, .parse = sl__config_parse_introspection},
+    {.name = "trusted_proxies", .type = SL__CT_CUSTOM, .parse = sl__config_parse_trusted_proxies},
+    {.name = "ip_rules",
+     .type = SL__CT_SECTION,
+     .offset = offsetof(sl_config_t, ip_rules),
+     .section = &sl__config_ip_rules_section},
 };
 
 const sl__config_section_t sl__config_top = {

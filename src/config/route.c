@@ -137,7 +137,7 @@ static int parse_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl
     return 0;
 }
 
-static int parse_methods(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+int sl__config_parse_methods(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
 {
     uint32_t *methods = field;
     v = sl__config_node_deref(v);
@@ -295,7 +295,7 @@ static const sl__config_key_t match_keys[] = {
     {.name = "methods",
      .type = SL__CT_CUSTOM,
      .offset = offsetof(sl_route_match_conf_t, methods),
-     .parse = parse_methods},
+     .parse = sl__config_parse_methods},
     {.name = "headers", .type = SL__CT_CUSTOM, .parse = parse_header_matches},
 };
 
@@ -677,6 +677,21 @@ static void route_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, voi
     ctx->route_aux[ctx->nroute_aux++] = (sl__config_route_aux_t){r, map, clean && ctx->nerrors == before};
 }
 
+static int parse_acl(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_route_conf_t *r = field;
+    r->has_acl = true;
+    return sl__config_walk(ctx, &sl__config_acl_section, k->name, v, &r->acl);
+}
+
+static int parse_route_ip_rules(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                void *field)
+{
+    sl_route_conf_t *r = field;
+    r->has_ip_rules = true;
+    return sl__config_walk(ctx, &sl__config_ip_rules_section, k->name, v, &r->ip_rules);
+}
+
 static const sl__config_key_t route_keys[] = {
     {.name = "name",
      .type = SL__CT_CUSTOM,
@@ -707,8 +722,13 @@ static const sl__config_key_t route_keys[] = {
      .offset = offsetof(sl_route_conf_t, response_headers),
      .section = &edits_section},
     /* Later issues (filters): give each a type and a table when its filter lands. */
-    {.name = "auth", .type = SL__CT_UNSUPPORTED},
-    {.name = "acl", .type = SL__CT_UNSUPPORTED},
+    {.name = "auth",
+     .type = SL__CT_CUSTOM,
+     .offset = offsetof(sl_route_conf_t, auth),
+     .parse = sl__config_parse_route_auth},
+    {.name = "acl", .type = SL__CT_CUSTOM, .parse = parse_acl},
+    {.name = "ip_rules", .type = SL__CT_CUSTOM, .parse = parse_route_ip_rules},
+    {.name = "cors", .type = SL__CT_CUSTOM, .offset = offsetof(sl_route_conf_t, cors), .parse = sl__config_parse_cors},
     {.name = "rate_limit", .type = SL__CT_UNSUPPORTED},
     {.name = "quota", .type = SL__CT_UNSUPPORTED},
     {.name = "cache", .type = SL__CT_UNSUPPORTED},

@@ -305,4 +305,5 @@ void sl__config_validate(sl__config_ctx_t *ctx)
     check_upstream_refs(ctx);
     check_route_names(ctx);
     check_unreachable(ctx);
+    sl__config_validate_auth(ctx);
 }

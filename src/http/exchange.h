@@ -24,6 +24,19 @@ typedef struct sl_exchange sl_exchange_t;
 struct sl_worker;
 struct sl_snapshot;
 
+/*
+ * W3C Trace Context (https://www.w3.org/TR/trace-context/) of one exchange: the trace it
+ * belongs to and the span sluice adds to it. Filled by sl_trace_begin (pipeline.h) only when the
+ * request is proxied; `started` false means no trace (local answers log empty ids). Fixed-size
+ * and inline, so tracing costs no allocation.
+ */
+typedef struct sl_trace {
+    char trace_id[32]; /* lowercase hex: the caller's, or a new one when it sent none valid */
+    char span_id[16];  /* ours: the parent-id sent upstream, and what the access log names */
+    char flags[2];     /* trace-flags: the caller's, or "01" for a trace we start */
+    bool started;
+} sl_trace_t;
+
 typedef struct sl_headers {
     sl_header_t *items;
     size_t len, cap;
@@ -111,6 +124,17 @@ struct sl_exchange {
     uint64_t bytes_in, bytes_out;
     int64_t upstream_connect_ns;    /* -1 when no connect was made (pooled or not proxied) */
     int64_t upstream_first_byte_ns; /* -1 when not proxied */
+    sl_trace_t trace;
+
+    /* ---- the route's filter chain (pipeline/filter.h) ---- */
+    const struct sl_chain *chain; /* NULL until routed */
+    uint16_t chain_pos;           /* request-side filters entered so far */
+    bool chain_paused;            /* a filter returned PAUSE and has not resumed yet */
+    bool preflight;               /* a CORS preflight routed by its Access-Control-Request-Method */
+    sl_str_t consumer;            /* identified consumer id; empty when none (open or anonymous) */
+    sl_str_t consumer_groups;     /* its groups, comma-separated */
+    uint8_t client_family;        /* AF_INET / AF_INET6 of the peer (0 unknown), for ip rules */
+    uint8_t client_addr[16];
 
     void *handler_data; /* the terminal handler's per-exchange state (proxy) */
     /* Set by a handler with work in flight: the codec calls it when the client connection dies

@@ -225,8 +225,11 @@ static sl_h1_active_t *active_take(sl_h1_conn_t *c)
         c->flags |= CONN_COUNTED_ACTIVE;
         sl_metrics_connection_active(c->worker->metrics, true);
     }
-    if (c->peer_family != 0)
+    if (c->peer_family != 0) {
         inet_ntop(c->peer_family, c->peer_addr, a->x.client_ip, sizeof(a->x.client_ip));
+        a->x.client_family = (uint8_t)c->peer_family;
+        memcpy(a->x.client_addr, c->peer_addr, c->peer_family == AF_INET ? 4 : 16);
+    }
     a->x.client_port = c->peer_port;
     return a;
 }
@@ -424,6 +427,8 @@ void sl_h1_server_accept(sl_listener_t *l)
     const sl_config_t *cfg = conn_cfg(c);
     if (hw->draining || total > cfg->limits.max_connections) {
         /* Over the connection limit: close at once so the rest keep being served. */
+        if (!hw->draining)
+            sl_worker_count_refused(w);
         conn_close(c);
         return;
     }
@@ -864,6 +869,10 @@ static int h1_send_head(sl_exchange_t *x)
     }
     for (size_t i = 0; i < x->resp_headers.len; i++) {
         const sl_header_t *h = &x->resp_headers.items[i];
+        /* Ours goes last: an upstream's echo of it (or an id of its own) would make two, and
+         * the one the client keeps must be the one in our log line and error bodies. */
+        if (x->request_id.len && h->name.len == 12 && sl_str_caseeq(h->name, SL_STR_LIT("X-Request-Id")))
+            continue;
         p = sl_put(p, h->name.ptr, h->name.len);
         p = sl_put(p, ": ", 2);
         p = sl_put(p, h->value.ptr, h->value.len);

@@ -15,6 +15,7 @@
 #include "metrics/metrics.h"
 #include "net/worker.h"
 #include "pipeline/pipeline.h"
+#include "pipeline/internal.h"
 #include "pipeline/snapshot.h"
 
 static atomic_int log_fd = -1;
@@ -64,6 +65,7 @@ static double ns_to_ms(int64_t ns)
 
 void sl_pipeline_log(sl_exchange_t *x)
 {
+    sl__pipeline_chain_log(x);
     if (x->worker->metrics != NULL && x->snap->metrics != NULL)
         sl_metrics_observe_exchange(x->worker->metrics, x->snap->metrics, x, sl_time_mono_ns());
     int fd = atomic_load_explicit(&log_fd, memory_order_relaxed);
@@ -72,8 +74,8 @@ void sl_pipeline_log(sl_exchange_t *x)
     /* Every variable field is escaped (6x worst case) and bounded by the request limits, so the
      * line is sized from them rather than truncated. */
     sl_str_t path = x->path.len > 2048 ? (sl_str_t){x->path.ptr, 2048} : x->path;
-    size_t cap = 512 + 6 * (path.len + x->request_id.len + x->route_name.len + x->upstream_name.len +
-                            x->target_addr.len + x->method_token.len + 64);
+    size_t cap = 704 + 6 * (path.len + x->request_id.len + x->route_name.len + x->upstream_name.len +
+                            x->target_addr.len + x->method_token.len + x->consumer.len + 64);
     char stackbuf[4096];
     char *out = cap <= sizeof(stackbuf) ? stackbuf : sl_arena_alloc(&x->arena, cap);
     size_t n = 0;
@@ -88,6 +90,13 @@ void sl_pipeline_log(sl_exchange_t *x)
     n = put_str(out, n, ",\"route\":\"", x->route_name);
     n = put_str(out, n, ",\"upstream\":\"", x->upstream_name);
     n = put_str(out, n, ",\"target\":\"", x->target_addr);
+    /* Empty when the request was not proxied: no span was made. */
+    const sl_trace_t *t = &x->trace;
+    n = put_str(out, n, ",\"trace_id\":\"", t->started ? (sl_str_t){t->trace_id, 32} : SL_STR_NULL);
+    n = put_str(out, n, ",\"span_id\":\"", t->started ? (sl_str_t){t->span_id, 16} : SL_STR_NULL);
+    n = put_str(out, n, ",\"consumer\":\"", x->consumer);
+    /* The detail says which rule fired (jwt_expired, ip_denied, ...); static text, never data. */
+    n = put_str(out, n, ",\"detail\":\"", x->cause_detail ? sl_str_from_cstr(x->cause_detail) : SL_STR_NULL);
     n += (size_t)snprintf(out + n, cap - n,
                           ",\"status\":%d,\"cause\":\"%s\",\"bytes_in\":%llu,\"bytes_out\":%llu,"
                           "\"duration_ms\":%.3f,\"upstream_connect_ms\":%.3f,\"upstream_first_byte_ms\":%.3f}\n",

@@ -2,7 +2,8 @@
  * Request-side phases for every exchange: match a route, apply its request header edits, and
  * hand the exchange to the route's answer. Local answers (respond, echo, errors) are made here;
  * proxied routes go to the snapshot's proxy handler (src/upstream), which this module never
- * includes, so the pipeline stays below the upstream layer.
+ * includes, so the pipeline stays below the upstream layer. Request ids and W3C trace context
+ * spans are made here too, from one per-worker generator.
  */
 #include "pipeline/pipeline.h"
 
@@ -12,11 +13,21 @@
 
 #include "common/time.h"
 #include "http/reply.h"
+#include "net/worker.h"
+#include "pipeline/filter.h"
+#include "pipeline/internal.h"
 #include "pipeline/snapshot.h"
 #include "router/router.h"
 
+struct uv_loop_s *sl_exchange_loop(const sl_exchange_t *x)
+{
+    return &x->worker->loop;
+}
+
 /* ---- request ids ------------------------------------------------------------------------- */
 
+/* One generator per worker thread: ids and span ids cost no syscall and no shared write (the
+ * seed is one getrandom per thread, ever). */
 static _Thread_local uint64_t rng_state[2];
 
 static uint64_t rng_next(void)
@@ -45,6 +56,91 @@ void sl_request_id_generate(char out[33])
         out[16 + i] = hex[(b >> (i * 4)) & 15];
     }
     out[32] = '\0';
+}
+
+/* ---- trace context ------------------------------------------------------------------------ */
+
+static bool is_lower_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
+
+/* Lowercase hex of `n` bytes, nonzero: W3C Trace Context §3.2.2.3/4 make all-zero ids invalid. */
+static void random_hex_id(char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t r = 0, any = 0;
+    do {
+        for (size_t i = 0; i < n; i++) {
+            if (i % 8 == 0)
+                r = rng_next();
+            unsigned b = (unsigned)(r >> (i % 8) * 8) & 0xff;
+            any |= b;
+            out[2 * i] = hex[b >> 4];
+            out[2 * i + 1] = hex[b & 15];
+        }
+    } while (any == 0);
+}
+
+bool sl_traceparent_parse(sl_str_t v, char trace_id[32], char parent_id[16], char flags[2])
+{
+    /* version 00 is exactly 55 bytes: 2 + 1 + 32 + 1 + 16 + 1 + 2. Uppercase hex is invalid
+     * (§3.2.2: lowercase only), and an id of zeros marks a broken caller, not a trace. */
+    if (v.len != 55 || v.ptr[0] != '0' || v.ptr[1] != '0' || v.ptr[2] != '-' || v.ptr[35] != '-' || v.ptr[52] != '-')
+        return false;
+    bool trace_nonzero = false, parent_nonzero = false;
+    for (size_t i = 3; i < 35; i++) {
+        if (!is_lower_hex(v.ptr[i]))
+            return false;
+        trace_nonzero |= v.ptr[i] != '0';
+    }
+    for (size_t i = 36; i < 52; i++) {
+        if (!is_lower_hex(v.ptr[i]))
+            return false;
+        parent_nonzero |= v.ptr[i] != '0';
+    }
+    if (!is_lower_hex(v.ptr[53]) || !is_lower_hex(v.ptr[54]) || !trace_nonzero || !parent_nonzero)
+        return false;
+    memcpy(trace_id, v.ptr + 3, 32);
+    memcpy(parent_id, v.ptr + 36, 16);
+    memcpy(flags, v.ptr + 53, 2);
+    return true;
+}
+
+void sl_trace_begin(sl_exchange_t *x)
+{
+    sl_trace_t *t = &x->trace;
+    if (t->started)
+        return;
+    const sl_header_t *tp = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < x->req_headers.len; i++)
+        if (x->req_headers.items[i].name.len == 11 &&
+            sl_str_caseeq(x->req_headers.items[i].name, SL_STR_LIT("traceparent"))) {
+            tp = &x->req_headers.items[i];
+            n++;
+        }
+    char parent[16];
+    if (n != 1 || !sl_traceparent_parse(tp->value, t->trace_id, parent, t->flags)) {
+        random_hex_id(t->trace_id, 16);
+        /* Sampled: sluice records every span it makes (the access log line carries trace_id
+         * and span_id), and a tracer downstream that samples by its parent (OpenTelemetry's
+         * default) would otherwise drop every trace that begins at the gateway. */
+        memcpy(t->flags, "01", 2);
+    }
+    /* One span per exchange: retries to other targets are attempts within it. */
+    random_hex_id(t->span_id, 8);
+    t->started = true;
+}
+
+void sl_trace_format(const sl_trace_t *t, char out[55])
+{
+    memcpy(out, "00-", 3);
+    memcpy(out + 3, t->trace_id, 32);
+    out[35] = '-';
+    memcpy(out + 36, t->span_id, 16);
+    out[52] = '-';
+    memcpy(out + 53, t->flags, 2);
 }
 
 bool sl_request_id_valid(sl_str_t id)
@@ -81,6 +177,7 @@ static const sl_route_conf_t *route_of(const sl_exchange_t *x)
 
 void sl_pipeline_response_headers(sl_exchange_t *x)
 {
+    sl__pipeline_chain_response_headers(x);
     const sl_route_conf_t *r = route_of(x);
     if (r != NULL) {
         const sl_header_edits_conf_t *e = &r->response_headers;
@@ -190,6 +287,23 @@ static void respond(sl_exchange_t *x, const sl_route_conf_t *r)
 
 /* ---- the request side -------------------------------------------------------------------- */
 
+/* A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method, Fetch standard
+ * §4.8) asks about the method it names, so it is routed as that method: a route that allows
+ * only GET and POST can still answer its preflight. Only routes with `cors` take it; others see
+ * a plain OPTIONS request. */
+static bool preflight_route(sl_exchange_t *x, const sl_router_input_t *in, sl_router_result_t *res)
+{
+    const sl_header_t *origin = sl_headers_find(&x->req_headers, SL_STR_LIT("Origin"));
+    const sl_header_t *acrm = sl_headers_find(&x->req_headers, SL_STR_LIT("Access-Control-Request-Method"));
+    if (origin == NULL || acrm == NULL)
+        return false;
+    sl_router_input_t as = *in;
+    as.method = sl_method_from_str(acrm->value);
+    as.method_token = acrm->value;
+    sl_router_match(x->snap->router, &as, res);
+    return res->status == SL_ROUTER_MATCHED && x->snap->cfg->routes[res->route_index].cors.enabled;
+}
+
 void sl_pipeline_process(sl_exchange_t *x)
 {
     sl_snapshot_t *snap = x->snap;
@@ -202,8 +316,15 @@ void sl_pipeline_process(sl_exchange_t *x)
         .nheaders = x->req_headers.len,
     };
     sl_router_result_t res;
-    sl_router_match(snap->router, &in, &res);
+    if (x->method == SL_METHOD_OPTIONS && preflight_route(x, &in, &res)) {
+        x->preflight = true;
+    } else {
+        sl_router_match(snap->router, &in, &res);
+    }
     if (res.status == SL_ROUTER_NOT_FOUND) {
+        /* Sampled for the doctor's routing finding (top unmatched host/path prefixes). */
+        if (x->worker != NULL && x->worker->metrics != NULL)
+            sl_metrics_observe_unmatched(x->worker->metrics, x->host, x->path);
         sl_reply_error(x, SL_CAUSE_ROUTE_NOT_FOUND, NULL);
         return;
     }
@@ -220,6 +341,16 @@ void sl_pipeline_process(sl_exchange_t *x)
     const sl_route_conf_t *r = &snap->cfg->routes[res.route_index];
     x->route_index = (long)res.route_index;
     x->route_name = r->name;
+    /* Identity headers are the gateway's to set (auth filter): a client's copy never passes. */
+    sl_headers_remove(&x->req_headers, SL_STR_LIT("X-Consumer-Id"));
+    sl_headers_remove(&x->req_headers, SL_STR_LIT("X-Consumer-Groups"));
+    x->chain = snap->chains != NULL && snap->chains[res.route_index].n > 0 ? &snap->chains[res.route_index] : NULL;
+    sl__pipeline_chain_start(x);
+}
+
+void sl__pipeline_answer(sl_exchange_t *x)
+{
+    const sl_route_conf_t *r = route_of(x);
     const sl_header_edits_conf_t *e = &r->request_headers;
     if (e->nremove || e->nset || e->nadd)
         apply_edits(x, &x->req_headers, e);
@@ -227,5 +358,5 @@ void sl_pipeline_process(sl_exchange_t *x)
         respond(x, r);
         return;
     }
-    snap->proxy(x, r);
+    x->snap->proxy(x, r);
 }

@@ -28,6 +28,8 @@ void sl_snapshot_unref(sl_snapshot_t *s)
 {
     if (s == NULL || atomic_fetch_sub_explicit(&s->refcount, 1, memory_order_acq_rel) != 1)
         return;
+    if (s->chains_release)
+        s->chains_release(s->chains, s->cfg->nroutes);
     if (s->upstreams_release)
         s->upstreams_release(s->upstreams);
     sl_router_destroy(s->router);

@@ -23,8 +23,14 @@ struct sl_snapshot {
     sl_config_t *cfg;             /* one reference owned by the snapshot */
     sl_router_t *router;          /* owned */
     sl_metrics_schema_t *metrics; /* owned; NULL when metrics are off (sluice check) */
-    void *upstreams;              /* the proxy's runtime state, owned through upstreams_release */
+    /* The proxy's runtime state, released through upstreams_release. Per upstream it may be
+     * shared with the snapshots before and after this one (src/upstream/proxy.h). */
+    void *upstreams;
     void (*upstreams_release)(void *upstreams);
+    /* The filter chain of each route (cfg->routes' indices), built and released by the filters
+     * module (src/filters/registry.c); NULL when no route has a filter. */
+    struct sl_chain *chains;
+    void (*chains_release)(struct sl_chain *chains, size_t n);
     /* The terminal handler of routes with an upstream. */
     void (*proxy)(sl_exchange_t *x, const sl_route_conf_t *route);
 };

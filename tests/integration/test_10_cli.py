@@ -160,9 +160,7 @@ def test_run_with_bad_config_exits_1_without_listening(tmp_path, sluice_bin):
 
 
 LATER_FEATURES = {
-    "consumers": ("consumers:\n  app:\n    api_keys: [ { sha256: \"ab\" } ]\n", 0),
     "stores": ("stores: { redis: { address: \"127.0.0.1:6379\" } }\n", 0),
-    "auth": ("    auth: [ api_key ]\n", 1),
     "rate_limit": ("    rate_limit: [ { key: ip, rate: 10/s } ]\n", 1),
     "cache": ("    cache: { ttl: 30s }\n", 1),
 }

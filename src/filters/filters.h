@@ -1,0 +1,38 @@
+/*
+ * The filters module: one file per filter, each an sl_filter_type_t (pipeline/filter.h), and
+ * the registry that compiles a route's chain from its config in the fixed order of DESIGN.md:
+ * ip rules, CORS, auth, ACL (rate limits, quotas and the cache join the table as they land).
+ *
+ * Memory: sl_filters_attach gives the snapshot its chains and the per-snapshot shared data
+ * (consumer indexes), released with the snapshot. Per-worker caches (verified tokens and Basic
+ * credentials) are thread-local to each worker and freed by sl_filters_thread_exit.
+ */
+#ifndef SL_FILTERS_FILTERS_H
+#define SL_FILTERS_FILTERS_H
+
+#include "config/config.h"
+#include "pipeline/filter.h"
+#include "pipeline/snapshot.h"
+
+struct sl_jwks_store;
+
+/* What the filters need from the process, supplied by the server. */
+typedef struct sl_filters_env {
+    struct sl_jwks_store *jwks; /* key sets of the jwt issuers; NULL: routes with jwt fail to build */
+} sl_filters_env_t;
+
+/**
+ * Builds every route's chain into `snap` (snap->chains, chains_release). Main thread, before
+ * the snapshot is published. Returns 0, or SL_ECONFIG with `errs` filled (nothing attached).
+ */
+int sl_filters_attach(sl_snapshot_t *snap, const sl_filters_env_t *env, sl_config_errors_t *errs);
+
+/** Frees the calling worker thread's caches. The worker thread, after its loop ended. */
+void sl_filters_thread_exit(void);
+
+extern const sl_filter_type_t sl_filter_ip_rules;
+extern const sl_filter_type_t sl_filter_cors;
+extern const sl_filter_type_t sl_filter_auth;
+extern const sl_filter_type_t sl_filter_acl;
+
+#endif

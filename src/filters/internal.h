@@ -1,0 +1,45 @@
+/*
+ * Private to src/filters: the per-snapshot data filters share (consumer indexes, trusted
+ * proxies) and helpers used by more than one filter.
+ */
+#ifndef SL_FILTERS_INTERNAL_H
+#define SL_FILTERS_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "http/exchange.h"
+
+typedef struct sl__ip_trust sl__ip_trust_t;
+typedef struct sl__consumers sl__consumers_t;
+struct sl_jwks_store;
+
+sl__ip_trust_t *sl__ip_trust_create(const sl_config_t *cfg);
+void sl__ip_trust_destroy(sl__ip_trust_t *t);
+
+/** The client address of `x`: the peer, or behind trusted proxies the right-most untrusted
+ *  X-Forwarded-For entry. False when the exchange has no peer address. */
+bool sl__client_addr(const sl_exchange_t *x, const sl__ip_trust_t *t, int *family, uint8_t addr[16]);
+
+/* Accessors of the `shared` pointer given to every filter's create. */
+const sl__ip_trust_t *sl__filters_shared_trust(void *shared);
+const sl__consumers_t *sl__filters_shared_consumers(void *shared);
+struct sl_jwks_store *sl__filters_shared_jwks(void *shared);
+
+/* ---- consumer index (consumers.c) ---- */
+sl__consumers_t *sl__consumers_create(const sl_config_t *cfg);
+void sl__consumers_destroy(sl__consumers_t *c);
+/** The consumer whose API key hashes to `sha256`, or NULL. Compared in constant time. */
+const sl_consumer_conf_t *sl__consumers_by_key(const sl__consumers_t *c, const uint8_t sha256[32]);
+/** The consumer and credential of a Basic username, or NULL. */
+const sl_consumer_conf_t *sl__consumers_by_user(const sl__consumers_t *c, sl_str_t username,
+                                                const sl_basic_cred_conf_t **cred);
+/** The consumer named `name`, or NULL. */
+const sl_consumer_conf_t *sl__consumers_by_name(const sl__consumers_t *c, sl_str_t name);
+
+/** Marks `x` as identified: X-Consumer-Id and X-Consumer-Groups go upstream. `groups` are
+ *  joined with ','; slices must live as long as the exchange (config or arena). */
+void sl__identify(sl_exchange_t *x, sl_str_t consumer, const sl_str_t *groups, size_t ngroups);
+
+#endif
