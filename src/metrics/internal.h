@@ -57,6 +57,27 @@ typedef struct sl__metrics_hist {
     _Atomic uint64_t sum_ns;
 } sl__metrics_hist_t;
 
+_Static_assert(SL__METRICS_NBUCKETS + 1 == SL_METRICS_HIST_BUCKETS, "public and private bucket counts differ");
+
+/* One target's counters in one worker: time to first byte and failed tries by kind. */
+typedef struct sl__metrics_target {
+    sl__metrics_hist_t first_byte;
+    _Atomic uint64_t errors[SL_METRICS_UPSTREAM_ERR__COUNT];
+} sl__metrics_target_t;
+
+/* The unmatched-request sampler of one worker: a space-saving top-k table (Metwally et al.)
+ * of "host /segment" keys. Each entry is a seqlock over atomic words: the worker is the only
+ * writer (odd `seq` while it rewrites the entry), the scraper retries a read that saw an odd
+ * or changed `seq`. Atomic words rather than a plain buffer, so the read racing a write is not
+ * a data race in the C11 model (TSan checks it). */
+#define SL__METRICS_UNMATCHED_WORDS (SL_METRICS_UNMATCHED_KEY / 8)
+typedef struct sl__metrics_unmatched_entry {
+    _Atomic uint32_t seq;
+    _Atomic uint64_t count;
+    _Atomic uint64_t hash; /* of the key, 0 = empty entry; writer-side lookups compare it first */
+    _Atomic uint64_t key[SL__METRICS_UNMATCHED_WORDS];
+} sl__metrics_unmatched_entry_t;
+
 /* One route's counters in one worker: an open-addressed table (linear probing, never deleted)
  * of (method,status,cause) keys. Keys are published with a release store so the scraper, which
  * loads them with acquire, never pairs a key with a count of another key. */
@@ -74,7 +95,8 @@ struct sl_metrics_worker {
     /* Storage per stable slot, allocated by the control thread when the slot appears and
      * published with a release store before any schema naming the slot exists. */
     _Atomic(sl__metrics_route_t *) routes[SL__METRICS_ROUTE_SLOTS];
-    _Atomic(sl__metrics_hist_t *) targets[SL__METRICS_TGT_SLOTS];
+    _Atomic(sl__metrics_target_t *) targets[SL__METRICS_TGT_SLOTS];
+    sl__metrics_unmatched_entry_t unmatched[SL_METRICS_UNMATCHED_TOP];
 };
 
 /* An append-only name → slot table. `scope` separates namespaces sharing one table: a target
@@ -108,9 +130,13 @@ struct sl_metrics_schema {
     uint32_t *target_slot; /* config (upstream, target) → stable target slot */
     uint32_t *route_order; /* route slots to export, sorted by name, unique */
     size_t nroute_order;
-    uint32_t *target_order; /* target slots to export, sorted by (upstream, address), unique */
+    uint32_t *target_order;     /* target slots to export, sorted by (upstream, address), unique */
+    uint32_t *target_order_cfg; /* [ntarget_order]: flat config index (target_base + t) of each, NO_CFG for none */
     size_t ntarget_order;
 };
+
+/* target_order_cfg of the reserved overflow entry: it stands for no single config target. */
+#define SL__METRICS_NO_CFG UINT32_MAX
 
 uint64_t sl__metrics_hash(uint32_t scope, sl_str_t name);
 

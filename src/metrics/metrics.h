@@ -65,6 +65,27 @@
 /* Label value of routes/upstreams/targets past the name-table caps: not a valid config name. */
 #define SL_METRICS_OVERFLOW "(overflow)"
 
+/* Histogram buckets: 16 upper bounds (docs/metrics.md) and +Inf. */
+#define SL_METRICS_HIST_BUCKETS 17
+
+/* The unmatched-request sampler (sl_metrics_observe_unmatched): entries per worker, and the
+ * size of a "host /segment" key with its NUL (longer hosts and segments are cut). */
+#define SL_METRICS_UNMATCHED_TOP  32
+#define SL_METRICS_UNMATCHED_KEY  80
+#define SL_METRICS_UNMATCHED_HOST 47 /* bytes of the host kept */
+
+/* Kinds of failed upstream tries, the `cause` label of sluice_upstream_errors_total: the
+ * gateway causes of a failed try, plus a 5xx status answered by the upstream itself. */
+enum sl_metrics_upstream_error {
+    SL_METRICS_UPSTREAM_ERR_CONNECT_FAILED = 0, /* upstream_connect_failed */
+    SL_METRICS_UPSTREAM_ERR_RESET,              /* upstream_reset */
+    SL_METRICS_UPSTREAM_ERR_BAD_RESPONSE,       /* upstream_bad_response */
+    SL_METRICS_UPSTREAM_ERR_TIMEOUT,            /* upstream_timeout */
+    SL_METRICS_UPSTREAM_ERR_5XX,                /* upstream_5xx: a response with status >= 500 */
+    SL_METRICS_UPSTREAM_ERR_OTHER,              /* other: any other cause passed in */
+    SL_METRICS_UPSTREAM_ERR__COUNT,
+};
+
 typedef struct sl_metrics sl_metrics_t;
 typedef struct sl_metrics_schema sl_metrics_schema_t;
 typedef struct sl_metrics_worker sl_metrics_worker_t;
@@ -99,14 +120,30 @@ void sl_metrics_worker_destroy(sl_metrics_worker_t *w);
 /** Counts a reload attempt (not the initial load); a success also sets the last-reload time. */
 void sl_metrics_reload_result(sl_metrics_t *m, bool ok);
 
+/* Where the scrape-time gauges sluice_upstream_target_healthy and sluice_circuit_state come
+ * from: the server's current snapshot, which this module cannot see (metrics sits below the
+ * upstream layer). `get` fills the state of config target (upstream_index, target_index) of
+ * the schema being rendered and returns false when it does not know it (no sample written). */
+typedef struct sl_metrics_target_status {
+    bool healthy; /* not failing health checks, not ejected, resolved */
+    int circuit;  /* 0 closed, 1 half-open, 2 open */
+} sl_metrics_target_status_t;
+
+typedef struct sl_metrics_status_source {
+    bool (*get)(void *ctx, size_t upstream_index, size_t target_index, sl_metrics_target_status_t *out);
+    void *ctx;
+} sl_metrics_status_source_t;
+
 /**
  * Renders every series in the Prometheus text format 0.0.4, summed over all worker storage,
- * for the names of `current` (NULL: only unrouted and process-wide series). On return `*out`
+ * for the names of `current` (NULL: only unrouted and process-wide series); the target gauges
+ * come from `status` (NULL: those families have no samples). On return `*out`
  * is a malloc'd NUL-terminated buffer the caller frees, `*len` its length. Returns 0.
  * Cost: proportional to series count × workers. Concurrent updates may or may not be included;
  * every counter read is a value the counter really had.
  */
-int sl_metrics_render(sl_metrics_t *m, const sl_metrics_schema_t *current, char **out, size_t *len);
+int sl_metrics_render(sl_metrics_t *m, const sl_metrics_schema_t *current, const sl_metrics_status_source_t *status,
+                      char **out, size_t *len);
 
 /* ---- the owning worker thread only -------------------------------------------------------- */
 
@@ -124,6 +161,24 @@ void sl_metrics_observe_exchange(sl_metrics_worker_t *w, const sl_metrics_schema
 void sl_metrics_observe_upstream(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, size_t upstream_index,
                                  size_t target_index, uint64_t first_byte_ns);
 
+/**
+ * Counts one failed try to a target (sluice_upstream_errors_total): `cause` is the gateway
+ * cause of the failure (upstream_connect_failed, upstream_reset, upstream_bad_response,
+ * upstream_timeout), or SL_CAUSE_NONE for a response with a 5xx status from the upstream
+ * itself. Indices as in sl_metrics_observe_upstream. Never allocates.
+ */
+void sl_metrics_observe_upstream_failure(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, size_t upstream_index,
+                                         size_t target_index, enum sl_cause cause);
+
+/**
+ * Samples a request that matched no route (route_not_found) into the worker's top-k table of
+ * (host, first path segment), for `sluice doctor`. The key is cut to SL_METRICS_UNMATCHED_KEY,
+ * the host lowercased and every byte outside printable ASCII replaced by '?', so the table
+ * holds no request bytes that could break JSON or a terminal. Never a metric label. Fixed
+ * size, no allocation, no lock: ~32 short compares per call.
+ */
+void sl_metrics_observe_unmatched(sl_metrics_worker_t *w, sl_str_t host, sl_str_t path);
+
 /* Connection gauges. Either track transitions (opened → idle; active(true) when a request
  * starts, active(false) when it ends and the connection waits; closed) or, when the caller
  * already keeps counts, set them with sl_metrics_connections_set. Do not mix the two on one
@@ -134,5 +189,59 @@ void sl_metrics_connection_closed(sl_metrics_worker_t *w, bool was_active);
 void sl_metrics_connections_set(sl_metrics_worker_t *w, uint64_t active, uint64_t idle);
 /** Counts an accepted connection without touching the gauges (with connections_set). */
 void sl_metrics_connection_accepted(sl_metrics_worker_t *w);
+
+/* ---- reading sums (control thread; the doctor) -------------------------------------------- */
+
+/* Sums over every worker (and the retired ones) of one series, read with relaxed loads: each
+ * value is one the counter really had; two values are not one instant. */
+typedef struct sl_metrics_hist_sum {
+    uint64_t buckets[SL_METRICS_HIST_BUCKETS]; /* per bucket, not cumulative; the last is +Inf */
+    uint64_t sum_ns, count;
+} sl_metrics_hist_sum_t;
+
+typedef struct sl_metrics_route_sum {
+    uint64_t requests;                /* finished exchanges */
+    uint64_t causes[SL_CAUSE__COUNT]; /* by gateway cause; [SL_CAUSE_NONE]: upstream or respond answers */
+    uint64_t status_5xx;              /* of causes[SL_CAUSE_NONE], those with a status >= 500 */
+} sl_metrics_route_sum_t;
+
+typedef struct sl_metrics_target_sum {
+    sl_metrics_hist_sum_t first_byte; /* count = tries that got a response head */
+    uint64_t errors[SL_METRICS_UPSTREAM_ERR__COUNT];
+} sl_metrics_target_sum_t;
+
+typedef struct sl_metrics_unmatched {
+    char host[SL_METRICS_UNMATCHED_HOST + 1];
+    char prefix[SL_METRICS_UNMATCHED_KEY]; /* "/segment", or "/" */
+    uint64_t count;                        /* since start, an upper bound (space-saving) */
+} sl_metrics_unmatched_t;
+
+/** Upper bound of bucket `b` in ns; UINT64_MAX for the last (+Inf). */
+uint64_t sl_metrics_hist_bound_ns(size_t b);
+
+/** The `cause` label of an error kind ("upstream_connect_failed", ..., "upstream_5xx", "other"). */
+const char *sl_metrics_upstream_error_name(enum sl_metrics_upstream_error e);
+
+/* Stable series ids: equal across schemas for the same route name / (upstream, target) name,
+ * so counters read under different configs can be subtracted. route_index -1 is the unrouted
+ * series; out-of-range indices give the overflow series. */
+uint32_t sl_metrics_route_id(const sl_metrics_schema_t *s, long route_index);
+uint32_t sl_metrics_target_id(const sl_metrics_schema_t *s, size_t upstream_index, size_t target_index);
+
+/** Sums of one series over every worker. Control thread. */
+void sl_metrics_read_route(sl_metrics_t *m, uint32_t route_id, sl_metrics_route_sum_t *out);
+void sl_metrics_read_target(sl_metrics_t *m, uint32_t target_id, sl_metrics_target_sum_t *out);
+
+/**
+ * The unmatched-request samples of every worker, merged by key, largest count first; writes
+ * at most `max` entries and returns how many. Control thread; never blocks a worker (a read
+ * racing the worker's write of an entry retries that entry a few times, then skips it).
+ */
+size_t sl_metrics_read_unmatched(sl_metrics_t *m, sl_metrics_unmatched_t *out, size_t max);
+
+/** Entries of /proc/self/fd (without the one the count itself opens); 0 when unreadable.
+ *  Any thread. The one place that counts them (/metrics and the doctor), so that one TSan
+ *  suppression (tests/tsan.supp) covers the descriptor-number reuse it races with. */
+uint64_t sl_metrics_read_open_fds(void);
 
 #endif

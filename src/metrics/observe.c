@@ -6,6 +6,8 @@
  */
 #include "metrics/metrics.h"
 
+#include <string.h>
+
 #include "common/bug.h"
 #include "metrics/internal.h"
 
@@ -94,17 +96,130 @@ void sl_metrics_observe_exchange(sl_metrics_worker_t *w, const sl_metrics_schema
     sl__metrics_add(&w->bytes_out, x->bytes_out);
 }
 
+static uint32_t target_slot(const sl_metrics_schema_t *s, size_t upstream_index, size_t target_index)
+{
+    if (s != NULL && upstream_index < s->nupstreams &&
+        target_index < s->target_base[upstream_index + 1] - s->target_base[upstream_index])
+        return s->target_slot[s->target_base[upstream_index] + target_index];
+    return SL__METRICS_TGT_OVERFLOW;
+}
+
 void sl_metrics_observe_upstream(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, size_t upstream_index,
                                  size_t target_index, uint64_t first_byte_ns)
 {
-    uint32_t slot = SL__METRICS_TGT_OVERFLOW;
-    if (s != NULL && upstream_index < s->nupstreams &&
-        target_index < s->target_base[upstream_index + 1] - s->target_base[upstream_index])
-        slot = s->target_slot[s->target_base[upstream_index] + target_index];
-    sl__metrics_hist_t *h = atomic_load_explicit(&w->targets[slot], memory_order_acquire);
-    SL_DEBUG_BUG_ON(h == NULL);
-    if (h != NULL)
-        hist_observe(h, first_byte_ns);
+    sl__metrics_target_t *t =
+        atomic_load_explicit(&w->targets[target_slot(s, upstream_index, target_index)], memory_order_acquire);
+    SL_DEBUG_BUG_ON(t == NULL);
+    if (t != NULL)
+        hist_observe(&t->first_byte, first_byte_ns);
+}
+
+static enum sl_metrics_upstream_error error_kind(enum sl_cause cause)
+{
+    switch (cause) {
+    case SL_CAUSE_UPSTREAM_CONNECT_FAILED:
+        return SL_METRICS_UPSTREAM_ERR_CONNECT_FAILED;
+    case SL_CAUSE_UPSTREAM_RESET:
+        return SL_METRICS_UPSTREAM_ERR_RESET;
+    case SL_CAUSE_UPSTREAM_BAD_RESPONSE:
+        return SL_METRICS_UPSTREAM_ERR_BAD_RESPONSE;
+    case SL_CAUSE_UPSTREAM_TIMEOUT:
+        return SL_METRICS_UPSTREAM_ERR_TIMEOUT;
+    case SL_CAUSE_NONE:
+        return SL_METRICS_UPSTREAM_ERR_5XX;
+    default:
+        return SL_METRICS_UPSTREAM_ERR_OTHER;
+    }
+}
+
+void sl_metrics_observe_upstream_failure(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, size_t upstream_index,
+                                         size_t target_index, enum sl_cause cause)
+{
+    sl__metrics_target_t *t =
+        atomic_load_explicit(&w->targets[target_slot(s, upstream_index, target_index)], memory_order_acquire);
+    SL_DEBUG_BUG_ON(t == NULL);
+    if (t != NULL)
+        sl__metrics_add(&t->errors[error_kind(cause)], 1);
+}
+
+/* ---- the unmatched-request sampler -------------------------------------------------------- */
+
+static char key_byte(char c, bool lower)
+{
+    /* Printable ASCII only (no space: it separates host and segment in the key). */
+    if (c <= 0x20 || c >= 0x7f)
+        return '?';
+    return lower && c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+/* "host /segment" into `words` (NUL-padded); returns its hash (never 0). */
+static uint64_t unmatched_key(sl_str_t host, sl_str_t path, uint64_t words[SL__METRICS_UNMATCHED_WORDS])
+{
+    char key[SL_METRICS_UNMATCHED_KEY];
+    memset(key, 0, sizeof(key));
+    size_t n = 0;
+    for (size_t i = 0; i < host.len && n < SL_METRICS_UNMATCHED_HOST; i++)
+        key[n++] = key_byte(host.ptr[i], true);
+    key[n++] = ' ';
+    key[n++] = '/';
+    /* The first segment: the bytes after the leading '/' up to the next '/' (or '?'). */
+    size_t i = path.len > 0 && path.ptr[0] == '/' ? 1 : 0;
+    for (; i < path.len && path.ptr[i] != '/' && path.ptr[i] != '?' && n < SL_METRICS_UNMATCHED_KEY - 1; i++)
+        key[n++] = key_byte(path.ptr[i], false);
+    memcpy(words, key, sizeof(key));
+    uint64_t h = 1469598103934665603ull;
+    for (size_t k = 0; k < n; k++) {
+        h ^= (unsigned char)key[k];
+        h *= 1099511628211ull;
+    }
+    return h ? h : 1;
+}
+
+static void entry_write(sl__metrics_unmatched_entry_t *e, uint64_t hash, const uint64_t *words, uint64_t count)
+{
+    uint32_t seq = atomic_load_explicit(&e->seq, memory_order_relaxed);
+    atomic_store_explicit(&e->seq, seq + 1, memory_order_relaxed);
+    /* Orders the odd seq before the data stores for a reader that sees any of them. */
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&e->hash, hash, memory_order_relaxed);
+    for (size_t k = 0; k < SL__METRICS_UNMATCHED_WORDS; k++)
+        atomic_store_explicit(&e->key[k], words[k], memory_order_relaxed);
+    atomic_store_explicit(&e->count, count, memory_order_relaxed);
+    atomic_store_explicit(&e->seq, seq + 2, memory_order_release);
+}
+
+void sl_metrics_observe_unmatched(sl_metrics_worker_t *w, sl_str_t host, sl_str_t path)
+{
+    uint64_t words[SL__METRICS_UNMATCHED_WORDS];
+    uint64_t hash = unmatched_key(host, path, words);
+    sl__metrics_unmatched_entry_t *min = NULL;
+    uint64_t min_count = UINT64_MAX;
+    for (size_t i = 0; i < SL_METRICS_UNMATCHED_TOP; i++) {
+        sl__metrics_unmatched_entry_t *e = &w->unmatched[i];
+        uint64_t h = atomic_load_explicit(&e->hash, memory_order_relaxed);
+        uint64_t c = atomic_load_explicit(&e->count, memory_order_relaxed);
+        if (h == hash) {
+            bool same = true;
+            for (size_t k = 0; same && k < SL__METRICS_UNMATCHED_WORDS; k++)
+                same = atomic_load_explicit(&e->key[k], memory_order_relaxed) == words[k];
+            if (same) {
+                /* A count alone changes: a reader sees the old or the new one, both true. */
+                atomic_store_explicit(&e->count, c + 1, memory_order_relaxed);
+                return;
+            }
+        }
+        if (h == 0) {
+            entry_write(e, hash, words, 1);
+            return;
+        }
+        if (c < min_count) {
+            min = e;
+            min_count = c;
+        }
+    }
+    /* Space-saving: the new key takes the smallest entry's place and count + 1, so a key that
+     * keeps coming rises to the top and the counts stay upper bounds of the true ones. */
+    entry_write(min, hash, words, min_count + 1);
 }
 
 static void gauge_add(_Atomic int64_t *g, int64_t d)

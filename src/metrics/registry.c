@@ -86,7 +86,7 @@ static void storage_alloc(sl_metrics_worker_t *w, size_t route_from, size_t rout
     for (size_t i = route_from; i < route_to; i++)
         atomic_store_explicit(&w->routes[i], sl_xcalloc(1, sizeof(sl__metrics_route_t)), memory_order_release);
     for (size_t i = tgt_from; i < tgt_to; i++)
-        atomic_store_explicit(&w->targets[i], sl_xcalloc(1, sizeof(sl__metrics_hist_t)), memory_order_release);
+        atomic_store_explicit(&w->targets[i], sl_xcalloc(1, sizeof(sl__metrics_target_t)), memory_order_release);
 }
 
 static void storage_grow(sl_metrics_t *m)
@@ -140,9 +140,13 @@ static void worker_fold(sl_metrics_worker_t *dst, sl_metrics_worker_t *src, cons
         sl__metrics_add(&d->overflow, sl__metrics_load(&s->overflow));
         hist_fold(&d->duration, &s->duration);
     }
-    for (size_t i = 0; i < m->targets_allocated; i++)
-        hist_fold(atomic_load_explicit(&dst->targets[i], memory_order_relaxed),
-                  atomic_load_explicit(&src->targets[i], memory_order_acquire));
+    for (size_t i = 0; i < m->targets_allocated; i++) {
+        sl__metrics_target_t *d = atomic_load_explicit(&dst->targets[i], memory_order_relaxed);
+        sl__metrics_target_t *s = atomic_load_explicit(&src->targets[i], memory_order_acquire);
+        hist_fold(&d->first_byte, &s->first_byte);
+        for (size_t k = 0; k < SL_METRICS_UPSTREAM_ERR__COUNT; k++)
+            sl__metrics_add(&d->errors[k], sl__metrics_load(&s->errors[k]));
+    }
 }
 
 /* ---- the registry ------------------------------------------------------------------------- */
@@ -264,6 +268,7 @@ sl_str_t sl__metrics_target_upstream(const sl_metrics_t *m, uint32_t target_slot
 typedef struct order_item {
     sl_str_t a, b;
     uint32_t slot;
+    uint32_t cfg; /* flat config index, SL__METRICS_NO_CFG for reserved entries */
 } order_item_t;
 
 static int cmp_str(sl_str_t x, sl_str_t y)
@@ -280,17 +285,31 @@ static int cmp_order(const void *pa, const void *pb)
     return c != 0 ? c : cmp_str(x->b, y->b);
 }
 
+static int cmp_order_cfg(const void *pa, const void *pb)
+{
+    const order_item_t *x = pa, *y = pb;
+    int c = cmp_order(pa, pb);
+    return c != 0 ? c : (x->cfg > y->cfg) - (x->cfg < y->cfg);
+}
+
 /* Sorts by label values and drops repeated slots (two config entries with one name, e.g. a
  * target listed twice): a series must appear once in the exposition. */
-static uint32_t *sorted_unique(order_item_t *items, size_t n, size_t *nout)
+static uint32_t *sorted_unique(order_item_t *items, size_t n, size_t *nout, uint32_t **cfg_out)
 {
-    qsort(items, n, sizeof(*items), cmp_order);
+    /* Ties broken by config index: the first config entry of a repeated target names its gauges. */
+    qsort(items, n, sizeof(*items), cmp_order_cfg);
     uint32_t *slots = sl_xmalloc((n ? n : 1) * sizeof(*slots));
+    uint32_t *cfg = cfg_out != NULL ? sl_xmalloc((n ? n : 1) * sizeof(*cfg)) : NULL;
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (k == 0 || cmp_order(&items[i], &items[i - 1]) != 0)
+        if (k == 0 || cmp_order(&items[i], &items[i - 1]) != 0) {
+            if (cfg != NULL)
+                cfg[k] = items[i].cfg;
             slots[k++] = items[i].slot;
+        }
     *nout = k;
+    if (cfg_out != NULL)
+        *cfg_out = cfg;
     return slots;
 }
 
@@ -357,19 +376,23 @@ int sl_metrics_schema_create(sl_metrics_t *m, const sl_config_t *cfg, sl_metrics
      * that never counted anything. */
     order_item_t *items = sl_xmalloc((cfg->nroutes + ntargets + 2) * sizeof(*items));
     size_t n = 0;
-    items[n++] = (order_item_t){m->routes.names[SL__METRICS_ROUTE_NONE], SL_STR_NULL, SL__METRICS_ROUTE_NONE};
-    items[n++] = (order_item_t){m->routes.names[SL__METRICS_ROUTE_OVERFLOW], SL_STR_NULL, SL__METRICS_ROUTE_OVERFLOW};
+    items[n++] = (order_item_t){m->routes.names[SL__METRICS_ROUTE_NONE], SL_STR_NULL, SL__METRICS_ROUTE_NONE,
+                                SL__METRICS_NO_CFG};
+    items[n++] = (order_item_t){m->routes.names[SL__METRICS_ROUTE_OVERFLOW], SL_STR_NULL, SL__METRICS_ROUTE_OVERFLOW,
+                                SL__METRICS_NO_CFG};
     for (size_t i = 0; i < cfg->nroutes; i++)
-        items[n++] = (order_item_t){m->routes.names[s->route_slot[i]], SL_STR_NULL, s->route_slot[i]};
-    s->route_order = sorted_unique(items, n, &s->nroute_order);
+        items[n++] = (order_item_t){m->routes.names[s->route_slot[i]], SL_STR_NULL, s->route_slot[i], (uint32_t)i};
+    s->route_order = sorted_unique(items, n, &s->nroute_order, NULL);
     n = 0;
     items[n++] = (order_item_t){m->upstreams.names[SL__METRICS_UP_OVERFLOW], m->targets.names[SL__METRICS_TGT_OVERFLOW],
-                                SL__METRICS_TGT_OVERFLOW};
+                                SL__METRICS_TGT_OVERFLOW, SL__METRICS_NO_CFG};
     for (size_t i = 0; i < ntargets; i++) {
         uint32_t slot = s->target_slot[i];
-        items[n++] = (order_item_t){sl__metrics_target_upstream(m, slot), m->targets.names[slot], slot};
+        /* Targets counted as overflow stand for no one config target. */
+        uint32_t ci = slot == SL__METRICS_TGT_OVERFLOW ? SL__METRICS_NO_CFG : (uint32_t)i;
+        items[n++] = (order_item_t){sl__metrics_target_upstream(m, slot), m->targets.names[slot], slot, ci};
     }
-    s->target_order = sorted_unique(items, n, &s->ntarget_order);
+    s->target_order = sorted_unique(items, n, &s->ntarget_order, &s->target_order_cfg);
     free(items);
 
     storage_grow(m);
@@ -387,5 +410,6 @@ void sl_metrics_schema_destroy(sl_metrics_schema_t *s)
     free(s->target_slot);
     free(s->route_order);
     free(s->target_order);
+    free(s->target_order_cfg);
     free(s);
 }

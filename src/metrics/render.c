@@ -7,7 +7,6 @@
  */
 #include "metrics/metrics.h"
 
-#include <dirent.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -34,6 +33,9 @@ typedef struct render {
     size_t len, cap;
     sl_metrics_t *m;
     const uint32_t *route_order, *target_order;
+    const uint32_t *target_order_cfg; /* NULL without a schema */
+    const sl_metrics_schema_t *schema;
+    const sl_metrics_status_source_t *status;
     size_t nroute_order, ntarget_order;
     entry_t *scratch; /* (SL_METRICS_ROUTE_KEYS + 1) per worker: one route's keys, all workers */
 } render_t;
@@ -194,16 +196,9 @@ static void emit_max_fds(render_t *r, const family_t *f)
 
 static void emit_open_fds(render_t *r, const family_t *f)
 {
-    DIR *d = opendir("/proc/self/fd");
-    if (d == NULL)
-        return;
-    uint64_t n = 0;
-    long own = dirfd(d);
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        if (e->d_name[0] != '.' && strtol(e->d_name, NULL, 10) != own)
-            n++;
-    closedir(d);
-    sample_u64(r, f->name, NULL, 0, n);
+    uint64_t n = sl_metrics_read_open_fds();
+    if (n != 0)
+        sample_u64(r, f->name, NULL, 0, n);
 }
 
 static void emit_rss(render_t *r, const family_t *f)
@@ -361,8 +356,10 @@ static void emit_upstream_duration(render_t *r, const family_t *f)
     for (size_t i = 0; i < r->ntarget_order; i++) {
         uint32_t slot = r->target_order[i];
         hist_sum_t h = {0};
-        for (size_t w = 0; w < r->m->nworkers; w++)
-            hist_add(&h, atomic_load_explicit(&r->m->workers[w]->targets[slot], memory_order_acquire));
+        for (size_t w = 0; w < r->m->nworkers; w++) {
+            sl__metrics_target_t *t = atomic_load_explicit(&r->m->workers[w]->targets[slot], memory_order_acquire);
+            hist_add(&h, t ? &t->first_byte : NULL);
+        }
         hist_finish(&h);
         if (slot == SL__METRICS_TGT_OVERFLOW && h.count == 0)
             continue;
@@ -374,8 +371,76 @@ static void emit_upstream_duration(render_t *r, const family_t *f)
     }
 }
 
-/* Sorted by name. Later features add their row here (sluice_upstream_target_healthy,
- * sluice_circuit_state, sluice_rate_limited_total, sluice_cache_requests_total). */
+static void emit_upstream_errors(render_t *r, const family_t *f)
+{
+    for (size_t i = 0; i < r->ntarget_order; i++) {
+        uint32_t slot = r->target_order[i];
+        uint64_t n[SL_METRICS_UPSTREAM_ERR__COUNT] = {0};
+        uint64_t any = 0;
+        for (size_t w = 0; w < r->m->nworkers; w++) {
+            sl__metrics_target_t *t = atomic_load_explicit(&r->m->workers[w]->targets[slot], memory_order_acquire);
+            for (size_t k = 0; t != NULL && k < SL_METRICS_UPSTREAM_ERR__COUNT; k++)
+                n[k] += sl__metrics_load(&t->errors[k]);
+        }
+        for (size_t k = 0; k < SL_METRICS_UPSTREAM_ERR__COUNT; k++)
+            any += n[k];
+        if (slot == SL__METRICS_TGT_OVERFLOW && any == 0)
+            continue;
+        /* Every kind of a target that exists, zeros included: rate() needs the series before
+         * its first failure, and the set is a fixed six per target. Label order is name order. */
+        static const enum sl_metrics_upstream_error order[] = {
+            SL_METRICS_UPSTREAM_ERR_OTHER,          SL_METRICS_UPSTREAM_ERR_5XX,   SL_METRICS_UPSTREAM_ERR_BAD_RESPONSE,
+            SL_METRICS_UPSTREAM_ERR_CONNECT_FAILED, SL_METRICS_UPSTREAM_ERR_RESET, SL_METRICS_UPSTREAM_ERR_TIMEOUT,
+        };
+        for (size_t k = 0; k < SL_ARRAY_SIZE(order); k++) {
+            label_t l[3] = {
+                {"upstream", sl__metrics_target_upstream(r->m, slot)},
+                {"target", r->m->targets.names[slot]},
+                {"cause", sl_str_from_cstr(sl_metrics_upstream_error_name(order[k]))},
+            };
+            sample_u64(r, f->name, l, 3, n[order[k]]);
+        }
+    }
+}
+
+/* The gauges of the current targets' state: asked from the status source at scrape time. */
+static void emit_target_state(render_t *r, const family_t *f, bool circuit)
+{
+    if (r->status == NULL || r->status->get == NULL || r->target_order_cfg == NULL)
+        return;
+    for (size_t i = 0; i < r->ntarget_order; i++) {
+        uint32_t cfg = r->target_order_cfg[i];
+        if (cfg == SL__METRICS_NO_CFG)
+            continue;
+        /* The flat index back to (upstream, target): target_base is ascending. */
+        size_t u = 0;
+        while (u + 1 < r->schema->nupstreams && r->schema->target_base[u + 1] <= cfg)
+            u++;
+        sl_metrics_target_status_t st = {0};
+        if (!r->status->get(r->status->ctx, u, cfg - r->schema->target_base[u], &st))
+            continue;
+        uint32_t slot = r->target_order[i];
+        label_t l[2] = {
+            {"upstream", sl__metrics_target_upstream(r->m, slot)},
+            {"target", r->m->targets.names[slot]},
+        };
+        sample_u64(r, f->name, l, 2,
+                   circuit ? (uint64_t)(st.circuit >= 0 && st.circuit <= 2 ? st.circuit : 0) : (uint64_t)st.healthy);
+    }
+}
+
+static void emit_circuit_state(render_t *r, const family_t *f)
+{
+    emit_target_state(r, f, true);
+}
+
+static void emit_target_healthy(render_t *r, const family_t *f)
+{
+    emit_target_state(r, f, false);
+}
+
+/* Sorted by name. Later features add their row here (sluice_rate_limited_total,
+ * sluice_cache_requests_total). */
 static const family_t families[] = {
     {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", emit_cpu},
     {"process_max_fds", "gauge", "Maximum number of open file descriptors.", emit_max_fds},
@@ -383,6 +448,8 @@ static const family_t families[] = {
     {"process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", emit_rss},
     {"process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", emit_start_time},
     {"sluice_bytes_total", "counter", "Body and head bytes received from (in) and sent to (out) clients.", emit_bytes},
+    {"sluice_circuit_state", "gauge", "Circuit breaker state of each target: 0 closed, 1 half-open, 2 open.",
+     emit_circuit_state},
     {"sluice_config_last_reload_timestamp_seconds", "gauge",
      "Unix time of the last successful configuration load or reload.", emit_last_reload},
     {"sluice_config_reloads_total", "counter", "Configuration reload attempts, by result.", emit_reloads},
@@ -395,9 +462,15 @@ static const family_t families[] = {
      emit_requests},
     {"sluice_upstream_duration_seconds", "histogram",
      "Time from sending a request upstream to the first byte of its response, by target.", emit_upstream_duration},
+    {"sluice_upstream_errors_total", "counter",
+     "Failed tries to each target, by gateway cause, or upstream_5xx for a 5xx status from the target.",
+     emit_upstream_errors},
+    {"sluice_upstream_target_healthy", "gauge",
+     "1 when the target passes its health checks, is not ejected and resolves; else 0.", emit_target_healthy},
 };
 
-int sl_metrics_render(sl_metrics_t *m, const sl_metrics_schema_t *current, char **out, size_t *len)
+int sl_metrics_render(sl_metrics_t *m, const sl_metrics_schema_t *current, const sl_metrics_status_source_t *status,
+                      char **out, size_t *len)
 {
     static const uint32_t no_routes[] = {SL__METRICS_ROUTE_NONE, SL__METRICS_ROUTE_OVERFLOW};
     static const uint32_t no_targets[] = {SL__METRICS_TGT_OVERFLOW};
@@ -408,7 +481,10 @@ int sl_metrics_render(sl_metrics_t *m, const sl_metrics_schema_t *current, char 
         r.route_order = current->route_order;
         r.nroute_order = current->nroute_order;
         r.target_order = current->target_order;
+        r.target_order_cfg = current->target_order_cfg;
         r.ntarget_order = current->ntarget_order;
+        r.schema = current;
+        r.status = status;
     } else {
         r.route_order = no_routes;
         r.nroute_order = SL_ARRAY_SIZE(no_routes);

@@ -48,6 +48,38 @@ static void on_listener_connection(uv_stream_t *server, int status)
     l->worker->on_connection(l);
 }
 
+static void on_lag_timer(uv_timer_t *t)
+{
+    sl_worker_t *w = t->data;
+    uint64_t now = uv_hrtime();
+    uint64_t lag = now > w->lag_due_ns ? now - w->lag_due_ns : 0;
+    /* The main thread may reset the maximum meanwhile: raise it with a CAS, never overwrite a
+     * larger value it has not taken yet. */
+    uint_fast64_t cur = atomic_load_explicit(&w->loop_lag_max_ns, memory_order_relaxed);
+    while (lag > cur && !atomic_compare_exchange_weak_explicit(&w->loop_lag_max_ns, &cur, lag, memory_order_relaxed,
+                                                               memory_order_relaxed))
+        ;
+    /* libuv re-arms a repeating timer from the loop's cached time, which is at most `now`:
+     * expecting the next fire a full interval from `now` can only under-state the lag. */
+    w->lag_due_ns = now + (uint64_t)SL_WORKER_LAG_INTERVAL_MS * 1000000u;
+}
+
+void sl_worker_count_refused(sl_worker_t *w)
+{
+    atomic_store_explicit(&w->refused, atomic_load_explicit(&w->refused, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+uint64_t sl_worker_refused_total(sl_worker_t *w)
+{
+    return atomic_load_explicit(&w->refused, memory_order_relaxed);
+}
+
+uint64_t sl_worker_take_loop_lag(sl_worker_t *w)
+{
+    return atomic_exchange_explicit(&w->loop_lag_max_ns, 0, memory_order_relaxed);
+}
+
 static void on_async(uv_async_t *a)
 {
     sl_worker_t *w = a->data;
@@ -67,6 +99,10 @@ int sl_worker_init(sl_worker_t *w, unsigned id, const int *fds, size_t nfds)
     w->loop.data = w;
     uv_async_init(&w->loop, &w->async, on_async);
     w->async.data = w;
+    uv_timer_init(&w->loop, &w->lag_timer);
+    w->lag_timer.data = w;
+    /* The lag timer alone must not keep a loop alive that has nothing else to do. */
+    uv_unref((uv_handle_t *)&w->lag_timer);
     sl_buf_pool_init(&w->bufs, SL_WORKER_BUF_SIZE, 4096);
     sl_timeqs_init(&w->timeqs, &w->loop);
     w->listeners = sl_xcalloc(nfds ? nfds : 1, sizeof(*w->listeners));
@@ -97,6 +133,8 @@ static void worker_main(void *arg)
             sl_log_error("worker %u: listen failed: %s", w->id, uv_strerror(err));
     }
     w->listening = true;
+    w->lag_due_ns = uv_hrtime() + (uint64_t)SL_WORKER_LAG_INTERVAL_MS * 1000000u;
+    uv_timer_start(&w->lag_timer, on_lag_timer, SL_WORKER_LAG_INTERVAL_MS, SL_WORKER_LAG_INTERVAL_MS);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (w->on_exit)
         w->on_exit(w);
@@ -125,6 +163,8 @@ void sl_worker_close(sl_worker_t *w)
 {
     if (!uv_is_closing((uv_handle_t *)&w->async))
         uv_close((uv_handle_t *)&w->async, NULL);
+    if (!uv_is_closing((uv_handle_t *)&w->lag_timer))
+        uv_close((uv_handle_t *)&w->lag_timer, NULL);
     if (!uv_is_closing((uv_handle_t *)&w->timeqs.timer))
         sl_timeqs_close(&w->timeqs);
 }

@@ -4,6 +4,11 @@
  * owns its loop, listeners, buffer pool and timeout queues; everything in it is touched only by
  * its own thread, except `sl_worker_wakeup` (any thread) which runs `on_wakeup` in the worker.
  * What a connection means (HTTP/1, later TLS/h2) is the owner's business, through on_connection.
+ *
+ * Two health figures leave the worker for the main thread (the doctor reads them each tick):
+ * the worst event-loop lag, measured by a 250 ms timer of the worker's own loop (how late it
+ * fires is how long the loop was busy), and the connections refused at the gateway-wide
+ * connection limit. Both are atomics with one writer; neither is touched per request.
  */
 #ifndef SL_NET_WORKER_H
 #define SL_NET_WORKER_H
@@ -47,7 +52,14 @@ struct sl_worker {
     struct sl_h1_worker *h1;           /* downstream HTTP/1 connections (http1/server.h) */
     struct sl_upstream_worker *up;     /* upstream pools (upstream/proxy.h) */
     struct sl_metrics_worker *metrics; /* this worker's counters (metrics/metrics.h) */
+    /* Loop lag: the lag timer fires every SL_WORKER_LAG_INTERVAL_MS; lag = how late. */
+    uv_timer_t lag_timer;
+    uint64_t lag_due_ns;                  /* worker thread only */
+    atomic_uint_fast64_t loop_lag_max_ns; /* worst since sl_worker_take_loop_lag; worker raises, main resets */
+    atomic_uint_fast64_t refused;         /* connections refused at limits.max_connections; worker writes */
 };
+
+#define SL_WORKER_LAG_INTERVAL_MS 250
 
 #define SL_WORKER_BUF_SIZE (16 * 1024)
 
@@ -76,6 +88,16 @@ void sl_worker_stop_listening(sl_worker_t *w);
 /** Worker thread: closes the wakeup handle and timers so the loop can end once connections are
  *  gone. Call after sl_worker_stop_listening, when the owner has nothing left to do. */
 void sl_worker_close(sl_worker_t *w);
+
+/** Worker thread: counts a connection refused at the gateway-wide connection limit. */
+void sl_worker_count_refused(sl_worker_t *w);
+
+/** Any thread: connections refused at the gateway-wide limit by this worker since it started. */
+uint64_t sl_worker_refused_total(sl_worker_t *w);
+
+/** Any thread (the main thread, once per doctor tick): the worst event-loop lag in ns since the
+ *  previous call, and resets it. A loop that never got to run its timer shows as lag too. */
+uint64_t sl_worker_take_loop_lag(sl_worker_t *w);
 
 /** Main thread: waits for the worker thread, then frees the loop's resources. */
 void sl_worker_join(sl_worker_t *w);

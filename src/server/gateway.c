@@ -16,6 +16,15 @@
 #include <uv.h>
 
 #include "admin/admin.h"
+#include "filters/filters.h"
+#include "filters/jwks_store.h"
+#include "http1/client.h"
+#include "admin/doctor.h"
+#include "admin/routes_view.h"
+#include "admin/views.h"
+#include "common/time.h"
+#include "config/document.h"
+#include "metrics/summary.h"
 #include "common/bug.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -49,7 +58,9 @@ typedef struct gateway {
     uv_signal_t sigterm, sigint, sighup;
     uv_async_t worker_exited;
     uv_timer_t drain_timer;
-    uv_timer_t dns_timer; /* re-resolves host-name targets of the current snapshot */
+    uv_timer_t dns_timer;    /* re-resolves host-name targets of the current snapshot */
+    uv_timer_t doctor_timer; /* samples the counters for the doctor every SL_DOCTOR_TICK_MS */
+    sl_doctor_t *doctor;
     const char *config_path;
     sl_snapshot_t *current;
     uint64_t generation;
@@ -58,45 +69,95 @@ typedef struct gateway {
     atomic_size_t exited;
     sl_admin_t *admin;
     sl_metrics_t *metrics;
-    sl_health_t *health; /* active health checks; NULL once stopped */
+    sl_health_t *health;   /* active health checks; NULL once stopped */
+    sl_jwks_store_t *jwks; /* key sets of the jwt issuers; NULL once stopped */
     bool draining;
+    char *config_text; /* what `current` was built from (the admin API edits a copy of it) */
+    size_t config_len;
+    json_t *last_reload; /* {result, time[, errors]} of the last reload attempt; NULL before one */
+    uint64_t started_ms;
 } gateway_t;
 
 /* ---- building snapshots ------------------------------------------------------------------ */
 
-static int build_snapshot(const char *path, uv_loop_t *loop, sl_metrics_t *metrics, uint64_t generation,
-                          sl_snapshot_t **out)
+/* Builds a snapshot from config text (`name` is the file name in errors). `prev`: the snapshot
+ * being replaced (NULL at start), whose unchanged upstreams' runtime state the new one shares
+ * (sl_proxy_attach). On failure, `errs` says why and nothing was built. */
+static int build_snapshot(const char *name, const char *text, size_t len, uv_loop_t *loop, sl_metrics_t *metrics,
+                          sl_jwks_store_t *jwks, uint64_t generation, const sl_snapshot_t *prev,
+                          sl_config_errors_t *errs, sl_snapshot_t **out)
 {
-    sl_config_errors_t errs = {0};
     sl_config_t *cfg = NULL;
-    int err = sl_config_load_file(path, &cfg, &errs);
+    int err = sl_config_load_buffer(name, text, len, &cfg, errs);
     sl_router_t *router = NULL;
     if (err == 0)
-        err = sl_router_create(cfg, &router, &errs);
+        err = sl_router_create(cfg, &router, errs);
     if (err != 0) {
-        sl_config_errors_print(&errs, stderr);
-        if (errs.count == 0)
-            fprintf(stderr, "%s: %s\n", path, sl_strerror(err));
-        sl_config_errors_dispose(&errs);
         sl_config_unref(cfg);
         return err;
     }
-    sl_config_errors_dispose(&errs);
     cfg->generation = generation;
     sl_snapshot_t *snap = sl_snapshot_create(cfg, router);
+    sl_filters_env_t env = {.jwks = jwks};
+    err = sl_filters_attach(snap, &env, errs);
+    /* Last, as it changes shared state: the key store then serves the new issuers. */
+    if (err == 0 && jwks != NULL)
+        err = sl_jwks_store_apply(jwks, cfg, errs);
+    if (err != 0) {
+        sl_snapshot_unref(snap);
+        return err;
+    }
     if (metrics != NULL && sl_metrics_schema_create(metrics, cfg, &snap->metrics) != 0)
         snap->metrics = NULL; /* counted nowhere rather than refused: the config itself is fine */
-    sl_proxy_attach(snap, loop);
+    sl_proxy_attach(snap, loop, prev);
     *out = snap;
     return 0;
+}
+
+/* Reads `path` for build_snapshot; an unreadable file is one error naming it. */
+static int read_config(const char *path, char **text, size_t *len, sl_config_errors_t *errs)
+{
+    int err = sl_config_read_file(path, text, len);
+    if (err != 0)
+        sl_config_errors_add(errs, sl_str_from_cstr(path), 0, 0, "cannot read %s: %s", path, sl_strerror(err));
+    return err;
+}
+
+static void print_errors(const char *path, int err, sl_config_errors_t *errs)
+{
+    sl_config_errors_print(errs, stderr);
+    if (errs->count == 0)
+        fprintf(stderr, "%s: %s\n", path, sl_strerror(err));
 }
 
 int sl_gateway_check(const char *config_path)
 {
     sl_h1_register_errors();
+    sl_h1_fetch_register_errors();
+    sl_config_errors_t errs = {0};
+    char *text = NULL;
+    size_t len = 0;
     sl_snapshot_t *snap = NULL;
-    if (build_snapshot(config_path, NULL, NULL, 1, &snap) != 0)
+    int err = read_config(config_path, &text, &len, &errs);
+    if (err == 0) {
+        /* A key store on a scratch loop reads the issuers' files and variables like a start
+         * would; its first jwks_url fetches are cancelled unrun. */
+        uv_loop_t scratch;
+        uv_loop_init(&scratch);
+        sl_jwks_store_t *jwks = NULL;
+        sl_jwks_store_create(&scratch, &sl_h1_fetcher, &jwks);
+        err = build_snapshot(config_path, text, len, NULL, NULL, jwks, 1, NULL, &errs, &snap);
+        sl_jwks_store_stop(jwks, NULL, NULL);
+        uv_run(&scratch, UV_RUN_DEFAULT);
+        uv_loop_close(&scratch);
+    }
+    free(text);
+    if (err != 0) {
+        print_errors(config_path, err, &errs);
+        sl_config_errors_dispose(&errs);
         return 1;
+    }
+    sl_config_errors_dispose(&errs);
     const sl_config_t *c = snap->cfg;
     printf("%s: ok: %zu listener%s, %zu upstream%s, %zu route%s, %u worker%s\n", config_path, c->nlistens,
            c->nlistens == 1 ? "" : "s", c->nupstreams, c->nupstreams == 1 ? "" : "s", c->nroutes,
@@ -145,6 +206,7 @@ static void worker_thread_exit_notify(gateway_t *gw)
 static void worker_main_done(sl_worker_t *w)
 {
     worker_slot_t *slot = SL_CONTAINER_OF(w, worker_slot_t, w);
+    sl_filters_thread_exit();
     worker_thread_exit_notify(slot->gw);
 }
 
@@ -162,23 +224,30 @@ static void publish(gateway_t *gw, sl_snapshot_t *snap)
     sl_snapshot_unref(old);
 }
 
-static void reload(gateway_t *gw)
+static void note_reload(gateway_t *gw, bool ok, const sl_config_errors_t *errs)
 {
-    sl_snapshot_t *snap = NULL;
-    if (build_snapshot(gw->config_path, &gw->loop, gw->metrics, gw->generation + 1, &snap) != 0) {
-        sl_metrics_reload_result(gw->metrics, false);
-        sl_log_error("reload of %s failed; the running config (generation %llu) stays", gw->config_path,
-                     (unsigned long long)gw->generation);
-        return;
-    }
+    sl_metrics_reload_result(gw->metrics, ok);
+    json_decref(gw->last_reload);
+    char when[40];
+    sl_time_format_iso8601(when, sizeof(when), sl_time_wall_ms());
+    gw->last_reload = json_pack("{s:s, s:s}", "result", ok ? "ok" : "failed", "time", when);
+    if (!ok && errs != NULL)
+        json_object_set_new(gw->last_reload, "errors", sl_admin_errors_json(errs));
+}
+
+/* Makes `snap` (built from `text`, which the gateway takes) the running generation. */
+static void commit(gateway_t *gw, sl_snapshot_t *snap, char *text, size_t len)
+{
     const sl_config_t *old = gw->current->cfg, *cfg = snap->cfg;
     bool same_listen = old->nlistens == cfg->nlistens;
     for (size_t i = 0; same_listen && i < cfg->nlistens; i++)
         same_listen = sl_str_eq(old->listens[i].address, cfg->listens[i].address);
     if (!same_listen)
         sl_log_warn("reload: listener changes need a restart; the old listeners stay");
+    if (!sl_str_eq(old->admin.address, cfg->admin.address) || !sl_str_eq(old->admin.token_env, cfg->admin.token_env))
+        sl_log_warn("reload: admin listener changes need a restart; the old admin listener stays");
     gw->generation++;
-    sl_metrics_reload_result(gw->metrics, true);
+    note_reload(gw, true, NULL);
     sl_log_set_level((enum sl_log_level)cfg->logging.level);
     if (!sl_str_eq(old->logging.access_path, cfg->logging.access_path))
         sl_accesslog_open(cfg->logging.access_path);
@@ -186,7 +255,129 @@ static void reload(gateway_t *gw)
     if (gw->health != NULL)
         sl_health_apply(gw->health, snap);
     publish(gw, snap);
+    free(gw->config_text);
+    gw->config_text = text;
+    gw->config_len = len;
     sl_log_info("config reloaded: generation %llu", (unsigned long long)gw->generation);
+}
+
+/* Re-reads the config file (SIGHUP, `sluice reload`, POST /reload). */
+static int reload(gateway_t *gw, sl_config_errors_t *errs)
+{
+    char *text = NULL;
+    size_t len = 0;
+    sl_snapshot_t *snap = NULL;
+    int err = read_config(gw->config_path, &text, &len, errs);
+    if (err == 0)
+        err = build_snapshot(gw->config_path, text, len, &gw->loop, gw->metrics, gw->jwks, gw->generation + 1,
+                             gw->current, errs, &snap);
+    if (err != 0) {
+        free(text);
+        note_reload(gw, false, errs);
+        sl_log_error("reload of %s failed; the running config (generation %llu) stays", gw->config_path,
+                     (unsigned long long)gw->generation);
+        return err;
+    }
+    commit(gw, snap, text, len);
+    return 0;
+}
+
+static void reload_on_signal(gateway_t *gw)
+{
+    sl_config_errors_t errs = {0};
+    int err = reload(gw, &errs);
+    if (err != 0)
+        print_errors(gw->config_path, err, &errs);
+    sl_config_errors_dispose(&errs);
+}
+
+/* ---- admin hooks --------------------------------------------------------------------------- */
+
+static const char *hook_config_text(void *ctx, size_t *len)
+{
+    gateway_t *gw = ctx;
+    *len = gw->config_len;
+    return gw->config_text;
+}
+
+/* A change through the admin API: validated like the file, persisted, then published; a
+ * failure at any step changes nothing. */
+static int hook_apply(void *ctx, const char *text, size_t len, sl_config_errors_t *errs, uint64_t *generation)
+{
+    gateway_t *gw = ctx;
+    sl_snapshot_t *snap = NULL;
+    int err = build_snapshot("<admin>", text, len, &gw->loop, gw->metrics, gw->jwks, gw->generation + 1, gw->current,
+                             errs, &snap);
+    if (err != 0)
+        return err;
+    err = sl_admin_write_file_atomic(gw->config_path, text, len);
+    if (err != 0) {
+        sl_log_error("admin: cannot write %s: %s; the change was not applied", gw->config_path, sl_strerror(err));
+        sl_snapshot_unref(snap);
+        /* The key store took the new issuers at build: give it back the running ones. */
+        sl_config_errors_t ignored = {0};
+        sl_jwks_store_apply(gw->jwks, gw->current->cfg, &ignored);
+        sl_config_errors_dispose(&ignored);
+        return err;
+    }
+    char *copy = sl_xmalloc(len + 1);
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    commit(gw, snap, copy, len);
+    sl_log_info("admin: config changed through the API and written to %s", gw->config_path);
+    *generation = gw->generation;
+    return 0;
+}
+
+static int hook_reload(void *ctx, sl_config_errors_t *errs, uint64_t *generation)
+{
+    gateway_t *gw = ctx;
+    int err = reload(gw, errs);
+    if (err == 0)
+        *generation = gw->generation;
+    else if (errs->count == 0)
+        sl_config_errors_add(errs, sl_str_from_cstr(gw->config_path), 0, 0, "%s", sl_strerror(err));
+    return err;
+}
+
+static json_t *hook_status(void *ctx)
+{
+    gateway_t *gw = ctx;
+    const sl_config_t *cfg = gw->current->cfg;
+    sl_metrics_summary_t sum;
+    sl_metrics_summary(gw->metrics, &sum);
+    uint64_t now = sl_time_wall_ms();
+    char started[40];
+    sl_time_format_iso8601(started, sizeof(started), gw->started_ms);
+    json_t *ups = json_array();
+    for (size_t i = 0; i < cfg->nupstreams; i++)
+        json_array_append_new(ups, json_stringn(cfg->upstreams[i].name.ptr, cfg->upstreams[i].name.len));
+    json_t *config = json_pack("{s:s, s:I}", "path", gw->config_path, "generation", (json_int_t)gw->generation);
+    json_object_set(config, "last_reload", gw->last_reload ? gw->last_reload : json_null());
+    json_t *conns = json_pack(
+        "{s:I, s:I, s:I, s:I}", "active", (json_int_t)sum.connections_active, "idle", (json_int_t)sum.connections_idle,
+        "accepted_total", (json_int_t)sum.connections_accepted_total, "max", (json_int_t)cfg->limits.max_connections);
+    json_t *j =
+        json_pack("{s:s, s:i, s:s, s:I, s:I, s:o, s:o, s:I, s:I, s:o}", "version", SLUICE_VERSION, "pid", (int)getpid(),
+                  "started", started, "uptime_seconds", (json_int_t)((now - gw->started_ms) / 1000), "workers",
+                  (json_int_t)gw->nworkers, "config", config, "connections", conns, "requests_total",
+                  (json_int_t)sum.requests_total, "routes", (json_int_t)cfg->nroutes, "upstreams", ups);
+    return j;
+}
+
+static json_t *hook_routes_table(void *ctx)
+{
+    gateway_t *gw = ctx;
+    return sl_admin_routes_table(gw->current);
+}
+
+static json_t *hook_upstream_health(void *ctx, const char *name)
+{
+    gateway_t *gw = ctx;
+    long i = sl_config_find_upstream(gw->current->cfg, sl_str_from_cstr(name));
+    if (i < 0)
+        return NULL;
+    return sl_admin_upstream_health(gw->current, (size_t)i, gw->health, NULL, NULL);
 }
 
 static void on_drain_deadline(uv_timer_t *t)
@@ -219,7 +410,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     gateway_t *gw = s->data;
     if (signum == SIGHUP)
-        reload(gw);
+        reload_on_signal(gw);
     else
         start_drain(gw);
 }
@@ -236,14 +427,37 @@ static void on_worker_exited(uv_async_t *a)
     uv_timer_stop(&gw->drain_timer);
     uv_close((uv_handle_t *)&gw->drain_timer, NULL);
     uv_close((uv_handle_t *)&gw->dns_timer, NULL);
+    uv_close((uv_handle_t *)&gw->doctor_timer, NULL);
     /* Health: probes run until the last worker is gone (draining requests still pick targets);
      * its timers would otherwise keep the main loop alive. */
     if (gw->health != NULL) {
         sl_health_stop(gw->health, NULL, NULL);
         gw->health = NULL;
     }
+    if (gw->jwks != NULL) {
+        sl_jwks_store_stop(gw->jwks, NULL, NULL);
+        gw->jwks = NULL;
+    }
     if (gw->admin)
         sl_admin_stop(gw->admin);
+}
+
+static void on_doctor_timer(uv_timer_t *t)
+{
+    gateway_t *gw = t->data;
+    sl_worker_t *ws[256];
+    size_t n = SL_MIN(gw->nworkers, SL_ARRAY_SIZE(ws));
+    for (size_t i = 0; i < n; i++)
+        ws[i] = &gw->slots[i].w;
+    sl_doctor_resources_t res;
+    sl_doctor_resources_read(&res, ws, n, gw->current->cfg->limits.max_connections);
+    sl_doctor_tick(gw->doctor, gw->current, gw->health, &res, sl_time_wall_ms());
+}
+
+static json_t *hook_doctor(void *ctx, unsigned window_s)
+{
+    gateway_t *gw = ctx;
+    return sl_doctor_report(gw->doctor, gw->current, window_s);
 }
 
 static void on_dns_timer(uv_timer_t *t)
@@ -255,7 +469,8 @@ static void on_dns_timer(uv_timer_t *t)
 static int render_metrics(void *ctx, char **out, size_t *len)
 {
     gateway_t *gw = ctx;
-    return sl_metrics_render(gw->metrics, gw->current->metrics, out, len);
+    sl_metrics_status_source_t status = {.get = sl_doctor_target_status, .ctx = gw->current};
+    return sl_metrics_render(gw->metrics, gw->current->metrics, &status, out, len);
 }
 
 static void raise_nofile(void)
@@ -271,14 +486,27 @@ static void raise_nofile(void)
 int sl_gateway_run(const char *config_path)
 {
     sl_h1_register_errors();
+    sl_h1_fetch_register_errors();
     gateway_t *gw = sl_xcalloc(1, sizeof(*gw));
     gw->config_path = config_path;
     gw->generation = 1;
     uv_loop_init(&gw->loop);
     sl_metrics_create(&gw->metrics);
+    SL_BUG_ON(sl_jwks_store_create(&gw->loop, &sl_h1_fetcher, &gw->jwks) != 0);
+    gw->started_ms = sl_time_wall_ms();
     int rc = 1;
-    if (build_snapshot(config_path, &gw->loop, gw->metrics, gw->generation, &gw->current) != 0)
-        goto out_loop;
+    {
+        sl_config_errors_t errs = {0};
+        int err = read_config(config_path, &gw->config_text, &gw->config_len, &errs);
+        if (err == 0)
+            err = build_snapshot(config_path, gw->config_text, gw->config_len, &gw->loop, gw->metrics, gw->jwks,
+                                 gw->generation, NULL, &errs, &gw->current);
+        if (err != 0)
+            print_errors(config_path, err, &errs);
+        sl_config_errors_dispose(&errs);
+        if (err != 0)
+            goto out_loop;
+    }
     const sl_config_t *cfg = gw->current->cfg;
     sl_log_set_level((enum sl_log_level)cfg->logging.level);
     raise_nofile();
@@ -310,8 +538,28 @@ int sl_gateway_run(const char *config_path)
         }
     }
     if (cfg->admin.enabled) {
-        sl_admin_hooks_t hooks = {.ctx = gw, .render_metrics = render_metrics};
-        err = sl_admin_start(&gw->loop, (const struct sockaddr *)&cfg->admin.addr, &hooks, &gw->admin);
+        sl_admin_hooks_t hooks = {.ctx = gw,
+                                  .render_metrics = render_metrics,
+                                  .config_text = hook_config_text,
+                                  .apply = hook_apply,
+                                  .reload = hook_reload,
+                                  .status = hook_status,
+                                  .upstream_health = hook_upstream_health,
+                                  .routes_table = hook_routes_table,
+                                  .doctor = hook_doctor};
+        const char *token = NULL;
+        if (cfg->admin.token_env.len > 0) {
+            token = getenv(cfg->admin.token_env.ptr);
+            if (token == NULL || token[0] == '\0') {
+                fprintf(stderr, "sluice: admin.token_env names %.*s, which is not set or empty; refusing to start\n",
+                        SL_STR_FMT(cfg->admin.token_env));
+                for (size_t k = 0; k < nfds; k++)
+                    close(fds[k]);
+                free(fds);
+                goto out_slots;
+            }
+        }
+        err = sl_admin_start(&gw->loop, (const struct sockaddr *)&cfg->admin.addr, &hooks, token, &gw->admin);
         if (err) {
             fprintf(stderr, "sluice: cannot listen on admin address %.*s: %s\n", SL_STR_FMT(cfg->admin.address),
                     sl_strerror(err));
@@ -337,6 +585,10 @@ int sl_gateway_run(const char *config_path)
     uv_timer_init(&gw->loop, &gw->dns_timer);
     gw->dns_timer.data = gw;
     uv_timer_start(&gw->dns_timer, on_dns_timer, 1000, 1000);
+    sl_doctor_create(gw->metrics, &gw->doctor);
+    uv_timer_init(&gw->loop, &gw->doctor_timer);
+    gw->doctor_timer.data = gw;
+    uv_timer_start(&gw->doctor_timer, on_doctor_timer, SL_DOCTOR_TICK_MS, SL_DOCTOR_TICK_MS);
     /* Health: created once everything is bound; the first snapshot applied before workers see it. */
     SL_BUG_ON(sl_health_create(&gw->loop, &gw->health) != 0);
     sl_health_apply(gw->health, gw->current);
@@ -388,9 +640,17 @@ out_snap:
     sl_accesslog_close();
     sl_snapshot_unref(gw->current);
 out_loop:
+    if (gw->jwks != NULL) { /* a start that failed before the loop ran */
+        sl_jwks_store_stop(gw->jwks, NULL, NULL);
+        gw->jwks = NULL;
+        uv_run(&gw->loop, UV_RUN_DEFAULT);
+    }
     uv_run(&gw->loop, UV_RUN_NOWAIT);
     uv_loop_close(&gw->loop);
+    sl_doctor_destroy(gw->doctor);
     sl_metrics_destroy(gw->metrics);
+    free(gw->config_text);
+    json_decref(gw->last_reload);
     free(gw);
     return rc;
 }

@@ -102,3 +102,56 @@ def test_reloads_counted_and_series_survive(env):
     assert value(s, "sluice_config_reloads_total", result="failure") == 1
     # the route's counter kept counting across the reload (it was not reset)
     assert value(s, "sluice_requests_total", route="r") >= 4
+
+
+def test_upstream_errors_by_target_and_cause(env):
+    dead = harness.free_port()  # nothing listens: connection refused
+    failing = env.backend(be.fixed(500, b"boom"), name="failing")
+    gw = env.gateway(
+        upstreams={"dead": {"targets": [{"address": f"127.0.0.1:{dead}"}], "retries": {"attempts": 1}},
+                   "failing": harness.upstream(failing)},
+        routes=[{"name": "dead", "match": {"path_prefix": "/dead"}, "upstream": "dead"},
+                {"name": "failing", "match": {"path_prefix": "/failing"}, "upstream": "failing"}])
+    for _ in range(4):
+        assert gw.request("GET", "/dead").status == 502
+    for _ in range(3):
+        assert gw.request("GET", "/failing").status == 500
+    time.sleep(harness.slack(0.2))
+    s = scrape(gw)
+    t_dead, t_fail = f"127.0.0.1:{dead}", failing.address
+    assert value(s, "sluice_upstream_errors_total", upstream="dead", target=t_dead,
+                 cause="upstream_connect_failed") == 4
+    assert value(s, "sluice_upstream_errors_total", upstream="dead", target=t_dead, cause="upstream_5xx") == 0
+    assert value(s, "sluice_upstream_errors_total", upstream="failing", target=t_fail, cause="upstream_5xx") == 3
+    assert value(s, "sluice_upstream_errors_total", upstream="failing", target=t_fail,
+                 cause="upstream_connect_failed") == 0
+    # six causes per target, zeros included
+    assert len([k for k in s if k[0] == "sluice_upstream_errors_total"]) == 12
+
+
+def test_target_health_and_circuit_gauges(env):
+    good = env.backend(be.paths({"/healthz": be.fixed(200, b"ok")}, default=be.fixed(200, b"ok")), name="good")
+    sick = env.backend(be.paths({"/healthz": be.fixed(503, b"no")}, default=be.fixed(500, b"x")), name="sick")
+    health = {"active": {"path": "/healthz", "interval": "200ms", "timeout": "100ms", "healthy": 1, "unhealthy": 1}}
+    breaker = {"failure_ratio": 0.5, "min_requests": 3, "window": "10s", "open_for": "30s"}
+    gw = env.gateway(
+        upstreams={"checked": harness.upstream(good, sick, health=health),
+                   "broken": harness.upstream(sick, circuit_breaker=breaker)},
+        routes=[{"name": "broken", "match": {"path_prefix": "/broken"}, "upstream": "broken"},
+                {"name": "checked", "match": {"path_prefix": "/"}, "upstream": "checked"}])
+    s = scrape(gw)
+    assert value(s, "sluice_circuit_state", upstream="broken", target=sick.address) == 0
+    for _ in range(3):
+        assert gw.request("GET", "/broken").status == 500
+    deadline = time.monotonic() + harness.slack(3)
+    while True:
+        s = scrape(gw)
+        if value(s, "sluice_upstream_target_healthy", upstream="checked", target=sick.address) == 0 or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert value(s, "sluice_upstream_target_healthy", upstream="checked", target=sick.address) == 0
+    assert value(s, "sluice_upstream_target_healthy", upstream="checked", target=good.address) == 1
+    assert value(s, "sluice_upstream_target_healthy", upstream="broken", target=sick.address) == 1
+    assert value(s, "sluice_circuit_state", upstream="broken", target=sick.address) == 2
+    assert value(s, "sluice_circuit_state", upstream="checked", target=good.address) == 0

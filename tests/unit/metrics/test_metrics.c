@@ -247,7 +247,7 @@ static char *render(sl_metrics_t *m, const sl_metrics_schema_t *s)
 {
     char *out = NULL;
     size_t len = 0;
-    assert_int_equal(sl_metrics_render(m, s, &out, &len), 0);
+    assert_int_equal(sl_metrics_render(m, s, NULL, &out, &len), 0);
     assert_non_null(out);
     assert_int_equal(strlen(out), len);
     const char *err = check_exposition(out);
@@ -703,7 +703,7 @@ static void *race_scraper(void *arg)
     do {
         char *out = NULL;
         size_t len;
-        sl_metrics_render(sc->m, sc->s, &out, &len);
+        sl_metrics_render(sc->m, sc->s, NULL, &out, &len);
         const char *err = check_exposition(out);
         if (err != NULL) {
             fprintf(stderr, "scrape %d: invalid exposition: %s\n", sc->renders, err);
@@ -770,6 +770,230 @@ static void test_concurrent_render(void **state)
     sl_metrics_destroy(m);
 }
 
+/* ---- per-target failures, target gauges, the unmatched sampler ---------------------------- */
+
+static bool fake_status(void *ctx, size_t u, size_t t, sl_metrics_target_status_t *out)
+{
+    (void)ctx;
+    if (u == 0 && t == 1)
+        return false; /* unknown: no sample */
+    out->healthy = t == 0;
+    out->circuit = t == 0 ? 0 : 2;
+    return true;
+}
+
+#define ERR(up, tg, cause) "sluice_upstream_errors_total{upstream=\"" up "\",target=\"" tg "\",cause=\"" cause "\"}"
+
+static void test_upstream_errors_and_gauges(void **state)
+{
+    sl_target_conf_t targets[] = {{.address = S("10.0.0.1:1")}, {.address = S("10.0.0.2:1")}};
+    sl_target_conf_t targets2[] = {{.address = S("10.0.0.3:1")}};
+    sl_upstream_conf_t ups[] = {{.name = S("a"), .targets = targets, .ntargets = 2},
+                                {.name = S("b"), .targets = targets2, .ntargets = 1}};
+    sl_config_t cfg;
+    build(&cfg, NULL, 0, ups, 2);
+    sl_metrics_t *m;
+    sl_metrics_create(&m);
+    sl_metrics_schema_t *s;
+    assert_int_equal(sl_metrics_schema_create(m, &cfg, &s), 0);
+    sl_metrics_worker_t *w[2];
+    sl_metrics_worker_create(m, &w[0]);
+    sl_metrics_worker_create(m, &w[1]);
+    for (int i = 0; i < 3; i++)
+        sl_metrics_observe_upstream_failure(w[0], s, 0, 0, SL_CAUSE_UPSTREAM_CONNECT_FAILED);
+    sl_metrics_observe_upstream_failure(w[1], s, 0, 0, SL_CAUSE_UPSTREAM_CONNECT_FAILED);
+    sl_metrics_observe_upstream_failure(w[1], s, 0, 1, SL_CAUSE_UPSTREAM_RESET);
+    sl_metrics_observe_upstream_failure(w[1], s, 0, 1, SL_CAUSE_UPSTREAM_TIMEOUT);
+    sl_metrics_observe_upstream_failure(w[1], s, 0, 1, SL_CAUSE_NONE); /* a 5xx from the target */
+    sl_metrics_observe_upstream_failure(w[1], s, 0, 1, SL_CAUSE_UPSTREAM_BAD_RESPONSE);
+    sl_metrics_observe_upstream_failure(w[1], s, 0, 1, SL_CAUSE_RATE_LIMITED);   /* not a try cause: other */
+    sl_metrics_observe_upstream_failure(w[0], s, 9, 0, SL_CAUSE_UPSTREAM_RESET); /* out of range: overflow */
+    sl_metrics_observe_upstream_failure(w[0], s, 1, 5, SL_CAUSE_UPSTREAM_RESET);
+
+    sl_metrics_status_source_t src = {.get = fake_status};
+    char *out = NULL;
+    size_t len = 0;
+    assert_int_equal(sl_metrics_render(m, s, &src, &out, &len), 0);
+    const char *err = check_exposition(out);
+    if (err != NULL)
+        fprintf(stderr, "invalid exposition: %s\n%s", err, out);
+    assert_null(err);
+    assert_true(value_of(out, ERR("a", "10.0.0.1:1", "upstream_connect_failed")) == 4);
+    assert_true(value_of(out, ERR("a", "10.0.0.1:1", "upstream_reset")) == 0);
+    assert_true(value_of(out, ERR("a", "10.0.0.2:1", "upstream_reset")) == 1);
+    assert_true(value_of(out, ERR("a", "10.0.0.2:1", "upstream_timeout")) == 1);
+    assert_true(value_of(out, ERR("a", "10.0.0.2:1", "upstream_5xx")) == 1);
+    assert_true(value_of(out, ERR("a", "10.0.0.2:1", "upstream_bad_response")) == 1);
+    assert_true(value_of(out, ERR("a", "10.0.0.2:1", "other")) == 1);
+    assert_true(value_of(out, ERR("b", "10.0.0.3:1", "upstream_connect_failed")) == 0);
+    assert_true(value_of(out, ERR("(overflow)", "(overflow)", "upstream_reset")) == 2);
+    /* six kinds per target: 3 targets + overflow */
+    assert_int_equal(count_lines_with(out, "sluice_upstream_errors_total{"), 24);
+    assert_true(value_of(out, "sluice_upstream_target_healthy{upstream=\"a\",target=\"10.0.0.1:1\"}") == 1);
+    assert_true(value_of(out, "sluice_upstream_target_healthy{upstream=\"a\",target=\"10.0.0.2:1\"}") == -1);
+    assert_true(value_of(out, "sluice_upstream_target_healthy{upstream=\"b\",target=\"10.0.0.3:1\"}") == 1);
+    assert_true(value_of(out, "sluice_circuit_state{upstream=\"a\",target=\"10.0.0.1:1\"}") == 0);
+    assert_true(value_of(out, "sluice_circuit_state{upstream=\"b\",target=\"10.0.0.3:1\"}") == 0);
+    /* the overflow series is no config target: no gauge */
+    assert_int_equal(count_lines_with(out, "sluice_circuit_state{upstream=\"(overflow)\""), 0);
+    free(out);
+    /* Without a status source the gauge families have no samples (and stay valid). */
+    out = render(m, s);
+    assert_int_equal(count_lines_with(out, "sluice_circuit_state{"), 0);
+    assert_int_equal(count_lines_with(out, "# TYPE sluice_circuit_state gauge"), 1);
+    free(out);
+
+    /* The read API gives the same sums, by stable id; a worker's destruction keeps them. */
+    sl_metrics_worker_destroy(w[0]);
+    sl_metrics_target_sum_t ts;
+    sl_metrics_read_target(m, sl_metrics_target_id(s, 0, 0), &ts);
+    assert_true(ts.errors[SL_METRICS_UPSTREAM_ERR_CONNECT_FAILED] == 4);
+    sl_metrics_read_target(m, 999999, &ts); /* unknown id: zeros */
+    assert_true(ts.errors[SL_METRICS_UPSTREAM_ERR_CONNECT_FAILED] == 0);
+    assert_string_equal(sl_metrics_upstream_error_name(SL_METRICS_UPSTREAM_ERR_5XX), "upstream_5xx");
+    assert_string_equal(sl_metrics_upstream_error_name((enum sl_metrics_upstream_error)77), "other");
+    sl_metrics_worker_destroy(w[1]);
+    sl_metrics_schema_destroy(s);
+    sl_metrics_destroy(m);
+}
+
+static void test_read_route_by_cause(void **state)
+{
+    sl_route_conf_t routes[] = {{.name = S("r")}};
+    sl_config_t cfg;
+    build(&cfg, routes, 1, NULL, 0);
+    sl_metrics_t *m;
+    sl_metrics_create(&m);
+    sl_metrics_schema_t *s;
+    sl_metrics_schema_create(m, &cfg, &s);
+    sl_metrics_worker_t *w;
+    sl_metrics_worker_create(m, &w);
+    for (int i = 0; i < 4; i++)
+        observe(w, s, &cfg, 0, SL_METHOD_GET, 200, SL_CAUSE_NONE, MS);
+    observe(w, s, &cfg, 0, SL_METHOD_GET, 503, SL_CAUSE_NONE, MS);
+    observe(w, s, &cfg, 0, SL_METHOD_POST, 504, SL_CAUSE_UPSTREAM_TIMEOUT, MS);
+    observe(w, s, &cfg, -1, SL_METHOD_GET, 404, SL_CAUSE_ROUTE_NOT_FOUND, MS);
+    sl_metrics_route_sum_t r;
+    sl_metrics_read_route(m, sl_metrics_route_id(s, 0), &r);
+    assert_true(r.requests == 6 && r.causes[SL_CAUSE_NONE] == 5 && r.status_5xx == 1);
+    assert_true(r.causes[SL_CAUSE_UPSTREAM_TIMEOUT] == 1);
+    sl_metrics_read_route(m, sl_metrics_route_id(s, -1), &r);
+    assert_true(r.requests == 1 && r.causes[SL_CAUSE_ROUTE_NOT_FOUND] == 1);
+    assert_int_equal(sl_metrics_route_id(s, 5), sl_metrics_route_id(NULL, 0)); /* both overflow */
+    sl_metrics_worker_destroy(w);
+    sl_metrics_schema_destroy(s);
+    sl_metrics_destroy(m);
+}
+
+static void test_unmatched_sampler(void **state)
+{
+    sl_metrics_t *m;
+    sl_metrics_create(&m);
+    sl_metrics_worker_t *w[2];
+    sl_metrics_worker_create(m, &w[0]);
+    sl_metrics_worker_create(m, &w[1]);
+    sl_metrics_unmatched_t out[64];
+    assert_int_equal(sl_metrics_read_unmatched(m, out, 64), 0);
+
+    for (int i = 0; i < 50; i++)
+        sl_metrics_observe_unmatched(w[i % 2], S("Old.Example.COM"), S("/v1/users?x=1"));
+    for (int i = 0; i < 20; i++)
+        sl_metrics_observe_unmatched(w[0], S("api"), S("/wp-login.php"));
+    /* Bytes a client may send that must not reach JSON or a terminal as they are. */
+    sl_metrics_observe_unmatched(w[1], (sl_str_t){"h\xc3\xa9 \"x\n", 7},
+                                 (sl_str_t){"/a\x01\x7f"
+                                            "b\"/c",
+                                            8});
+    sl_metrics_observe_unmatched(w[1], S(""), S(""));
+    /* A host and a segment longer than the key. */
+    char longhost[200], longpath[200];
+    memset(longhost, 'h', sizeof(longhost));
+    longpath[0] = '/';
+    memset(longpath + 1, 'p', sizeof(longpath) - 1);
+    sl_metrics_observe_unmatched(w[1], (sl_str_t){longhost, sizeof(longhost)}, (sl_str_t){longpath, sizeof(longpath)});
+
+    size_t n = sl_metrics_read_unmatched(m, out, 64);
+    assert_int_equal(n, 5);
+    assert_string_equal(out[0].host, "old.example.com"); /* merged over both workers */
+    assert_string_equal(out[0].prefix, "/v1");
+    assert_true(out[0].count == 50);
+    assert_string_equal(out[1].host, "api");
+    assert_string_equal(out[1].prefix, "/wp-login.php");
+    assert_true(out[1].count == 20);
+    bool saw_hostile = false, saw_empty = false, saw_long = false;
+    for (size_t i = 2; i < n; i++) {
+        for (const char *p = out[i].host; *p; p++)
+            assert_true(*p > 0x20 && *p < 0x7f);
+        for (const char *p = out[i].prefix; *p; p++)
+            assert_true(*p > 0x20 && *p < 0x7f);
+        saw_hostile |= strcmp(out[i].host, "h???\"x?") == 0 && strcmp(out[i].prefix, "/a??b\"") == 0;
+        saw_empty |= out[i].host[0] == '\0' && strcmp(out[i].prefix, "/") == 0;
+        saw_long |=
+            strlen(out[i].host) == SL_METRICS_UNMATCHED_HOST && strlen(out[i].prefix) < SL_METRICS_UNMATCHED_KEY;
+    }
+    assert_true(saw_hostile && saw_empty && saw_long);
+    assert_int_equal(sl_metrics_read_unmatched(m, out, 1), 1); /* `max` holds */
+
+    /* Space-saving: 100 one-off keys cannot push out a key that keeps coming. */
+    for (int i = 0; i < 100; i++) {
+        char seg[16];
+        int k = snprintf(seg, sizeof(seg), "/k%d", i);
+        sl_metrics_observe_unmatched(w[0], S("scan"), (sl_str_t){seg, (size_t)k});
+        sl_metrics_observe_unmatched(w[0], S("api"), S("/wp-login.php"));
+    }
+    n = sl_metrics_read_unmatched(m, out, 64);
+    assert_true(n <= 2 * SL_METRICS_UNMATCHED_TOP);
+    assert_string_equal(out[0].host, "api");
+    assert_true(out[0].count >= 120);
+    sl_metrics_worker_destroy(w[0]);
+    sl_metrics_worker_destroy(w[1]);
+    sl_metrics_destroy(m);
+}
+
+/* A worker rewriting sampler entries while the main thread reads them (run under TSan in CI):
+ * every entry read is a key that was written, with a count that key really had. */
+typedef struct sampler_race {
+    sl_metrics_worker_t *w;
+    atomic_bool done;
+} sampler_race_t;
+
+static void *sampler_writer(void *arg)
+{
+    sampler_race_t *r = arg;
+    for (int i = 0; i < 200000; i++) {
+        char seg[16];
+        int k = snprintf(seg, sizeof(seg), "/s%d", i % 97);
+        sl_metrics_observe_unmatched(r->w, S("race.test"), (sl_str_t){seg, (size_t)k});
+    }
+    atomic_store(&r->done, true);
+    return NULL;
+}
+
+static void test_unmatched_concurrent(void **state)
+{
+    sl_metrics_t *m;
+    sl_metrics_create(&m);
+    sampler_race_t r = {0};
+    sl_metrics_worker_create(m, &r.w);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, sampler_writer, &r), 0);
+    int reads = 0;
+    do {
+        sl_metrics_unmatched_t out[SL_METRICS_UNMATCHED_TOP];
+        size_t n = sl_metrics_read_unmatched(m, out, SL_METRICS_UNMATCHED_TOP);
+        for (size_t i = 0; i < n; i++) {
+            assert_string_equal(out[i].host, "race.test");
+            assert_true(out[i].prefix[0] == '/' && out[i].prefix[1] == 's');
+            assert_true(out[i].count >= 1 && out[i].count <= 200000);
+        }
+        reads++;
+    } while (!atomic_load(&r.done));
+    pthread_join(th, NULL);
+    fprintf(stderr, "sampler: %d reads while writing\n", reads);
+    sl_metrics_worker_destroy(r.w);
+    sl_metrics_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -782,6 +1006,10 @@ int main(void)
         cmocka_unit_test(test_name_cap),
         cmocka_unit_test(test_worker_destroy_keeps_counts),
         cmocka_unit_test(test_concurrent_render),
+        cmocka_unit_test(test_upstream_errors_and_gauges),
+        cmocka_unit_test(test_read_route_by_cause),
+        cmocka_unit_test(test_unmatched_sampler),
+        cmocka_unit_test(test_unmatched_concurrent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
