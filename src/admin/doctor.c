@@ -36,6 +36,16 @@
 #define TOP_UNMATCHED        16 /* kept per sample */
 #define TOP_UNMATCHED_SHOWN  5  /* in a finding's evidence */
 #define HEALTH_STR           96
+#define MIN_UNKNOWN_KID      5  /* jwt_unknown_kid refusals of a route */
+#define UNKNOWN_KID_PCT      5  /* of the route's requests: a rotation shows as a spike */
+#define MIN_EXPIRED          10 /* jwt_expired refusals of a route */
+#define EXPIRED_PCT          10
+#define MIN_NO_KEYS          3 /* jwt_no_keys: every JWT of the issuer fails, few suffice */
+#define MIN_REJECTED         20 /* other auth_invalid refusals of a route */
+#define REJECTED_PCT         20
+#define MIN_FORBIDDEN        20
+#define FORBIDDEN_PCT        25
+#define MAX_ISSUERS          256 /* key-store views kept per tick */
 
 enum severity {
     SEV_CRITICAL = 0,
@@ -74,6 +84,13 @@ typedef struct sample {
     size_t nunmatched;
 } sample_t;
 
+/* One issuer's key set as the JWKS store last showed it (sl_jwks_store_info_t, copied). */
+typedef struct issuer_entry {
+    char name[HEALTH_STR], source[24], last_error[HEALTH_STR];
+    size_t nkeys;
+    uint64_t loaded_ms, fetches, failures;
+} issuer_entry_t;
+
 typedef struct health_entry {
     char upstream[HEALTH_STR], target[HEALTH_STR], result[HEALTH_STR];
     bool healthy;
@@ -100,6 +117,9 @@ struct sl_doctor {
     sl_snapshot_t *snap;    /* of the latest sample: names for its indices */
     health_entry_t *health; /* the last health-check results seen */
     size_t nhealth, caphealth;
+    sl_jwks_store_t *jwks;    /* NULL: no key-store details in auth findings */
+    issuer_entry_t *issuers;  /* the store's issuers at the last tick */
+    size_t nissuers, capissuers;
     streaks_t streaks[2]; /* [0]: 60 s window, [1]: 300 s */
 };
 
@@ -210,6 +230,14 @@ static json_t *ratio(uint64_t part, uint64_t whole)
     return json_real(whole == 0 ? 0.0 : (double)((part * 10000 + whole / 2) / whole) / 10000.0);
 }
 
+static void iso8601(uint64_t ms, char out[32])
+{
+    time_t t = (time_t)(ms / 1000u);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
 /* ---- window arithmetic -------------------------------------------------------------------- */
 
 static uint64_t sub(uint64_t now, uint64_t then)
@@ -311,6 +339,8 @@ static void route_delta(const sl_doctor_t *d, const window_t *w, const route_pt_
     out->status_5xx = sub(now->sum.status_5xx, then->sum.status_5xx);
     for (size_t c = 0; c < SL_CAUSE__COUNT; c++)
         out->causes[c] = sub(now->sum.causes[c], then->sum.causes[c]);
+    for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
+        out->auth[k] = sub(now->sum.auth[k], then->sum.auth[k]);
 }
 
 static void target_delta(const sl_doctor_t *d, const window_t *w, const target_pt_t *now, sl_metrics_target_sum_t *out)
@@ -773,12 +803,7 @@ static const cause_rule_t cause_rules[] = {
      "check the gateway's error log and report the failure"},
     {SL_CAUSE_AUTH_MISSING, 20, 25, 75, false, "requests came without credentials",
      "check the clients, or whether %R should require authentication"},
-    {SL_CAUSE_AUTH_INVALID, 20, 25, 75, false, "credentials were rejected",
-     "look for rotated keys or misconfigured clients in the access log (cause auth_invalid)"},
-    {SL_CAUSE_AUTH_EXPIRED, 20, 25, 75, false, "credentials had expired",
-     "check the clients' token refresh and the clock of the issuer and the gateway"},
-    {SL_CAUSE_FORBIDDEN, 20, 25, 75, false, "authenticated clients were not allowed on the route",
-     "check the acl of %R against the consumers' groups"},
+    /* auth_invalid, auth_expired and forbidden: rule_auth, which knows their detail codes. */
     {SL_CAUSE_RATE_LIMITED, 10, 10, 50, false, "clients exceeded the route's rate limits",
      "find the consumer or IP in the access log (cause rate_limited), or raise the rate_limit of %R"},
     {SL_CAUSE_QUOTA_EXCEEDED, 10, 10, 50, false, "clients used up their quota",
@@ -849,6 +874,301 @@ static void rule_route_causes(eval_t *e)
                     SL_STR_FMT(rname), n, denom, ci->name, why);
             expand(f->action, sizeof(f->action), cr->action, rname, uname);
         }
+    }
+}
+
+/* ---- authentication and authorisation ----------------------------------------------------- */
+
+static const char *source_name(enum sl_jwt_key_source s)
+{
+    switch (s) {
+    case SL_JWT_KEYS_JWKS_URL:
+        return "jwks_url";
+    case SL_JWT_KEYS_JWKS_FILE:
+        return "jwks_file";
+    case SL_JWT_KEYS_PEM_FILE:
+        return "public_key_file";
+    case SL_JWT_KEYS_SECRET:
+        return "secret_env";
+    }
+    return "?";
+}
+
+static const issuer_entry_t *issuer_entry(const sl_doctor_t *d, sl_str_t name)
+{
+    for (size_t i = 0; i < d->nissuers; i++)
+        if (strlen(d->issuers[i].name) == name.len && memcmp(d->issuers[i].name, name.ptr, name.len) == 0)
+            return &d->issuers[i];
+    return NULL;
+}
+
+/* The jwt issuers a route accepts, with what the key store holds for each: the evidence that
+ * tells a rotation (keys loaded, the kid is new) from an outage (no keys, fetches failing). */
+static json_t *route_issuers(const eval_t *e, const sl_route_conf_t *rc, const sl_jwt_issuer_conf_t **first)
+{
+    json_t *list = json_array();
+    *first = NULL;
+    for (size_t i = 0; i < rc->auth.nmethods; i++) {
+        const sl_auth_method_conf_t *m = &rc->auth.methods[i];
+        if (m->kind != SL_AUTH_JWT || m->ref_index >= e->cfg->njwt_issuers)
+            continue;
+        const sl_jwt_issuer_conf_t *ic = &e->cfg->jwt_issuers[m->ref_index];
+        if (*first == NULL)
+            *first = ic;
+        json_t *o = json_object();
+        json_object_set_new(o, "name", jstr(ic->name));
+        json_object_set_new(o, "issuer", jstr(ic->issuer));
+        json_object_set_new(o, "source", json_string(source_name(ic->source)));
+        /* A URL is where to look; files and variable names are config, not secrets either. */
+        json_object_set_new(o, source_name(ic->source), jstr(ic->keys));
+        const issuer_entry_t *ie = issuer_entry(e->d, ic->name);
+        if (ie != NULL) {
+            json_object_set_new(o, "keys", json_integer((json_int_t)ie->nkeys));
+            if (ie->loaded_ms != 0) {
+                char iso[32];
+                iso8601(ie->loaded_ms, iso);
+                json_object_set_new(o, "keys_loaded", json_string(iso));
+            }
+            if (ic->source == SL_JWT_KEYS_JWKS_URL) {
+                json_object_set_new(o, "fetches", json_integer((json_int_t)ie->fetches));
+                json_object_set_new(o, "fetch_failures", json_integer((json_int_t)ie->failures));
+                if (ie->last_error[0] != '\0')
+                    json_object_set_new(o, "last_error", json_string(ie->last_error));
+            }
+        }
+        json_array_append_new(list, o);
+    }
+    return list;
+}
+
+/* Every detail of the route's refusals in the window: {"jwt_expired": 12, ...}. */
+static json_t *details_of(const sl_metrics_route_sum_t *d)
+{
+    json_t *o = json_object();
+    for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
+        if (d->auth[k] != 0)
+            json_object_set_new(o, sl_metrics_auth_detail_name((enum sl_metrics_auth_detail)k),
+                                json_integer((json_int_t)d->auth[k]));
+    return o;
+}
+
+static json_t *auth_evidence(const sl_metrics_route_sum_t *d, const char *detail, uint64_t n)
+{
+    json_t *ev = json_object();
+    json_object_set_new(ev, "requests", json_integer((json_int_t)d->requests));
+    json_object_set_new(ev, "detail", json_string(detail));
+    json_object_set_new(ev, detail, json_integer((json_int_t)n));
+    json_object_set_new(ev, "ratio", ratio(n, d->requests));
+    json_object_set_new(ev, "details", details_of(d));
+    return ev;
+}
+
+static enum severity share_severity(uint64_t n, uint64_t requests)
+{
+    return n * 2 >= requests ? SEV_CRITICAL : SEV_WARNING;
+}
+
+static finding_t *add_auth(eval_t *e, enum severity sev, const char *what, const sl_route_conf_t *rc, json_t *ev,
+                           uint64_t n)
+{
+    char key[192];
+    fmt(key, sizeof(key), "auth/%s/%.*s", what, SL_STR_FMT(rc->name));
+    return add_finding(e, sev, SL_FAILURE_AUTH, key, where_of(&rc->name, NULL, NULL), ev, n);
+}
+
+/* Tokens signed with a key the gateway does not have: the provider rotated its keys (new kid
+ * not fetched yet, or an old kid after its removal), or clients use another issuer's tokens. */
+static bool auth_unknown_kid(eval_t *e, const sl_route_conf_t *rc, const sl_metrics_route_sum_t *d)
+{
+    uint64_t n = d->auth[SL_METRICS_AUTH_JWT_UNKNOWN_KID];
+    if (n < MIN_UNKNOWN_KID || n * 100 < (uint64_t)UNKNOWN_KID_PCT * d->requests)
+        return false;
+    const sl_jwt_issuer_conf_t *ic;
+    json_t *ev = auth_evidence(d, "jwt_unknown_kid", n);
+    json_object_set_new(ev, "issuers", route_issuers(e, rc, &ic));
+    finding_t *f = add_auth(e, share_severity(n, d->requests), "jwt_unknown_kid", rc, ev, n);
+    if (f == NULL)
+        return true;
+    fmt(f->summary, sizeof(f->summary),
+        "%u%% of requests to route %.*s (%" PRIu64 " of %" PRIu64
+        ") were refused with jwt_unknown_kid: their JWTs are signed with a key id the gateway does not have",
+        pct(n, d->requests), SL_STR_FMT(rc->name), n, d->requests);
+    if (ic != NULL && ic->source == SL_JWT_KEYS_JWKS_URL)
+        fmt(f->action, sizeof(f->action),
+            "the identity provider rotated its keys: check jwks_url %.*s of issuer %.*s (its kids against the tokens' "
+            "kid); sluice refetches on unknown kids at most every %d s, so a kid still unknown after that is not "
+            "published there, or the clients use another issuer's tokens",
+            SL_STR_FMT(ic->keys), SL_STR_FMT(ic->name), SL_JWKS_REFRESH_MIN_MS / 1000);
+    else if (ic != NULL)
+        fmt(f->action, sizeof(f->action),
+            "the tokens' kid is not in the keys of issuer %.*s (%s %.*s): after a key rotation update them and run "
+            "sluice reload; else the clients use another issuer's tokens",
+            SL_STR_FMT(ic->name), source_name(ic->source), SL_STR_FMT(ic->keys));
+    else
+        fmt(f->action, sizeof(f->action), "compare the tokens' kid with the keys of the route's jwt issuers");
+    return true;
+}
+
+/* No key set at all: a jwks_url issuer whose first fetch has not succeeded (the provider was
+ * down or unreachable when the gateway started). Every JWT of the issuer fails meanwhile. */
+static bool auth_no_keys(eval_t *e, const sl_route_conf_t *rc, const sl_metrics_route_sum_t *d)
+{
+    uint64_t n = d->auth[SL_METRICS_AUTH_JWT_NO_KEYS];
+    if (n < MIN_NO_KEYS)
+        return false;
+    const sl_jwt_issuer_conf_t *ic;
+    json_t *ev = auth_evidence(d, "jwt_no_keys", n);
+    json_object_set_new(ev, "issuers", route_issuers(e, rc, &ic));
+    finding_t *f = add_auth(e, SEV_CRITICAL, "jwt_no_keys", rc, ev, n + 1000);
+    if (f == NULL)
+        return true;
+    fmt(f->summary, sizeof(f->summary),
+        "%" PRIu64 " requests to route %.*s were refused with jwt_no_keys: the gateway has no key set to verify "
+        "their JWTs",
+        n, SL_STR_FMT(rc->name));
+    const issuer_entry_t *ie = ic != NULL ? issuer_entry(e->d, ic->name) : NULL;
+    if (ic != NULL && ic->source == SL_JWT_KEYS_JWKS_URL)
+        fmt(f->action, sizeof(f->action),
+            "the JWKS of issuer %.*s was never fetched (the identity provider was down at start?): check %.*s from "
+            "the gateway host (curl it); sluice retries after 1 s, doubling up to jwks_refresh%s%s",
+            SL_STR_FMT(ic->name), SL_STR_FMT(ic->keys), ie != NULL && ie->last_error[0] ? "; last error: " : "",
+            ie != NULL ? ie->last_error : "");
+    else
+        fmt(f->action, sizeof(f->action), "check the key source of the route's jwt issuers and run sluice reload");
+    return true;
+}
+
+static void auth_expired(eval_t *e, const sl_route_conf_t *rc, const sl_metrics_route_sum_t *d)
+{
+    uint64_t n = d->auth[SL_METRICS_AUTH_JWT_EXPIRED];
+    if (n < MIN_EXPIRED || n * 100 < (uint64_t)EXPIRED_PCT * d->requests)
+        return;
+    const sl_jwt_issuer_conf_t *ic;
+    json_t *ev = auth_evidence(d, "jwt_expired", n);
+    json_object_set_new(ev, "issuers", route_issuers(e, rc, &ic));
+    if (ic != NULL)
+        json_object_set_new(ev, "leeway_ms", json_integer((json_int_t)ic->leeway_ms));
+    finding_t *f = add_auth(e, share_severity(n, d->requests), "jwt_expired", rc, ev, n);
+    if (f == NULL)
+        return;
+    fmt(f->summary, sizeof(f->summary),
+        "%u%% of requests to route %.*s (%" PRIu64 " of %" PRIu64 ") carried expired JWTs (jwt_expired)",
+        pct(n, d->requests), SL_STR_FMT(rc->name), n, d->requests);
+    fmt(f->action, sizeof(f->action),
+        "clients send tokens past their exp: check that they refresh tokens before expiry, and the clocks of the "
+        "clients, the identity provider and the gateway (leeway %" PRIu64 " ms); the access log names them "
+        "(detail jwt_expired, client, consumer)",
+        ic != NULL ? ic->leeway_ms : 0);
+}
+
+/* The largest of details [from, to) of `d`; SL_METRICS_AUTH__COUNT when all are 0. */
+static size_t top_detail(const sl_metrics_route_sum_t *d, const bool *in)
+{
+    size_t top = SL_METRICS_AUTH__COUNT;
+    for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
+        if (in[k] && d->auth[k] != 0 && (top == SL_METRICS_AUTH__COUNT || d->auth[k] > d->auth[top]))
+            top = k;
+    return top;
+}
+
+/* auth_invalid not explained by the specific rules: keys, passwords or tokens rejected. */
+static void auth_rejected(eval_t *e, const sl_route_conf_t *rc, const sl_metrics_route_sum_t *d, bool kid_told,
+                          bool no_keys_told)
+{
+    uint64_t n = d->causes[SL_CAUSE_AUTH_INVALID];
+    if (kid_told)
+        n = sub(n, d->auth[SL_METRICS_AUTH_JWT_UNKNOWN_KID]);
+    if (no_keys_told)
+        n = sub(n, d->auth[SL_METRICS_AUTH_JWT_NO_KEYS]);
+    if (n < MIN_REJECTED || n * 100 <= (uint64_t)REJECTED_PCT * d->requests)
+        return;
+    bool in[SL_METRICS_AUTH__COUNT] = {false};
+    for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
+        in[k] = true;
+    in[SL_METRICS_AUTH_NO_CREDENTIALS] = in[SL_METRICS_AUTH_JWT_EXPIRED] = false;
+    in[SL_METRICS_AUTH_JWT_UNKNOWN_KID] = !kid_told;
+    in[SL_METRICS_AUTH_JWT_NO_KEYS] = !no_keys_told;
+    for (size_t k = SL_METRICS_AUTH_ACL_ANONYMOUS; k <= SL_METRICS_AUTH_ACL_NOT_IN_GROUP; k++)
+        in[k] = false;
+    in[SL_METRICS_AUTH_IP_DENIED] = in[SL_METRICS_AUTH_CORS_ORIGIN] = in[SL_METRICS_AUTH_CORS_METHOD] =
+        in[SL_METRICS_AUTH_CORS_HEADERS] = false;
+    size_t top = top_detail(d, in);
+    const char *tname = top < SL_METRICS_AUTH__COUNT ? sl_metrics_auth_detail_name(top) : "other";
+    json_t *ev = auth_evidence(d, "auth_invalid", n);
+    json_object_set_new(ev, "top_detail", json_string(tname));
+    finding_t *f = add_auth(e, n * 100 >= 75u * d->requests ? SEV_CRITICAL : SEV_WARNING, "auth_invalid", rc, ev, n);
+    if (f == NULL)
+        return;
+    fmt(f->summary, sizeof(f->summary),
+        "%u%% of requests to route %.*s (%" PRIu64 " of %" PRIu64 ") had their credentials rejected (auth_invalid), "
+        "mostly %s",
+        pct(n, d->requests), SL_STR_FMT(rc->name), n, d->requests, tname);
+    if (top == SL_METRICS_AUTH_API_KEY_UNKNOWN || top == SL_METRICS_AUTH_BASIC_BAD_PASSWORD ||
+        top == SL_METRICS_AUTH_BASIC_UNKNOWN_USER)
+        fmt(f->action, sizeof(f->action),
+            "a client uses a wrong, revoked or rotated key or password: find it in the access log (cause auth_invalid, "
+            "detail %s, client) and compare with the consumers (GET /consumers)",
+            tname);
+    else
+        fmt(f->action, sizeof(f->action),
+            "find the clients in the access log (cause auth_invalid, detail %s) and compare their tokens with the "
+            "jwt_issuers of %.*s (issuer, audience, algorithms, claims)",
+            tname, SL_STR_FMT(rc->name));
+}
+
+/* forbidden: identified but not allowed (acl), or refused by address (ip rules) or CORS. */
+static void auth_forbidden(eval_t *e, const sl_route_conf_t *rc, const sl_metrics_route_sum_t *d)
+{
+    uint64_t n = d->causes[SL_CAUSE_FORBIDDEN];
+    if (n < MIN_FORBIDDEN || n * 100 < (uint64_t)FORBIDDEN_PCT * d->requests)
+        return;
+    bool in[SL_METRICS_AUTH__COUNT] = {false};
+    for (size_t k = SL_METRICS_AUTH_ACL_ANONYMOUS; k <= SL_METRICS_AUTH_ACL_NOT_IN_GROUP; k++)
+        in[k] = true;
+    in[SL_METRICS_AUTH_IP_DENIED] = in[SL_METRICS_AUTH_CORS_ORIGIN] = in[SL_METRICS_AUTH_CORS_METHOD] =
+        in[SL_METRICS_AUTH_CORS_HEADERS] = in[SL_METRICS_AUTH_OTHER] = true;
+    size_t top = top_detail(d, in);
+    const char *tname = top < SL_METRICS_AUTH__COUNT ? sl_metrics_auth_detail_name(top) : "other";
+    json_t *ev = auth_evidence(d, "forbidden", n);
+    json_object_set_new(ev, "top_detail", json_string(tname));
+    finding_t *f = add_auth(e, n * 100 >= 75u * d->requests ? SEV_CRITICAL : SEV_WARNING, "forbidden", rc, ev, n);
+    if (f == NULL)
+        return;
+    fmt(f->summary, sizeof(f->summary),
+        "%u%% of requests to route %.*s (%" PRIu64 " of %" PRIu64 ") were forbidden, mostly %s", pct(n, d->requests),
+        SL_STR_FMT(rc->name), n, d->requests, tname);
+    if (top == SL_METRICS_AUTH_IP_DENIED)
+        fmt(f->action, sizeof(f->action),
+            "clients' addresses are refused by ip_rules of %.*s: check the rules, and trusted_proxies when the gateway "
+            "sits behind a proxy (else it sees the proxy's address); the access log has each client",
+            SL_STR_FMT(rc->name));
+    else if (top >= SL_METRICS_AUTH_CORS_HEADERS && top <= SL_METRICS_AUTH_CORS_ORIGIN)
+        fmt(f->action, sizeof(f->action),
+            "browsers' preflights are refused by the cors of %.*s (%s): compare its origins, methods and headers with "
+            "the calling web app",
+            SL_STR_FMT(rc->name), tname);
+    else
+        fmt(f->action, sizeof(f->action),
+            "consumers are not in the groups the acl of %.*s allows (%s): check the acl (sluice routes) against the "
+            "consumers' groups (GET /consumers)",
+            SL_STR_FMT(rc->name), tname);
+}
+
+static void rule_auth(eval_t *e)
+{
+    const sample_t *L = e->w.last;
+    for (size_t i = 0; i < L->nroutes; i++) {
+        const route_pt_t *pt = &L->routes[i];
+        if (pt->index == UINT32_MAX) /* refusals need a route: its filters refuse */
+            continue;
+        sl_metrics_route_sum_t d;
+        route_delta(e->d, &e->w, pt, &d);
+        const sl_route_conf_t *rc = &e->cfg->routes[pt->index];
+        bool kid = auth_unknown_kid(e, rc, &d);
+        bool no_keys = auth_no_keys(e, rc, &d);
+        auth_expired(e, rc, &d);
+        auth_rejected(e, rc, &d, kid, no_keys);
+        auth_forbidden(e, rc, &d);
     }
 }
 
@@ -944,6 +1264,7 @@ static const rule_t rules[] = {
     {"upstream_latency", rule_upstream_latency},
     {"route_not_found", rule_unmatched},
     {"route_causes", rule_route_causes},
+    {"auth", rule_auth},
     {"fds", rule_fds},
     {"loop_lag", rule_loop_lag},
     {"connection_limit", rule_connection_limit},
@@ -1021,14 +1342,6 @@ static void streaks_update(streaks_t *s, const findings_t *f, uint64_t now_ms)
     s->len = k;
 }
 
-static void iso8601(uint64_t ms, char out[32])
-{
-    time_t t = (time_t)(ms / 1000u);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 /* ---- the API ------------------------------------------------------------------------------ */
 
 int sl_doctor_create(sl_metrics_t *m, sl_doctor_t **out)
@@ -1050,6 +1363,7 @@ void sl_doctor_destroy(sl_doctor_t *d)
         free(d->ring[i].target_by_id);
     }
     free(d->health);
+    free(d->issuers);
     free(d->streaks[0].items);
     free(d->streaks[1].items);
     sl_snapshot_unref(d->snap);
@@ -1095,6 +1409,32 @@ static void on_health(void *arg, const sl_health_target_info_t *info)
     snprintf(h->result, sizeof(h->result), "%s", info->last_result);
     h->healthy = info->healthy;
     h->last_check_ms = info->last_check_ms;
+}
+
+void sl_doctor_set_jwks(sl_doctor_t *d, sl_jwks_store_t *jwks)
+{
+    d->jwks = jwks;
+    if (jwks == NULL)
+        d->nissuers = 0;
+}
+
+static void on_issuer(void *arg, const sl_jwks_store_info_t *info)
+{
+    sl_doctor_t *d = arg;
+    if (d->nissuers >= MAX_ISSUERS)
+        return;
+    if (d->nissuers == d->capissuers) {
+        d->capissuers = d->capissuers ? 2 * d->capissuers : 8;
+        d->issuers = sl_xrealloc(d->issuers, d->capissuers * sizeof(*d->issuers));
+    }
+    issuer_entry_t *ie = &d->issuers[d->nissuers++];
+    snprintf(ie->name, sizeof(ie->name), "%s", info->issuer);
+    snprintf(ie->source, sizeof(ie->source), "%s", info->source);
+    snprintf(ie->last_error, sizeof(ie->last_error), "%s", info->last_error);
+    ie->nkeys = info->nkeys;
+    ie->loaded_ms = info->loaded_ms;
+    ie->fetches = info->fetches;
+    ie->failures = info->failures;
 }
 
 static void sample_take(sl_doctor_t *d, sample_t *s, const sl_snapshot_t *snap)
@@ -1168,6 +1508,9 @@ void sl_doctor_tick(sl_doctor_t *d, const sl_snapshot_t *snap, sl_health_t *heal
     d->nhealth = 0;
     if (health != NULL)
         sl_health_each(health, on_health, d);
+    d->nissuers = 0;
+    if (d->jwks != NULL)
+        sl_jwks_store_each(d->jwks, on_issuer, d);
     static const unsigned windows[2] = {60, 300};
     for (size_t i = 0; i < 2; i++) {
         eval_t e;

@@ -31,6 +31,7 @@
 
 #include <jansson.h>
 
+#include "filters/jwks_store.h"
 #include "metrics/metrics.h"
 #include "net/worker.h"
 #include "pipeline/snapshot.h"
@@ -56,6 +57,14 @@ int sl_doctor_create(sl_metrics_t *m, sl_doctor_t **out);
 
 /** Frees `d` and drops its snapshot reference. NULL is ignored. */
 void sl_doctor_destroy(sl_doctor_t *d);
+
+/**
+ * Gives the doctor the JWT key store (NULL: none; the default) so the auth findings can say
+ * what the gateway holds for an issuer: keys, last load, fetch failures. Each tick copies
+ * sl_jwks_store_each; the doctor does not keep the store past a tick, but the caller must
+ * set NULL before the store is stopped. Main thread.
+ */
+void sl_doctor_set_jwks(sl_doctor_t *d, sl_jwks_store_t *jwks);
 
 /**
  * Takes one sample: counters of `snap`'s routes and targets (snap->metrics must be set, else

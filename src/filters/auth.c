@@ -28,6 +28,7 @@
 #include "filters/internal.h"
 #include "filters/jwks_store.h"
 #include "filters/jwt.h"
+#include "http/fetch.h"
 #include "http/reply.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/snapshot.h"
@@ -47,6 +48,7 @@ _Static_assert(SL_JWT_SET_HS256 == SL_JWT_ALG_BIT(SL_JWT_HS256) && SL_JWT_SET_ED
 
 static _Thread_local sl_jwt_cache_t *jwt_cache;
 static _Thread_local sl_jwt_cache_t *basic_cache;
+static _Thread_local sl_jwt_cache_t *intro_cache;
 
 static sl_jwt_cache_t *cache_of(sl_jwt_cache_t **slot, uint64_t ttl_s)
 {
@@ -59,7 +61,8 @@ void sl_filters_thread_exit(void)
 {
     sl_jwt_cache_destroy(jwt_cache);
     sl_jwt_cache_destroy(basic_cache);
-    jwt_cache = basic_cache = NULL;
+    sl_jwt_cache_destroy(intro_cache);
+    jwt_cache = basic_cache = intro_cache = NULL;
 }
 
 /* ---- state ---------------------------------------------------------------------------------- */
@@ -71,12 +74,87 @@ typedef struct jwt_method {
     const char **required;
 } jwt_method_t;
 
+typedef struct intro_method {
+    const sl_introspection_conf_t *conf;
+    char *authorization; /* "Basic base64(client_id:secret)" (RFC 6749 §2.3.1); wiped on destroy */
+    uint64_t cache_tag;  /* keeps this endpoint's cached verdicts apart from others' */
+} intro_method_t;
+
 typedef struct auth {
     const sl_route_auth_conf_t *conf;
     const sl__consumers_t *consumers;
     sl_jwks_store_t *jwks;
-    jwt_method_t *jwt; /* [conf->nmethods], filled for JWT methods */
+    const sl_fetcher_t *fetcher;
+    jwt_method_t *jwt;     /* [conf->nmethods], filled for JWT methods */
+    intro_method_t *intro; /* [conf->nmethods], filled for introspection methods */
 } auth_t;
+
+/* What a paused exchange waits on (x->handler_data): the tag tells on_abort which. */
+enum wait_kind {
+    WAIT_BASIC = 1,
+    WAIT_INTROSPECTION,
+};
+
+/* application/x-www-form-urlencoded (RFC 6749 appendix B), into `out` (3x + 1 bytes). */
+static size_t form_encode(char *out, sl_str_t in)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (size_t i = 0; i < in.len; i++) {
+        unsigned char c = (unsigned char)in.ptr[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+            c == '_' || c == '*') {
+            out[n++] = (char)c;
+        } else if (c == ' ') {
+            out[n++] = '+';
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[c >> 4];
+            out[n++] = hex[c & 15];
+        }
+    }
+    out[n] = '\0';
+    return n;
+}
+
+static int intro_init(intro_method_t *im, const sl_introspection_conf_t *conf, const sl_fetcher_t *fetcher,
+                      const sl_config_t *cfg, const sl_auth_method_conf_t *m, const sl_route_conf_t *route,
+                      sl_config_errors_t *errs)
+{
+    if (fetcher == NULL) {
+        sl_config_errors_add(errs, cfg->path, m->pos.line, m->pos.col,
+                             "route '%s': auth: introspection needs the gateway's HTTP client", route->name.ptr);
+        return SL_ECONFIG;
+    }
+    const char *secret = getenv(conf->client_secret_env.ptr);
+    if (secret == NULL || secret[0] == '\0') {
+        sl_config_errors_add(errs, cfg->path, conf->pos.line, conf->pos.col,
+                             "introspection '%s': client_secret_env %s is not set or empty", conf->name.ptr,
+                             conf->client_secret_env.ptr);
+        return SL_ECONFIG;
+    }
+    size_t slen = strlen(secret);
+    char *plain = sl_xmalloc(3 * (conf->client_id.len + slen) + 2);
+    size_t n = form_encode(plain, conf->client_id);
+    plain[n++] = ':';
+    n += form_encode(plain + n, (sl_str_t){secret, slen});
+    im->authorization = sl_xmalloc(6 + 4 * (n / 3 + 1) + 1);
+    memcpy(im->authorization, "Basic ", 6);
+    EVP_EncodeBlock((unsigned char *)im->authorization + 6, (const unsigned char *)plain, (int)n);
+    OPENSSL_cleanse(plain, n);
+    free(plain);
+    im->conf = conf;
+    uint8_t d[SHA256_DIGEST_LENGTH];
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    EVP_DigestUpdate(md, conf->name.ptr, conf->name.len + 1);
+    EVP_DigestUpdate(md, conf->url.ptr, conf->url.len);
+    EVP_DigestFinal_ex(md, d, NULL);
+    EVP_MD_CTX_free(md);
+    memcpy(&im->cache_tag, d, sizeof(im->cache_tag));
+    im->cache_tag |= 1; /* never 0 */
+    return 0;
+}
 
 static int auth_create(const struct sl_snapshot *snap, const sl_route_conf_t *route, void *shared, void **state,
                        sl_config_errors_t *errs)
@@ -91,13 +169,14 @@ static int auth_create(const struct sl_snapshot *snap, const sl_route_conf_t *ro
     st->consumers = sl__filters_shared_consumers(shared);
     st->jwks = sl__filters_shared_jwks(shared);
     st->jwt = sl_xcalloc(a->nmethods, sizeof(*st->jwt));
+    st->intro = sl_xcalloc(a->nmethods, sizeof(*st->intro));
+    st->fetcher = sl__filters_shared_fetcher(shared);
     int rc = 0;
     for (size_t i = 0; i < a->nmethods; i++) {
         const sl_auth_method_conf_t *m = &a->methods[i];
         if (m->kind == SL_AUTH_INTROSPECTION) {
-            sl_config_errors_add(errs, cfg->path, m->pos.line, m->pos.col,
-                                 "route '%s': auth: introspection is not supported yet", route->name.ptr);
-            rc = SL_ECONFIG;
+            if (intro_init(&st->intro[i], &cfg->introspection[m->ref_index], st->fetcher, cfg, m, route, errs) != 0)
+                rc = SL_ECONFIG;
             continue;
         }
         if (m->kind != SL_AUTH_JWT)
@@ -141,8 +220,13 @@ static void auth_destroy(void *state)
     for (size_t i = 0; i < st->conf->nmethods; i++) {
         free(st->jwt[i].audiences);
         free(st->jwt[i].required);
+        if (st->intro[i].authorization != NULL) {
+            OPENSSL_cleanse(st->intro[i].authorization, strlen(st->intro[i].authorization));
+            free(st->intro[i].authorization);
+        }
     }
     free(st->jwt);
+    free(st->intro);
     free(st);
 }
 
@@ -255,6 +339,7 @@ static enum sl_filter_status check_api_key(sl_exchange_t *x, const auth_t *st, s
 /* ---- Basic ---------------------------------------------------------------------------------- */
 
 typedef struct basic_job {
+    enum wait_kind kind; /* WAIT_BASIC: first, like every waiter */
     uv_work_t work;
     sl_exchange_t *x; /* NULL once the client left: the result is then dropped */
     const sl_consumer_conf_t *consumer;
@@ -394,6 +479,7 @@ static enum sl_filter_status check_basic(sl_exchange_t *x, const auth_t *st, sl_
         return SL_FILTER_CONTINUE;
     }
     basic_job_t *j = sl_xcalloc(1, sizeof(*j));
+    j->kind = WAIT_BASIC;
     j->work.data = j;
     j->x = x;
     j->consumer = c;
@@ -471,7 +557,8 @@ static bool unpack_str(unpacker_t *u, sl_arena_t *a, sl_str_t *s)
 }
 
 /* Applies a verdict (fresh or cached) to the exchange. */
-static bool apply_packed(sl_exchange_t *x, const jwt_method_t *j, const void *val, size_t len)
+static bool apply_packed(sl_exchange_t *x, const sl_header_kv_conf_t *claim_headers, size_t nclaim_headers,
+                         const void *val, size_t len)
 {
     unpacker_t u = {val, (const uint8_t *)val + len};
     sl_str_t consumer, groups[MAX_GROUPS];
@@ -481,13 +568,13 @@ static bool apply_packed(sl_exchange_t *x, const jwt_method_t *j, const void *va
     for (size_t i = 0; i < ng; i++)
         if (!unpack_str(&u, &x->arena, &groups[i]))
             return false;
-    if (!unpack_u16(&u, &nh) || nh != j->issuer->nclaims_to_headers)
+    if (!unpack_u16(&u, &nh) || nh != nclaim_headers)
         return false;
     for (size_t i = 0; i < nh; i++) {
         sl_str_t v;
         if (!unpack_str(&u, &x->arena, &v))
             return false;
-        sl_str_t name = j->issuer->claims_to_headers[i].name;
+        sl_str_t name = claim_headers[i].name;
         /* A client's copy of a claim header never passes, whether or not the token has it. */
         sl_headers_remove(&x->req_headers, name);
         if (v.len > 0)
@@ -552,7 +639,7 @@ static enum sl_filter_status check_jwt(sl_exchange_t *x, const auth_t *st, const
     const void *val;
     size_t vlen;
     if (generation != 0 && cache != NULL && sl_jwt_cache_get(cache, token, generation, now, &val, &vlen) == 0) {
-        if (!apply_packed(x, j, val, vlen))
+        if (!apply_packed(x, j->issuer->claims_to_headers, j->issuer->nclaims_to_headers, val, vlen))
             return fail(x, SL_CAUSE_INTERNAL_ERROR, "jwt_cache_corrupt");
         if (st->conf->hide_credentials)
             sl_headers_remove(&x->req_headers, SL_STR_LIT("Authorization"));
@@ -578,11 +665,179 @@ static enum sl_filter_status check_jwt(sl_exchange_t *x, const auth_t *st, const
     sl_jwt_result_dispose(&res);
     if (!ok)
         return fail(x, SL_CAUSE_AUTH_INVALID, detail);
-    if (!apply_packed(x, j, p.buf, p.n))
+    if (!apply_packed(x, j->issuer->claims_to_headers, j->issuer->nclaims_to_headers, p.buf, p.n))
         return fail(x, SL_CAUSE_INTERNAL_ERROR, "jwt_pack");
     if (st->conf->hide_credentials)
         sl_headers_remove(&x->req_headers, SL_STR_LIT("Authorization"));
     return SL_FILTER_CONTINUE;
+}
+
+/* ---- OAuth2 token introspection (RFC 7662) ------------------------------------------------------ */
+
+typedef struct intro_wait {
+    enum wait_kind kind; /* WAIT_INTROSPECTION */
+    sl_exchange_t *x;
+    const auth_t *st;
+    const intro_method_t *im;
+    sl_str_t token;
+    sl_fetch_t *fetch;
+} intro_wait_t;
+
+static sl_jwt_cache_t *intro_cache_of(void)
+{
+    return cache_of(&intro_cache, 86400);
+}
+
+/* Answers from a verdict blob: 0x00 = inactive, else 0x01 + the packed identity. */
+static enum sl_filter_status intro_apply(sl_exchange_t *x, const auth_t *st, const uint8_t *val, size_t len)
+{
+    if (len < 1 || val[0] == 0) {
+        challenge(x, st);
+        return fail(x, SL_CAUSE_AUTH_INVALID, "token_inactive");
+    }
+    if (!apply_packed(x, NULL, 0, val + 1, len - 1))
+        return fail(x, SL_CAUSE_INTERNAL_ERROR, "introspection_cache_corrupt");
+    if (st->conf->hide_credentials)
+        sl_headers_remove(&x->req_headers, SL_STR_LIT("Authorization"));
+    return SL_FILTER_CONTINUE;
+}
+
+/* The verdict of an introspection answer; false with a cause and detail when the endpoint's
+ * answer is unusable. `exp` 0 when the answer has none. */
+static bool intro_verdict(const auth_t *st, const intro_method_t *im, const sl_fetch_response_t *res, packer_t *p,
+                          uint64_t *exp, enum sl_cause *cause, const char **detail)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb(res->body.ptr, res->body.len, 0, &jerr);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        *cause = SL_CAUSE_UPSTREAM_BAD_RESPONSE;
+        *detail = "introspection_bad_response";
+        return false;
+    }
+    p->n = 0;
+    if (!json_is_true(json_object_get(j, "active"))) {
+        p->buf[p->n++] = 0;
+        json_decref(j);
+        return true;
+    }
+    json_t *e = json_object_get(j, "exp");
+    *exp = json_is_integer(e) && json_integer_value(e) > 0 ? (uint64_t)json_integer_value(e) : 0;
+    sl_str_t consumer;
+    if (sl_jwt_claim_str(j, im->conf->consumer_field.ptr, &consumer) != 0 || !safe_value(consumer)) {
+        json_decref(j);
+        *cause = SL_CAUSE_AUTH_INVALID;
+        *detail = "introspection_no_consumer";
+        return false;
+    }
+    p->buf[p->n++] = 1;
+    const sl_consumer_conf_t *known = sl__consumers_by_name(st->consumers, consumer);
+    pack_str(p, consumer);
+    pack_u16(p, known != NULL ? known->ngroups : 0);
+    for (size_t i = 0; known != NULL && i < known->ngroups; i++)
+        pack_str(p, known->groups[i]);
+    pack_u16(p, 0);
+    json_decref(j);
+    if (p->overflow) {
+        *cause = SL_CAUSE_AUTH_INVALID;
+        *detail = "introspection_too_large";
+        return false;
+    }
+    return true;
+}
+
+static void intro_done(void *arg, int status, const sl_fetch_response_t *res)
+{
+    intro_wait_t *w = arg;
+    sl_exchange_t *x = w->x;
+    x->handler_data = NULL;
+    const auth_t *st = w->st;
+    enum sl_cause cause = SL_CAUSE_NONE;
+    const char *detail = NULL;
+    if (status == SL_EFETCH_TIMEOUT) {
+        cause = SL_CAUSE_UPSTREAM_TIMEOUT;
+        detail = "introspection_timeout";
+    } else if (status < 0) {
+        cause = status == SL_EFETCH_BAD_RESPONSE || status == SL_EFETCH_TOO_LARGE ? SL_CAUSE_UPSTREAM_BAD_RESPONSE
+                                                                                   : SL_CAUSE_UPSTREAM_CONNECT_FAILED;
+        detail = "introspection_unavailable";
+    } else if (status == 401 || status == 403) {
+        /* The endpoint refused sluice itself: wrong client_id or secret, not the caller's token. */
+        cause = SL_CAUSE_UPSTREAM_BAD_RESPONSE;
+        detail = "introspection_client_rejected";
+    } else if (status != 200) {
+        cause = SL_CAUSE_UPSTREAM_BAD_RESPONSE;
+        detail = "introspection_status";
+    }
+    if (cause != SL_CAUSE_NONE) {
+        sl_filter_fail(x, cause, detail);
+        return;
+    }
+    packer_t p = {.n = 0};
+    uint64_t exp = 0;
+    if (!intro_verdict(st, w->im, res, &p, &exp, &cause, &detail)) {
+        if (cause == SL_CAUSE_AUTH_INVALID)
+            challenge(x, st);
+        sl_filter_fail(x, cause, detail);
+        return;
+    }
+    uint64_t now = (uint64_t)time(NULL);
+    if (p.buf[0] == 1 && exp != 0 && exp <= now) {
+        challenge(x, st);
+        sl_filter_fail(x, SL_CAUSE_AUTH_EXPIRED, "token_expired");
+        return;
+    }
+    sl_jwt_cache_t *cache = intro_cache_of();
+    uint64_t ttl = w->im->conf->cache_ttl_ms / 1000;
+    if (cache != NULL && ttl > 0) {
+        uint64_t until = now + ttl;
+        if (exp != 0 && exp < until)
+            until = exp;
+        sl_jwt_cache_put(cache, w->token, w->im->cache_tag, until, now, p.buf, p.n);
+    }
+    enum sl_filter_status r = intro_apply(x, st, p.buf, p.n);
+    if (r == SL_FILTER_CONTINUE)
+        sl_filter_resume(x);
+    else
+        sl_filter_fail(x, x->cause, x->cause_detail);
+}
+
+static enum sl_filter_status check_introspection(sl_exchange_t *x, const auth_t *st, const intro_method_t *im,
+                                                 sl_str_t token)
+{
+    uint64_t now = (uint64_t)time(NULL);
+    sl_jwt_cache_t *cache = intro_cache_of();
+    const void *val;
+    size_t vlen;
+    if (cache != NULL && sl_jwt_cache_get(cache, token, im->cache_tag, now, &val, &vlen) == 0)
+        return intro_apply(x, st, val, vlen);
+    if (token.len > SL_JWT_MAX_TOKEN)
+        return fail(x, SL_CAUSE_AUTH_INVALID, "token_too_large");
+    char *body = sl_arena_alloc(&x->arena, 3 * token.len + 64);
+    size_t n = (size_t)snprintf(body, 7, "token=");
+    n += form_encode(body + n, token);
+    n += (size_t)snprintf(body + n, 40, "&token_type_hint=access_token");
+    sl_header_t hdrs[] = {
+        {SL_STR_LIT("Authorization"), sl_str_from_cstr(im->authorization)},
+        {SL_STR_LIT("Content-Type"), SL_STR_LIT("application/x-www-form-urlencoded")},
+        {SL_STR_LIT("Accept"), SL_STR_LIT("application/json")},
+    };
+    sl_fetch_request_t req = {
+        .method = SL_STR_LIT("POST"),
+        .url = im->conf->url.ptr,
+        .headers = hdrs,
+        .nheaders = sizeof(hdrs) / sizeof(hdrs[0]),
+        .body = {body, n},
+        .timeout_ms = im->conf->timeout_ms,
+        .max_body = 64 * 1024,
+    };
+    intro_wait_t *w = sl_arena_alloc(&x->arena, sizeof(*w));
+    *w = (intro_wait_t){.kind = WAIT_INTROSPECTION, .x = x, .st = st, .im = im, .token = token};
+    int rc = st->fetcher->start(sl_exchange_loop(x), &req, intro_done, w, &w->fetch);
+    if (rc != 0)
+        return fail(x, SL_CAUSE_UPSTREAM_CONNECT_FAILED, "introspection_unavailable");
+    x->handler_data = w;
+    return SL_FILTER_PAUSE;
 }
 
 /* ---- the filter ----------------------------------------------------------------------------- */
@@ -621,6 +876,13 @@ static enum sl_filter_status auth_on_request(sl_exchange_t *x, void *state)
             r = check_jwt(x, st, &st->jwt[i], token);
             break;
         }
+        case SL_AUTH_INTROSPECTION: {
+            sl_str_t token = bearer_token(x, "Bearer", 6);
+            if (token.len == 0)
+                continue;
+            r = check_introspection(x, st, &st->intro[i], token);
+            break;
+        }
         default:
             continue;
         }
@@ -636,12 +898,17 @@ static enum sl_filter_status auth_on_request(sl_exchange_t *x, void *state)
 
 static void auth_on_abort(sl_exchange_t *x, void *state)
 {
-    (void)state;
-    basic_job_t *j = x->handler_data;
-    if (j != NULL) {
-        j->x = NULL; /* the hash may be running: its completion frees the job */
-        x->handler_data = NULL;
+    const auth_t *st = state;
+    enum wait_kind *kind = x->handler_data;
+    if (kind == NULL)
+        return;
+    if (*kind == WAIT_BASIC) {
+        ((basic_job_t *)kind)->x = NULL; /* the hash may be running: its completion frees the job */
+    } else {
+        intro_wait_t *w = (intro_wait_t *)kind;
+        st->fetcher->cancel(w->fetch); /* its callback will not run */
     }
+    x->handler_data = NULL;
 }
 
 const sl_filter_type_t sl_filter_auth = {

@@ -11,6 +11,7 @@
 #define SL_FILTERS_FILTERS_H
 
 #include "config/config.h"
+#include "http/fetch.h"
 #include "pipeline/filter.h"
 #include "pipeline/snapshot.h"
 
@@ -18,7 +19,8 @@ struct sl_jwks_store;
 
 /* What the filters need from the process, supplied by the server. */
 typedef struct sl_filters_env {
-    struct sl_jwks_store *jwks; /* key sets of the jwt issuers; NULL: routes with jwt fail to build */
+    struct sl_jwks_store *jwks;     /* key sets of the jwt issuers; NULL: routes with jwt fail to build */
+    const sl_fetcher_t *fetcher;    /* HTTP client for token introspection; NULL: those routes fail to build */
 } sl_filters_env_t;
 
 /**

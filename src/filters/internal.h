@@ -26,6 +26,7 @@ bool sl__client_addr(const sl_exchange_t *x, const sl__ip_trust_t *t, int *famil
 const sl__ip_trust_t *sl__filters_shared_trust(void *shared);
 const sl__consumers_t *sl__filters_shared_consumers(void *shared);
 struct sl_jwks_store *sl__filters_shared_jwks(void *shared);
+const struct sl_fetcher *sl__filters_shared_fetcher(void *shared);
 
 /* ---- consumer index (consumers.c) ---- */
 sl__consumers_t *sl__consumers_create(const sl_config_t *cfg);

@@ -27,6 +27,7 @@ typedef struct shared {
     sl__ip_trust_t *trust;
     sl__consumers_t *consumers;
     struct sl_jwks_store *jwks;
+    sl_fetcher_t fetcher; /* .start NULL: none */
 } shared_t;
 
 const sl__ip_trust_t *sl__filters_shared_trust(void *shared)
@@ -42,6 +43,12 @@ const sl__consumers_t *sl__filters_shared_consumers(void *shared)
 struct sl_jwks_store *sl__filters_shared_jwks(void *shared)
 {
     return ((shared_t *)shared)->jwks;
+}
+
+const struct sl_fetcher *sl__filters_shared_fetcher(void *shared)
+{
+    const shared_t *sh = shared;
+    return sh->fetcher.start != NULL ? &sh->fetcher : NULL;
 }
 
 /* Frees everything attach built; `block` is the allocation holding the back pointer and the
@@ -75,6 +82,8 @@ int sl_filters_attach(sl_snapshot_t *snap, const sl_filters_env_t *env, sl_confi
     sh->trust = sl__ip_trust_create(cfg);
     sh->consumers = sl__consumers_create(cfg);
     sh->jwks = env != NULL ? env->jwks : NULL;
+    if (env != NULL && env->fetcher != NULL)
+        sh->fetcher = *env->fetcher;
     /* [shared_t *][chain 0][chain 1]...: the back pointer lets chains_release find `sh`. */
     shared_t **block = sl_xcalloc(1, sizeof(shared_t *) + (cfg->nroutes ? cfg->nroutes : 1) * sizeof(sl_chain_t));
     block[0] = sh;

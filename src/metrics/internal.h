@@ -86,6 +86,7 @@ typedef struct sl__metrics_route {
     _Atomic uint64_t counts[SL_METRICS_ROUTE_KEYS];
     _Atomic uint64_t overflow; /* keys that found the table full */
     sl__metrics_hist_t duration;
+    _Atomic uint64_t auth[SL_METRICS_AUTH__COUNT]; /* sluice_auth_failures_total by detail */
 } sl__metrics_route_t;
 
 struct sl_metrics_worker {
@@ -137,6 +138,9 @@ struct sl_metrics_schema {
 
 /* target_order_cfg of the reserved overflow entry: it stands for no single config target. */
 #define SL__METRICS_NO_CFG UINT32_MAX
+
+/* The `detail` labels, indexed by enum sl_metrics_auth_detail. */
+extern const char *const sl__metrics_auth_names[SL_METRICS_AUTH__COUNT];
 
 uint64_t sl__metrics_hash(uint32_t scope, sl_str_t name);
 

@@ -86,6 +86,42 @@ enum sl_metrics_upstream_error {
     SL_METRICS_UPSTREAM_ERR__COUNT,
 };
 
+/* Why an authentication or authorisation refusal happened: the `detail` label of
+ * sluice_auth_failures_total, one per static detail code the filters set (x->cause_detail).
+ * A fixed list so the update is an array index and the label set stays bounded; a code not in
+ * it (a newer filter's) counts as `other`. In label order, so the exposition needs no sort; keep
+ * in step with sl__metrics_auth_names. */
+enum sl_metrics_auth_detail {
+    SL_METRICS_AUTH_ACL_ANONYMOUS = 0,
+    SL_METRICS_AUTH_ACL_DENIED_GROUP,
+    SL_METRICS_AUTH_ACL_NOT_IN_GROUP,
+    SL_METRICS_AUTH_API_KEY_UNKNOWN,
+    SL_METRICS_AUTH_BASIC_BAD_PASSWORD,
+    SL_METRICS_AUTH_BASIC_MALFORMED,
+    SL_METRICS_AUTH_BASIC_UNKNOWN_USER,
+    SL_METRICS_AUTH_CORS_HEADERS,
+    SL_METRICS_AUTH_CORS_METHOD,
+    SL_METRICS_AUTH_CORS_ORIGIN,
+    SL_METRICS_AUTH_IP_DENIED,
+    SL_METRICS_AUTH_JWT_ALG_NOT_ALLOWED,
+    SL_METRICS_AUTH_JWT_BAD_AUDIENCE,
+    SL_METRICS_AUTH_JWT_BAD_CONSUMER_CLAIM,
+    SL_METRICS_AUTH_JWT_BAD_GROUPS_CLAIM,
+    SL_METRICS_AUTH_JWT_BAD_ISSUER,
+    SL_METRICS_AUTH_JWT_BAD_SIGNATURE,
+    SL_METRICS_AUTH_JWT_CLAIMS_TOO_LARGE,
+    SL_METRICS_AUTH_JWT_EXPIRED,
+    SL_METRICS_AUTH_JWT_ISSUED_IN_FUTURE,
+    SL_METRICS_AUTH_JWT_MALFORMED,
+    SL_METRICS_AUTH_JWT_MISSING_CLAIM,
+    SL_METRICS_AUTH_JWT_NO_KEYS,
+    SL_METRICS_AUTH_JWT_NOT_YET_VALID,
+    SL_METRICS_AUTH_JWT_UNKNOWN_KID,
+    SL_METRICS_AUTH_NO_CREDENTIALS,
+    SL_METRICS_AUTH_OTHER, /* a detail code not listed above, or none */
+    SL_METRICS_AUTH__COUNT,
+};
+
 typedef struct sl_metrics sl_metrics_t;
 typedef struct sl_metrics_schema sl_metrics_schema_t;
 typedef struct sl_metrics_worker sl_metrics_worker_t;
@@ -171,6 +207,14 @@ void sl_metrics_observe_upstream_failure(sl_metrics_worker_t *w, const sl_metric
                                          size_t target_index, enum sl_cause cause);
 
 /**
+ * Counts one refused exchange in sluice_auth_failures_total by (route, detail) when its cause
+ * is auth_missing, auth_invalid, auth_expired or forbidden; any other exchange is ignored, so
+ * the log phase calls it for every exchange. The detail is x->cause_detail mapped with
+ * sl_metrics_auth_detail_of. Schema as in sl_metrics_observe_exchange. Never allocates.
+ */
+void sl_metrics_observe_auth_failure(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_exchange_t *x);
+
+/**
  * Samples a request that matched no route (route_not_found) into the worker's top-k table of
  * (host, first path segment), for `sluice doctor`. The key is cut to SL_METRICS_UNMATCHED_KEY,
  * the host lowercased and every byte outside printable ASCII replaced by '?', so the table
@@ -203,6 +247,7 @@ typedef struct sl_metrics_route_sum {
     uint64_t requests;                /* finished exchanges */
     uint64_t causes[SL_CAUSE__COUNT]; /* by gateway cause; [SL_CAUSE_NONE]: upstream or respond answers */
     uint64_t status_5xx;              /* of causes[SL_CAUSE_NONE], those with a status >= 500 */
+    uint64_t auth[SL_METRICS_AUTH__COUNT]; /* refusals (auth_* and forbidden) by detail */
 } sl_metrics_route_sum_t;
 
 typedef struct sl_metrics_target_sum {
@@ -221,6 +266,13 @@ uint64_t sl_metrics_hist_bound_ns(size_t b);
 
 /** The `cause` label of an error kind ("upstream_connect_failed", ..., "upstream_5xx", "other"). */
 const char *sl_metrics_upstream_error_name(enum sl_metrics_upstream_error e);
+
+/** The `detail` label of a kind ("jwt_unknown_kid", ..., "other"). */
+const char *sl_metrics_auth_detail_name(enum sl_metrics_auth_detail d);
+
+/** The kind of a filter's static detail code; SL_METRICS_AUTH_OTHER for NULL or an unlisted
+ *  code. A few short compares; any thread. */
+enum sl_metrics_auth_detail sl_metrics_auth_detail_of(const char *detail);
 
 /* Stable series ids: equal across schemas for the same route name / (upstream, target) name,
  * so counters read under different configs can be subtracted. route_index -1 is the unrouted

@@ -96,6 +96,59 @@ void sl_metrics_observe_exchange(sl_metrics_worker_t *w, const sl_metrics_schema
     sl__metrics_add(&w->bytes_out, x->bytes_out);
 }
 
+const char *const sl__metrics_auth_names[SL_METRICS_AUTH__COUNT] = {
+    [SL_METRICS_AUTH_ACL_ANONYMOUS] = "acl_anonymous",
+    [SL_METRICS_AUTH_ACL_DENIED_GROUP] = "acl_denied_group",
+    [SL_METRICS_AUTH_ACL_NOT_IN_GROUP] = "acl_not_in_group",
+    [SL_METRICS_AUTH_API_KEY_UNKNOWN] = "api_key_unknown",
+    [SL_METRICS_AUTH_BASIC_BAD_PASSWORD] = "basic_bad_password",
+    [SL_METRICS_AUTH_BASIC_MALFORMED] = "basic_malformed",
+    [SL_METRICS_AUTH_BASIC_UNKNOWN_USER] = "basic_unknown_user",
+    [SL_METRICS_AUTH_CORS_HEADERS] = "cors_headers",
+    [SL_METRICS_AUTH_CORS_METHOD] = "cors_method",
+    [SL_METRICS_AUTH_CORS_ORIGIN] = "cors_origin",
+    [SL_METRICS_AUTH_IP_DENIED] = "ip_denied",
+    [SL_METRICS_AUTH_JWT_ALG_NOT_ALLOWED] = "jwt_alg_not_allowed",
+    [SL_METRICS_AUTH_JWT_BAD_AUDIENCE] = "jwt_bad_audience",
+    [SL_METRICS_AUTH_JWT_BAD_CONSUMER_CLAIM] = "jwt_bad_consumer_claim",
+    [SL_METRICS_AUTH_JWT_BAD_GROUPS_CLAIM] = "jwt_bad_groups_claim",
+    [SL_METRICS_AUTH_JWT_BAD_ISSUER] = "jwt_bad_issuer",
+    [SL_METRICS_AUTH_JWT_BAD_SIGNATURE] = "jwt_bad_signature",
+    [SL_METRICS_AUTH_JWT_CLAIMS_TOO_LARGE] = "jwt_claims_too_large",
+    [SL_METRICS_AUTH_JWT_EXPIRED] = "jwt_expired",
+    [SL_METRICS_AUTH_JWT_ISSUED_IN_FUTURE] = "jwt_issued_in_future",
+    [SL_METRICS_AUTH_JWT_MALFORMED] = "jwt_malformed",
+    [SL_METRICS_AUTH_JWT_MISSING_CLAIM] = "jwt_missing_claim",
+    [SL_METRICS_AUTH_JWT_NO_KEYS] = "jwt_no_keys",
+    [SL_METRICS_AUTH_JWT_NOT_YET_VALID] = "jwt_not_yet_valid",
+    [SL_METRICS_AUTH_JWT_UNKNOWN_KID] = "jwt_unknown_kid",
+    [SL_METRICS_AUTH_NO_CREDENTIALS] = "no_credentials",
+    [SL_METRICS_AUTH_OTHER] = "other",
+};
+
+enum sl_metrics_auth_detail sl_metrics_auth_detail_of(const char *detail)
+{
+    if (detail == NULL)
+        return SL_METRICS_AUTH_OTHER;
+    /* A linear scan of short literals: runs only for refused requests, and most compares stop
+     * at the first byte or right after "jwt_". */
+    for (size_t i = 0; i < SL_METRICS_AUTH_OTHER; i++)
+        if (strcmp(detail, sl__metrics_auth_names[i]) == 0)
+            return (enum sl_metrics_auth_detail)i;
+    return SL_METRICS_AUTH_OTHER;
+}
+
+void sl_metrics_observe_auth_failure(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_exchange_t *x)
+{
+    if (x->cause != SL_CAUSE_AUTH_MISSING && x->cause != SL_CAUSE_AUTH_INVALID && x->cause != SL_CAUSE_AUTH_EXPIRED &&
+        x->cause != SL_CAUSE_FORBIDDEN)
+        return;
+    sl__metrics_route_t *r = atomic_load_explicit(&w->routes[route_slot(s, x)], memory_order_acquire);
+    SL_DEBUG_BUG_ON(r == NULL);
+    if (r != NULL)
+        sl__metrics_add(&r->auth[sl_metrics_auth_detail_of(x->cause_detail)], 1);
+}
+
 static uint32_t target_slot(const sl_metrics_schema_t *s, size_t upstream_index, size_t target_index)
 {
     if (s != NULL && upstream_index < s->nupstreams &&

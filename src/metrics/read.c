@@ -35,6 +35,11 @@ const char *sl_metrics_upstream_error_name(enum sl_metrics_upstream_error e)
     return (unsigned)e < SL_METRICS_UPSTREAM_ERR__COUNT ? names[e] : "other";
 }
 
+const char *sl_metrics_auth_detail_name(enum sl_metrics_auth_detail d)
+{
+    return (unsigned)d < SL_METRICS_AUTH__COUNT ? sl__metrics_auth_names[d] : "other";
+}
+
 uint32_t sl_metrics_route_id(const sl_metrics_schema_t *s, long route_index)
 {
     if (route_index < 0)
@@ -85,6 +90,8 @@ void sl_metrics_read_route(sl_metrics_t *m, uint32_t route_id, sl_metrics_route_
         }
         /* Keys past the table's cap are requests of unknown cause: counted, not attributed. */
         out->requests += sl__metrics_load(&r->overflow);
+        for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
+            out->auth[k] += sl__metrics_load(&r->auth[k]);
     }
 }
 

@@ -139,6 +139,8 @@ static void worker_fold(sl_metrics_worker_t *dst, sl_metrics_worker_t *src, cons
         }
         sl__metrics_add(&d->overflow, sl__metrics_load(&s->overflow));
         hist_fold(&d->duration, &s->duration);
+        for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
+            sl__metrics_add(&d->auth[k], sl__metrics_load(&s->auth[k]));
     }
     for (size_t i = 0; i < m->targets_allocated; i++) {
         sl__metrics_target_t *d = atomic_load_explicit(&dst->targets[i], memory_order_relaxed);

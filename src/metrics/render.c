@@ -351,6 +351,31 @@ static void emit_requests(render_t *r, const family_t *f)
     }
 }
 
+/* Only the (route, detail) pairs that counted something: most routes have no auth at all,
+ * and 27 zero series per route would be most of the exposition. */
+static void emit_auth_failures(render_t *r, const family_t *f)
+{
+    for (size_t i = 0; i < r->nroute_order; i++) {
+        uint32_t slot = r->route_order[i];
+        uint64_t n[SL_METRICS_AUTH__COUNT] = {0};
+        for (size_t w = 0; w < r->m->nworkers; w++) {
+            sl__metrics_route_t *rt = worker_route(r->m->workers[w], slot);
+            for (size_t k = 0; rt != NULL && k < SL_METRICS_AUTH__COUNT; k++)
+                n[k] += sl__metrics_load(&rt->auth[k]);
+        }
+        /* The enum is in label order. */
+        for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++) {
+            if (n[k] == 0)
+                continue;
+            label_t l[2] = {
+                {"route", r->m->routes.names[slot]},
+                {"detail", sl_str_from_cstr(sl__metrics_auth_names[k])},
+            };
+            sample_u64(r, f->name, l, 2, n[k]);
+        }
+    }
+}
+
 static void emit_upstream_duration(render_t *r, const family_t *f)
 {
     for (size_t i = 0; i < r->ntarget_order; i++) {
@@ -447,6 +472,10 @@ static const family_t families[] = {
     {"process_open_fds", "gauge", "Number of open file descriptors.", emit_open_fds},
     {"process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", emit_rss},
     {"process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", emit_start_time},
+    {"sluice_auth_failures_total", "counter",
+     "Requests refused by authentication or authorisation (auth_missing, auth_invalid, auth_expired, forbidden), by "
+     "route and detail code.",
+     emit_auth_failures},
     {"sluice_bytes_total", "counter", "Body and head bytes received from (in) and sent to (out) clients.", emit_bytes},
     {"sluice_circuit_state", "gauge", "Circuit breaker state of each target: 0 closed, 1 half-open, 2 open.",
      emit_circuit_state},

@@ -66,8 +66,10 @@ static double ns_to_ms(int64_t ns)
 void sl_pipeline_log(sl_exchange_t *x)
 {
     sl__pipeline_chain_log(x);
-    if (x->worker->metrics != NULL && x->snap->metrics != NULL)
+    if (x->worker->metrics != NULL && x->snap->metrics != NULL) {
         sl_metrics_observe_exchange(x->worker->metrics, x->snap->metrics, x, sl_time_mono_ns());
+        sl_metrics_observe_auth_failure(x->worker->metrics, x->snap->metrics, x);
+    }
     int fd = atomic_load_explicit(&log_fd, memory_order_relaxed);
     if (fd < 0)
         return;

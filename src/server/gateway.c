@@ -98,7 +98,7 @@ static int build_snapshot(const char *name, const char *text, size_t len, uv_loo
     }
     cfg->generation = generation;
     sl_snapshot_t *snap = sl_snapshot_create(cfg, router);
-    sl_filters_env_t env = {.jwks = jwks};
+    sl_filters_env_t env = {.jwks = jwks, .fetcher = &sl_h1_fetcher};
     err = sl_filters_attach(snap, &env, errs);
     /* Last, as it changes shared state: the key store then serves the new issuers. */
     if (err == 0 && jwks != NULL)

@@ -253,6 +253,12 @@ class Backend:
     def close(self):
         self._stopping = True
         try:
+            # shutdown first: a close alone leaves the socket listening while the accept thread
+            # still blocks in accept() on it, so one more connection could be taken.
+            self.lsock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self.lsock.close()
         except OSError:
             pass

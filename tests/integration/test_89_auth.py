@@ -453,3 +453,107 @@ def test_jwks_url_rotation_and_outage(env, tmp_path):
     for _ in range(5):
         assert status(t2) == 200
     assert "jwks for idp" in gw.stderr_path.read_text()
+
+
+# ---- OAuth2 token introspection (RFC 7662) ---------------------------------------------------
+
+@pytest.mark.deadline(60)
+def test_token_introspection(env):
+    import urllib.parse
+    os.environ["SLUICE_TEST_INTROSPECT_SECRET"] = "c3cr3t/with+chars"
+    calls = []
+    slow = {"on": False}
+
+    def introspect(ex):
+        body = bytes(ex.read_body()).decode()
+        calls.append(body)
+        want = "Basic " + base64.b64encode(b"gw-client:c3cr3t%2Fwith%2Bchars").decode()
+        if ex.req.headers.get("authorization") != want:
+            ex.respond(401, b'{"error":"invalid_client"}', [("Content-Type", "application/json")])
+            return
+        if slow["on"]:
+            time.sleep(1.0)
+        form = urllib.parse.parse_qs(body)
+        tok = form.get("token", [""])[0]
+        answers = {"tok-alice": {"active": True, "sub": "alice", "exp": int(time.time()) + 60, "scope": "read"},
+                   "tok-bob": {"active": True, "sub": "bob"},
+                   "tok-revoked": {"active": False},
+                   "tok-expired": {"active": True, "sub": "carol", "exp": int(time.time()) - 5},
+                   "tok-anon": {"active": True}}
+        ex.respond(200, json.dumps(answers.get(tok, {"active": False})).encode(),
+                   [("Content-Type", "application/json")])
+
+    idp = env.backend(introspect, name="idp")
+    endpoints = {"idp": {"url": f"http://127.0.0.1:{idp.port}/introspect", "client_id": "gw-client",
+                         "client_secret_env": "SLUICE_TEST_INTROSPECT_SECRET", "timeout": "300ms",
+                         "cache_ttl": "30s"}}
+    try:
+        gw, _ = gateway(env, introspection=endpoints, consumers={"alice": {"groups": ["readers"]}}, routes=[
+            {"name": "opaque", "match": {"path_prefix": "/o"}, "upstream": "app",
+             "auth": [{"introspection": "idp"}]}])
+    finally:
+        del os.environ["SLUICE_TEST_INTROSPECT_SECRET"]
+
+    def call(tok):
+        return gw.request("GET", "/o", headers={"Authorization": "Bearer " + tok})
+
+    r = call("tok-alice")
+    assert r.status == 200
+    h = backend_headers(r)
+    assert h["x-consumer-id"] == ["alice"] and h["x-consumer-groups"] == ["readers"]
+    assert "token=tok-alice" in calls[0] and "token_type_hint=access_token" in calls[0]
+    n = len(calls)
+    for _ in range(5):  # cached for the token's lifetime (bounded by cache_ttl): no more calls
+        assert call("tok-alice").status == 200
+    assert len(calls) <= n + 1  # at most once more: each worker has its own cache
+    assert backend_headers(call("tok-bob"))["x-consumer-id"] == ["bob"]
+    for tok, cause, detail in (("tok-revoked", "auth_invalid", "token_inactive"),
+                               ("tok-unknown", "auth_invalid", "token_inactive"),
+                               ("tok-expired", "auth_expired", "token_expired"),
+                               ("tok-anon", "auth_invalid", "introspection_no_consumer")):
+        r = call(tok)
+        harness.assert_gateway_error(r, 401, cause)
+        assert r.header("WWW-Authenticate") == "Bearer"
+        assert last_log(gw, "/o", r)["detail"] == detail
+    # a slow endpoint: the request ends at the introspection timeout, not hangs
+    slow["on"] = True
+    started = time.monotonic()
+    r = call("tok-new-1")
+    harness.assert_gateway_error(r, 504, "upstream_timeout")
+    assert last_log(gw, "/o", r)["detail"] == "introspection_timeout"
+    assert time.monotonic() - started < harness.slack(0.9)
+    slow["on"] = False
+    # the endpoint down: new tokens fail with a clear cause, cached ones keep working
+    idp.close()
+    r = call("tok-new-2")
+    harness.assert_gateway_error(r, 502, "upstream_connect_failed")
+    assert last_log(gw, "/o", r)["detail"] == "introspection_unavailable"
+    for _ in range(4):
+        s = call("tok-alice").status
+        assert s in (200, 502)  # 502 only on a worker that never cached it
+    assert [call("tok-alice").status for _ in range(6)].count(200) >= 3
+    assert "c3cr3t" not in gw.stderr_path.read_text() + gw.access_log_path.read_text()
+
+
+def test_introspection_with_wrong_client_secret(env):
+    def refuse(ex):
+        ex.read_body()
+        ex.respond(401, b'{"error":"invalid_client"}', [("Content-Type", "application/json")])
+
+    idp = env.backend(refuse, name="idp")
+    os.environ["SLUICE_TEST_INTROSPECT_SECRET"] = "wrong"
+    try:
+        gw, _ = gateway(env, introspection={"idp": {"url": f"http://127.0.0.1:{idp.port}/i", "client_id": "c",
+                                                    "client_secret_env": "SLUICE_TEST_INTROSPECT_SECRET"}},
+                        routes=[{"name": "o", "match": {"path_prefix": "/o"}, "upstream": "app",
+                                 "auth": [{"introspection": "idp"}]}])
+    finally:
+        del os.environ["SLUICE_TEST_INTROSPECT_SECRET"]
+    r = gw.request("GET", "/o", headers={"Authorization": "Bearer t"})
+    harness.assert_gateway_error(r, 502, "upstream_bad_response")
+    assert last_log(gw, "/o", r)["detail"] == "introspection_client_rejected"
+    # the secret's variable unset: the config is refused with the variable named
+    path = gw.dir / "check.yaml"
+    path.write_text(harness.to_yaml(gw.config))
+    res = harness.run_cli(["check", "-c", str(path)])
+    assert res.returncode == 1 and "SLUICE_TEST_INTROSPECT_SECRET is not set" in res.stderr
