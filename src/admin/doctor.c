@@ -38,9 +38,9 @@
 #define HEALTH_STR           96
 #define MIN_UNKNOWN_KID      5  /* jwt_unknown_kid refusals of a route */
 #define UNKNOWN_KID_PCT      5  /* of the route's requests: a rotation shows as a spike */
-#define MIN_EXPIRED          10 /* jwt_expired refusals of a route */
+#define MIN_EXPIRED          10 /* jwt_expired + token_expired refusals of a route */
 #define EXPIRED_PCT          10
-#define MIN_NO_KEYS          3 /* jwt_no_keys: every JWT of the issuer fails, few suffice */
+#define MIN_NO_KEYS          3  /* jwt_no_keys: every JWT of the issuer fails, few suffice */
 #define MIN_REJECTED         20 /* other auth_invalid refusals of a route */
 #define REJECTED_PCT         20
 #define MIN_FORBIDDEN        20
@@ -117,8 +117,8 @@ struct sl_doctor {
     sl_snapshot_t *snap;    /* of the latest sample: names for its indices */
     health_entry_t *health; /* the last health-check results seen */
     size_t nhealth, caphealth;
-    sl_jwks_store_t *jwks;    /* NULL: no key-store details in auth findings */
-    issuer_entry_t *issuers;  /* the store's issuers at the last tick */
+    sl_jwks_store_t *jwks;   /* NULL: no key-store details in auth findings */
+    issuer_entry_t *issuers; /* the store's issuers at the last tick */
     size_t nissuers, capissuers;
     streaks_t streaks[2]; /* [0]: 60 s window, [1]: 300 s */
 };
@@ -1038,30 +1038,39 @@ static bool auth_no_keys(eval_t *e, const sl_route_conf_t *rc, const sl_metrics_
     return true;
 }
 
+/* Expired tokens: JWTs past `exp` (plus leeway), or introspected tokens the endpoint called
+ * expired. Clients that do not refresh, or clocks apart. */
 static void auth_expired(eval_t *e, const sl_route_conf_t *rc, const sl_metrics_route_sum_t *d)
 {
-    uint64_t n = d->auth[SL_METRICS_AUTH_JWT_EXPIRED];
+    uint64_t jwt = d->auth[SL_METRICS_AUTH_JWT_EXPIRED], n = jwt + d->auth[SL_METRICS_AUTH_TOKEN_EXPIRED];
     if (n < MIN_EXPIRED || n * 100 < (uint64_t)EXPIRED_PCT * d->requests)
         return;
+    const char *detail = jwt * 2 >= n ? "jwt_expired" : "token_expired";
     const sl_jwt_issuer_conf_t *ic;
-    json_t *ev = auth_evidence(d, "jwt_expired", n);
+    json_t *ev = auth_evidence(d, detail, n);
     json_object_set_new(ev, "issuers", route_issuers(e, rc, &ic));
     if (ic != NULL)
         json_object_set_new(ev, "leeway_ms", json_integer((json_int_t)ic->leeway_ms));
-    finding_t *f = add_auth(e, share_severity(n, d->requests), "jwt_expired", rc, ev, n);
+    finding_t *f = add_auth(e, share_severity(n, d->requests), "expired", rc, ev, n);
     if (f == NULL)
         return;
     fmt(f->summary, sizeof(f->summary),
-        "%u%% of requests to route %.*s (%" PRIu64 " of %" PRIu64 ") carried expired JWTs (jwt_expired)",
-        pct(n, d->requests), SL_STR_FMT(rc->name), n, d->requests);
-    fmt(f->action, sizeof(f->action),
-        "clients send tokens past their exp: check that they refresh tokens before expiry, and the clocks of the "
-        "clients, the identity provider and the gateway (leeway %" PRIu64 " ms); the access log names them "
-        "(detail jwt_expired, client, consumer)",
-        ic != NULL ? ic->leeway_ms : 0);
+        "%u%% of requests to route %.*s (%" PRIu64 " of %" PRIu64 ") carried expired %s (%s)", pct(n, d->requests),
+        SL_STR_FMT(rc->name), n, d->requests, jwt * 2 >= n ? "JWTs" : "tokens", detail);
+    if (ic != NULL)
+        fmt(f->action, sizeof(f->action),
+            "clients send tokens past their exp: check that they refresh tokens before expiry, and the clocks of the "
+            "clients, the identity provider and the gateway (leeway %" PRIu64 " ms); the access log names them "
+            "(detail %s, client, consumer)",
+            ic->leeway_ms, detail);
+    else
+        fmt(f->action, sizeof(f->action),
+            "clients send expired tokens: check that they refresh tokens before expiry, and the clocks of the clients "
+            "and the identity provider; the access log names them (detail %s, client, consumer)",
+            detail);
 }
 
-/* The largest of details [from, to) of `d`; SL_METRICS_AUTH__COUNT when all are 0. */
+/* The largest of the details marked in `in`; SL_METRICS_AUTH__COUNT when all are 0. */
 static size_t top_detail(const sl_metrics_route_sum_t *d, const bool *in)
 {
     size_t top = SL_METRICS_AUTH__COUNT;
@@ -1085,7 +1094,7 @@ static void auth_rejected(eval_t *e, const sl_route_conf_t *rc, const sl_metrics
     bool in[SL_METRICS_AUTH__COUNT] = {false};
     for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
         in[k] = true;
-    in[SL_METRICS_AUTH_NO_CREDENTIALS] = in[SL_METRICS_AUTH_JWT_EXPIRED] = false;
+    in[SL_METRICS_AUTH_NO_CREDENTIALS] = in[SL_METRICS_AUTH_JWT_EXPIRED] = in[SL_METRICS_AUTH_TOKEN_EXPIRED] = false;
     in[SL_METRICS_AUTH_JWT_UNKNOWN_KID] = !kid_told;
     in[SL_METRICS_AUTH_JWT_NO_KEYS] = !no_keys_told;
     for (size_t k = SL_METRICS_AUTH_ACL_ANONYMOUS; k <= SL_METRICS_AUTH_ACL_NOT_IN_GROUP; k++)

@@ -4,23 +4,27 @@
  *
  * How it sees the gateway: it never touches the data path. Every SL_DOCTOR_TICK_MS the main
  * thread calls sl_doctor_tick, which copies the cumulative per-worker counters (summed by
- * src/metrics: requests per route by cause, per-target time-to-first-byte histograms and
- * failed tries, the unmatched-request sampler), each target's availability flags and the
- * resource gauges the caller measured into a ring of samples (SL_DOCTOR_SAMPLES deep: five
- * minutes). A window is the difference of two samples, so the doctor's cost is per tick and
- * proportional to series × workers, never to the request rate. Series are keyed by the metrics'
- * stable ids, so windows stay right across reloads.
+ * src/metrics: requests per route by cause and auth refusals by detail code, per-target
+ * time-to-first-byte histograms and failed tries, the unmatched-request sampler), each
+ * target's availability flags, the JWT key store's view of each issuer and the resource
+ * gauges the caller measured into a ring of samples (SL_DOCTOR_SAMPLES deep: five minutes).
+ * A window is the difference of two samples, so the doctor's cost is per tick and
+ * proportional to series × workers, never to the request rate. Series are keyed by the
+ * metrics' stable ids, so windows stay right across reloads.
  *
  * Findings come from a table of rules (doctor.c): per target, per upstream, per route and
- * cause (one row per gateway cause: a feature that adds a cause adds a row), and gateway-wide
- * resources. A rule only counts ratios over a minimum number of requests, so a healthy or idle
- * gateway has no findings. Each tick evaluates the rules over both windows and remembers when
- * each finding (rule + place) started to hold: that is its `since`.
+ * cause (one row per gateway cause: a feature that adds a cause adds a row), per route and
+ * auth detail (unknown kids after a key rotation, expired tokens, an issuer without keys,
+ * rejected credentials, forbidden clients), and gateway-wide resources. A rule only counts
+ * ratios over a minimum number of requests, so a healthy or idle gateway has no findings.
+ * Each tick evaluates the rules over both windows and remembers when each finding (rule +
+ * place) started to hold: that is its `since`.
  *
  * Memory: the doctor owns its ring (sized by the config: up to SL_DOCTOR_MAX_ROUTES routes and
- * SL_DOCTOR_MAX_TARGETS targets are followed, in config order; ~0.2 KiB per series per sample)
- * and one reference to the snapshot of its latest sample. Threads: every function, the main
- * thread only (it reads worker counters with relaxed atomic loads, workers never wait).
+ * SL_DOCTOR_MAX_TARGETS targets are followed, in config order; per sample ~0.2 KiB per target
+ * and ~0.45 KiB per route) and one reference to the snapshot of its latest sample. Threads:
+ * every function, the main thread only (it reads worker counters with relaxed atomic loads,
+ * workers never wait).
  */
 #ifndef SL_ADMIN_DOCTOR_H
 #define SL_ADMIN_DOCTOR_H

@@ -1,6 +1,7 @@
 """Prometheus metrics on the admin listener: the counters match the requests the test made
 (per route, method, status and cause), histograms are consistent, connections are counted,
 reloads are counted, and the process figures are sane."""
+import hashlib
 import re
 import time
 
@@ -155,3 +156,39 @@ def test_target_health_and_circuit_gauges(env):
     assert value(s, "sluice_upstream_target_healthy", upstream="broken", target=sick.address) == 1
     assert value(s, "sluice_circuit_state", upstream="broken", target=sick.address) == 2
     assert value(s, "sluice_circuit_state", upstream="checked", target=good.address) == 0
+
+
+def test_auth_failures_by_route_and_detail(env):
+    """sluice_auth_failures_total counts each refusal once, by route and the filter's detail
+    code (a fixed list: no request bytes), and nothing for requests that passed."""
+    up = env.backend(be.fixed(200, b"ok"), name="up")
+    key = "metrics-test-key"
+    gw = env.gateway(
+        upstreams={"app": harness.upstream(up)},
+        consumers={"c1": {"groups": ["staff"], "api_keys": [{"sha256": hashlib.sha256(key.encode()).hexdigest()}]}},
+        routes=[{"name": "keys", "match": {"path_prefix": "/k"}, "upstream": "app", "auth": ["api_key"]},
+                {"name": "admins", "match": {"path_prefix": "/a"}, "upstream": "app", "auth": ["api_key"],
+                 "acl": {"allow_groups": ["admins"]}},
+                {"name": "open", "match": {"path_prefix": "/"}, "upstream": "app"}])
+    s = scrape(gw)
+    assert value(s, "sluice_auth_failures_total") is None  # nothing counted, no series
+    for _ in range(3):
+        assert gw.request("GET", "/k").status == 401
+    for _ in range(2):
+        assert gw.request("GET", "/k", headers={"X-API-Key": "not-a-key"}).status == 401
+    for _ in range(4):
+        assert gw.request("GET", "/k", headers={"X-API-Key": key}).status == 200
+    assert gw.request("GET", "/a", headers={"X-API-Key": key}).status == 403
+    for _ in range(5):
+        assert gw.request("GET", "/x").status == 200
+    time.sleep(harness.slack(0.2))
+    s = scrape(gw)
+    assert value(s, "sluice_auth_failures_total", route="keys", detail="no_credentials") == 3
+    assert value(s, "sluice_auth_failures_total", route="keys", detail="api_key_unknown") == 2
+    assert value(s, "sluice_auth_failures_total", route="admins", detail="acl_not_in_group") == 1
+    assert value(s, "sluice_auth_failures_total") == 6
+    assert value(s, "sluice_auth_failures_total", route="open") is None
+    # the same refusals in sluice_requests_total, by cause
+    assert value(s, "sluice_requests_total", route="keys", cause="auth_missing") == 3
+    assert value(s, "sluice_requests_total", route="keys", cause="auth_invalid") == 2
+    assert value(s, "sluice_requests_total", route="admins", cause="forbidden") == 1

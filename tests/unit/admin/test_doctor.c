@@ -4,7 +4,9 @@
  * finding: a dead target, an ejected one, a whole upstream down, a 404 spike with its top
  * prefixes, p99 near the read timeout (and not when it is far), 5xx from the target, fd usage,
  * loop lag, connection-limit refusals, a route cause row, the ranking, `since`, windows, and no
- * finding at all on a healthy gateway. Also the p99-from-histogram-deltas arithmetic.
+ * finding at all on a healthy gateway. Also the p99-from-histogram-deltas arithmetic, and the
+ * auth rules: unknown kids after a rotation, expired tokens, rejected keys, forbidden clients,
+ * an issuer without keys (with a JWKS store whose fetches fail), none on healthy auth traffic.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +20,7 @@
 #include <jansson.h>
 
 #include "admin/doctor.h"
+#include "filters/jwks_store.h"
 #include "config/config.h"
 #include "router/router.h"
 #include "upstream/balancer.h"
@@ -53,13 +56,29 @@ typedef struct fx {
     size_t ticks;
 } fx_t;
 
-static int setup(void **state)
+/* Routes 0 "api" (JWT from a JWKS URL), 1 "keys" (API keys), 2 "hs" (JWT with a secret from the
+ * environment), 3 "open" (no auth): the auth rules. */
+#define AUTH_SECRET_ENV "SLUICE_TEST_DOCTOR_SECRET"
+static const char *const auth_yaml =
+    "listen: [ { address: \"127.0.0.1:1\" } ]\n"
+    "jwt_issuers:\n"
+    "  idp: { issuer: \"https://idp.test\", jwks_url: \"http://127.0.0.1:9/jwks\" }\n"
+    "  hs: { issuer: hs, secret_env: " AUTH_SECRET_ENV " }\n"
+    "upstreams:\n"
+    "  app: { targets: [ { address: \"127.0.0.1:9001\" } ] }\n"
+    "routes:\n"
+    "  - { name: api, match: { path_prefix: /api }, upstream: app, auth: [ { jwt: idp } ] }\n"
+    "  - { name: keys, match: { path_prefix: /k }, upstream: app, auth: [ api_key ] }\n"
+    "  - { name: hs, match: { path_prefix: /hs }, upstream: app, auth: [ { jwt: hs } ] }\n"
+    "  - { name: open, match: { path_prefix: / }, upstream: app }\n";
+
+static int setup_yaml(void **state, const char *text)
 {
     fx_t *f = calloc(1, sizeof(*f));
     sl_config_errors_t errs = {0};
     sl_config_t *c = NULL;
     sl_router_t *r = NULL;
-    int rc = sl_config_load_buffer("t.yaml", yaml, strlen(yaml), &c, &errs);
+    int rc = sl_config_load_buffer("t.yaml", text, strlen(text), &c, &errs);
     if (rc == 0)
         rc = sl_router_create(c, &r, &errs);
     if (rc != 0)
@@ -81,6 +100,16 @@ static int setup(void **state)
     f->now = T0;
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_yaml(state, yaml);
+}
+
+static int setup_auth(void **state)
+{
+    return setup_yaml(state, auth_yaml);
 }
 
 static int teardown(void **state)
@@ -109,6 +138,25 @@ static void exchange(fx_t *f, long route, int status, enum sl_cause cause, int n
         x.cause = cause;
         x.start_ns = 1000 * MS;
         sl_metrics_observe_exchange(f->w, f->snap->metrics, &x, x.start_ns + 5 * MS);
+    }
+}
+
+/* n requests of `route` refused with `cause` and the filter's detail code, counted as the log
+ * phase does. */
+static void refused(fx_t *f, long route, int status, enum sl_cause cause, const char *detail, int n)
+{
+    for (int i = 0; i < n; i++) {
+        sl_exchange_t x;
+        memset(&x, 0, sizeof(x));
+        x.route_index = route;
+        x.route_name = f->snap->cfg->routes[route].name;
+        x.method = SL_METHOD_GET;
+        x.status = status;
+        x.cause = cause;
+        x.cause_detail = detail;
+        x.start_ns = 1000 * MS;
+        sl_metrics_observe_exchange(f->w, f->snap->metrics, &x, x.start_ns + 1 * MS);
+        sl_metrics_observe_auth_failure(f->w, f->snap->metrics, &x);
     }
 }
 
@@ -685,6 +733,193 @@ static void test_quantile_from_deltas(void **state)
     teardown(&p);
 }
 
+/* The first auth finding on `route` whose evidence.detail is `detail`. */
+static json_t *find_auth(json_t *r, const char *route, const char *detail)
+{
+    size_t i;
+    json_t *it;
+    json_array_foreach(json_object_get(r, "findings"), i, it)
+    {
+        const char *rt = str(json_object_get(it, "where"), "route");
+        const char *dt = str(json_object_get(it, "evidence"), "detail");
+        if (strcmp(str(it, "cause"), "auth") == 0 && rt != NULL && strcmp(rt, route) == 0 && dt != NULL &&
+            strcmp(dt, detail) == 0)
+            return it;
+    }
+    return NULL;
+}
+
+/* Each auth route under steady traffic with the refusals any gateway sees: a token that just
+ * expired, a client without a key, a typo'd key, a token from before a rotation. */
+static void test_auth_healthy_has_no_findings(void **state)
+{
+    fx_t *f = *state;
+    for (int i = 0; i < 160; i++) {
+        for (long rt = 0; rt < 4; rt++)
+            exchange(f, rt, 200, SL_CAUSE_NONE, 20);
+        if (i % 5 == 0)
+            refused(f, 0, 401, SL_CAUSE_AUTH_EXPIRED, "jwt_expired", 1);
+        if (i % 3 == 0)
+            refused(f, 1, 401, SL_CAUSE_AUTH_MISSING, "no_credentials", 1);
+        if (i % 4 == 0)
+            refused(f, 1, 401, SL_CAUSE_AUTH_INVALID, "api_key_unknown", 1);
+        if (i % 10 == 0)
+            refused(f, 0, 401, SL_CAUSE_AUTH_INVALID, "jwt_unknown_kid", 1);
+        if (i % 7 == 0)
+            refused(f, 2, 403, SL_CAUSE_FORBIDDEN, "acl_not_in_group", 1);
+        tick(f);
+    }
+    for (unsigned w = 60; w <= 300; w += 240) {
+        json_t *r = report(f, w);
+        if (nfindings(r) != 0)
+            print(r);
+        assert_int_equal(nfindings(r), 0);
+        json_decref(r);
+    }
+}
+
+static void test_auth_unknown_kid_after_rotation(void **state)
+{
+    fx_t *f = *state;
+    for (int i = 0; i < 5; i++) {
+        exchange(f, 0, 200, SL_CAUSE_NONE, 20);
+        tick(f);
+    }
+    /* The provider rotated: a third of the clients still hold tokens of the removed key. */
+    for (int i = 0; i < 3; i++) {
+        exchange(f, 0, 200, SL_CAUSE_NONE, 20);
+        refused(f, 0, 401, SL_CAUSE_AUTH_INVALID, "jwt_unknown_kid", 10);
+        tick(f);
+    }
+    json_t *r = report(f, 60);
+    json_t *x = find_auth(r, "api", "jwt_unknown_kid");
+    if (x == NULL || nfindings(r) != 1)
+        print(r);
+    assert_non_null(x);
+    assert_int_equal(nfindings(r), 1); /* not also "credentials rejected" for the same refusals */
+    assert_string_equal(str(x, "severity"), "warning");
+    json_t *ev = json_object_get(x, "evidence");
+    assert_int_equal(num(ev, "jwt_unknown_kid"), 30);
+    assert_int_equal(num(ev, "requests"), 170); /* ticks 2..8: the first sample is the window's base */
+    assert_int_equal(num(json_object_get(ev, "details"), "jwt_unknown_kid"), 30);
+    json_t *iss = json_array_get(json_object_get(ev, "issuers"), 0);
+    assert_string_equal(str(iss, "name"), "idp");
+    assert_string_equal(str(iss, "issuer"), "https://idp.test");
+    assert_string_equal(str(iss, "jwks_url"), "http://127.0.0.1:9/jwks");
+    assert_null(json_object_get(iss, "keys")); /* no key store given */
+    assert_non_null(strstr(str(x, "summary"), "route api"));
+    assert_non_null(strstr(str(x, "summary"), "jwt_unknown_kid"));
+    assert_non_null(strstr(str(x, "action"), "rotated its keys: check jwks_url http://127.0.0.1:9/jwks"));
+    assert_non_null(strstr(str(x, "action"), "at most every 10 s"));
+    json_decref(r);
+    /* Once every client has new tokens the 60 s window empties and the finding goes. */
+    for (int i = 0; i < 31; i++) {
+        exchange(f, 0, 200, SL_CAUSE_NONE, 20);
+        tick(f);
+    }
+    r = report(f, 60);
+    assert_int_equal(nfindings(r), 0);
+    json_decref(r);
+}
+
+static void test_auth_expired_rejected_forbidden(void **state)
+{
+    fx_t *f = *state;
+    for (int i = 0; i < 3; i++) {
+        exchange(f, 0, 200, SL_CAUSE_NONE, 10);
+        refused(f, 0, 401, SL_CAUSE_AUTH_EXPIRED, "jwt_expired", 5);
+        exchange(f, 1, 200, SL_CAUSE_NONE, 10);
+        refused(f, 1, 401, SL_CAUSE_AUTH_INVALID, "api_key_unknown", 12);
+        refused(f, 1, 401, SL_CAUSE_AUTH_INVALID, "basic_bad_password", 1);
+        exchange(f, 3, 200, SL_CAUSE_NONE, 5);
+        refused(f, 3, 403, SL_CAUSE_FORBIDDEN, "ip_denied", 20);
+        tick(f);
+    }
+    json_t *r = report(f, 60);
+    json_t *x = find_auth(r, "api", "jwt_expired");
+    if (x == NULL)
+        print(r);
+    assert_non_null(x);
+    assert_int_equal(num(json_object_get(x, "evidence"), "jwt_expired"), 10); /* the base sample's are before */
+    assert_int_equal(num(json_object_get(x, "evidence"), "leeway_ms"), 30000);
+    assert_non_null(strstr(str(x, "action"), "refresh tokens"));
+    x = find_auth(r, "keys", "auth_invalid");
+    assert_non_null(x);
+    json_t *ev = json_object_get(x, "evidence");
+    assert_int_equal(num(ev, "auth_invalid"), 26);
+    assert_string_equal(str(ev, "top_detail"), "api_key_unknown");
+    assert_int_equal(num(json_object_get(ev, "details"), "basic_bad_password"), 2);
+    assert_non_null(strstr(str(x, "summary"), "credentials rejected"));
+    assert_string_equal(str(x, "severity"), "warning"); /* 26 of 46 */
+    x = find_auth(r, "open", "forbidden");
+    assert_non_null(x);
+    assert_string_equal(str(x, "severity"), "critical"); /* 40 of 50 */
+    assert_string_equal(str(json_object_get(x, "evidence"), "top_detail"), "ip_denied");
+    assert_non_null(strstr(str(x, "action"), "ip_rules of open"));
+    assert_int_equal(nfindings(r), 3);
+    json_decref(r);
+}
+
+/* A fetcher whose every fetch fails at once: the identity provider is unreachable. */
+static int fetch_refused(uv_loop_t *loop, const sl_fetch_request_t *req, sl_fetch_cb cb, void *arg, sl_fetch_t **out)
+{
+    (void)loop, (void)req, (void)cb, (void)arg, (void)out;
+    return UV_ECONNREFUSED;
+}
+
+static void fetch_cancel(sl_fetch_t *fe)
+{
+    (void)fe;
+}
+
+static void test_auth_no_keys_with_store(void **state)
+{
+    fx_t *f = *state;
+    setenv(AUTH_SECRET_ENV, "0123456789abcdef0123456789abcdef-doctor", 1);
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sl_fetcher_t fetcher = {fetch_refused, fetch_cancel};
+    sl_jwks_store_t *store = NULL;
+    assert_int_equal(sl_jwks_store_create(&loop, &fetcher, &store), 0);
+    sl_config_errors_t errs = {0};
+    assert_int_equal(sl_jwks_store_apply(store, f->snap->cfg, &errs), 0);
+    sl_config_errors_dispose(&errs);
+    sl_doctor_set_jwks(f->d, store);
+    for (int i = 0; i < 3; i++) {
+        refused(f, 0, 401, SL_CAUSE_AUTH_INVALID, "jwt_no_keys", 2);
+        exchange(f, 2, 200, SL_CAUSE_NONE, 10);
+        refused(f, 2, 401, SL_CAUSE_AUTH_INVALID, "jwt_unknown_kid", 10);
+        tick(f);
+    }
+    json_t *r = report(f, 60);
+    json_t *x = find_auth(r, "api", "jwt_no_keys");
+    if (x == NULL)
+        print(r);
+    assert_non_null(x);
+    assert_string_equal(str(x, "severity"), "critical");
+    json_t *iss = json_array_get(json_object_get(json_object_get(x, "evidence"), "issuers"), 0);
+    assert_int_equal(num(iss, "keys"), 0);
+    assert_true(num(iss, "fetch_failures") >= 1);
+    assert_non_null(json_object_get(iss, "last_error"));
+    assert_non_null(strstr(str(x, "action"), "never fetched"));
+    assert_non_null(strstr(str(x, "action"), "http://127.0.0.1:9/jwks"));
+    /* The secret issuer has its key: the unknown kid is not a fetch problem. */
+    x = find_auth(r, "hs", "jwt_unknown_kid");
+    assert_non_null(x);
+    iss = json_array_get(json_object_get(json_object_get(x, "evidence"), "issuers"), 0);
+    assert_string_equal(str(iss, "source"), "secret_env");
+    assert_string_equal(str(iss, "secret_env"), AUTH_SECRET_ENV);
+    assert_int_equal(num(iss, "keys"), 1);
+    assert_non_null(json_object_get(iss, "keys_loaded"));
+    assert_non_null(strstr(str(x, "action"), "sluice reload"));
+    json_decref(r);
+    sl_doctor_set_jwks(f->d, NULL);
+    sl_jwks_store_stop(store, NULL, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    unsetenv(AUTH_SECRET_ENV);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -702,6 +937,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_route_cause_row_and_ranking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_windows, setup, teardown),
         cmocka_unit_test(test_quantile_from_deltas),
+        cmocka_unit_test_setup_teardown(test_auth_healthy_has_no_findings, setup_auth, teardown),
+        cmocka_unit_test_setup_teardown(test_auth_unknown_kid_after_rotation, setup_auth, teardown),
+        cmocka_unit_test_setup_teardown(test_auth_expired_rejected_forbidden, setup_auth, teardown),
+        cmocka_unit_test_setup_teardown(test_auth_no_keys_with_store, setup_auth, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

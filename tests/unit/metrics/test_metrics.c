@@ -885,6 +885,85 @@ static void test_read_route_by_cause(void **state)
     sl_metrics_destroy(m);
 }
 
+static void auth_refused(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_config_t *cfg, long route,
+                         enum sl_cause cause, const char *detail)
+{
+    sl_exchange_t x = exchange(cfg, route, SL_METHOD_GET, cause == SL_CAUSE_FORBIDDEN ? 403 : 401, cause);
+    x.cause_detail = detail;
+    sl_metrics_observe_exchange(w, s, &x, x.start_ns + MS);
+    sl_metrics_observe_auth_failure(w, s, &x);
+}
+
+#define AUTH(route, detail) "sluice_auth_failures_total{route=\"" route "\",detail=\"" detail "\"}"
+
+static void test_auth_failures(void **state)
+{
+    (void)state;
+    sl_route_conf_t routes[] = {{.name = S("api")}, {.name = S("web")}};
+    sl_config_t cfg;
+    build(&cfg, routes, 2, NULL, 0);
+    sl_metrics_t *m;
+    sl_metrics_create(&m);
+    sl_metrics_schema_t *s;
+    sl_metrics_schema_create(m, &cfg, &s);
+    sl_metrics_worker_t *w1, *w2;
+    sl_metrics_worker_create(m, &w1);
+    sl_metrics_worker_create(m, &w2);
+    /* The codes map to their own index, and the names back; unknown codes and NULL are "other". */
+    for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++) {
+        const char *name = sl_metrics_auth_detail_name((enum sl_metrics_auth_detail)k);
+        assert_int_equal(sl_metrics_auth_detail_of(name), k);
+        if (k > 0) /* label order: the exposition relies on it */
+            assert_true(strcmp(sl_metrics_auth_detail_name((enum sl_metrics_auth_detail)(k - 1)), name) < 0);
+    }
+    assert_int_equal(sl_metrics_auth_detail_of(NULL), SL_METRICS_AUTH_OTHER);
+    assert_int_equal(sl_metrics_auth_detail_of("introspection_inactive"), SL_METRICS_AUTH_OTHER);
+    assert_string_equal(sl_metrics_auth_detail_name(SL_METRICS_AUTH__COUNT), "other");
+
+    char *text = render(m, s);
+    assert_int_equal(count_lines_with(text, "sluice_auth_failures_total{"), 0); /* nothing counted yet */
+    assert_int_equal(count_lines_with(text, "# TYPE sluice_auth_failures_total counter"), 1);
+    free(text);
+
+    for (int i = 0; i < 3; i++)
+        auth_refused(w1, s, &cfg, 0, SL_CAUSE_AUTH_INVALID, "jwt_unknown_kid");
+    auth_refused(w2, s, &cfg, 0, SL_CAUSE_AUTH_INVALID, "jwt_unknown_kid");
+    auth_refused(w2, s, &cfg, 0, SL_CAUSE_AUTH_EXPIRED, "jwt_expired");
+    auth_refused(w1, s, &cfg, 1, SL_CAUSE_AUTH_MISSING, "no_credentials");
+    auth_refused(w1, s, &cfg, 1, SL_CAUSE_FORBIDDEN, "ip_denied");
+    auth_refused(w1, s, &cfg, 1, SL_CAUSE_FORBIDDEN, "something_new");
+    /* Not refusals: a proxied answer and an upstream timeout, whatever their detail says. */
+    auth_refused(w1, s, &cfg, 1, SL_CAUSE_NONE, "jwt_expired");
+    auth_refused(w1, s, &cfg, 1, SL_CAUSE_UPSTREAM_TIMEOUT, "connection refused");
+
+    text = render(m, s);
+    assert_true(value_of(text, AUTH("api", "jwt_unknown_kid")) == 4);
+    assert_true(value_of(text, AUTH("api", "jwt_expired")) == 1);
+    assert_true(value_of(text, AUTH("web", "no_credentials")) == 1);
+    assert_true(value_of(text, AUTH("web", "ip_denied")) == 1);
+    assert_true(value_of(text, AUTH("web", "other")) == 1);
+    assert_int_equal(count_lines_with(text, "sluice_auth_failures_total{"), 5);
+    /* Series sorted by route, then detail: api's expired before its unknown kid. */
+    assert_true(strstr(text, AUTH("api", "jwt_expired")) < strstr(text, AUTH("api", "jwt_unknown_kid")));
+    assert_true(strstr(text, AUTH("api", "jwt_unknown_kid")) < strstr(text, AUTH("web", "ip_denied")));
+    free(text);
+
+    sl_metrics_route_sum_t r;
+    sl_metrics_read_route(m, sl_metrics_route_id(s, 0), &r);
+    assert_true(r.auth[SL_METRICS_AUTH_JWT_UNKNOWN_KID] == 4 && r.auth[SL_METRICS_AUTH_JWT_EXPIRED] == 1);
+    assert_true(r.causes[SL_CAUSE_AUTH_INVALID] == 4);
+
+    /* A worker that goes away keeps its counts in the totals. */
+    sl_metrics_worker_destroy(w1);
+    text = render(m, s);
+    assert_true(value_of(text, AUTH("api", "jwt_unknown_kid")) == 4);
+    assert_true(value_of(text, AUTH("web", "other")) == 1);
+    free(text);
+    sl_metrics_worker_destroy(w2);
+    sl_metrics_schema_destroy(s);
+    sl_metrics_destroy(m);
+}
+
 static void test_unmatched_sampler(void **state)
 {
     sl_metrics_t *m;
@@ -1008,6 +1087,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_render),
         cmocka_unit_test(test_upstream_errors_and_gauges),
         cmocka_unit_test(test_read_route_by_cause),
+        cmocka_unit_test(test_auth_failures),
         cmocka_unit_test(test_unmatched_sampler),
         cmocka_unit_test(test_unmatched_concurrent),
     };
