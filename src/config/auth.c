@@ -92,20 +92,6 @@ static int parse_claim_list(sl__config_ctx_t *ctx, const sl__config_key_t *k, co
     return rc;
 }
 
-static int parse_header_name(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
-{
-    sl_str_t *out = field;
-    if (sl__config_read_str(ctx, k->name, v, out) != 0)
-        return -1;
-    if (!sl__config_is_token(*out)) {
-        char q[80];
-        sl__config_error(ctx, sl__config_node_deref(v), "%s: %s is not a header name", k->name,
-                         sl__config_quote(q, sizeof(q), *out));
-        return -1;
-    }
-    return 0;
-}
-
 static int parse_env_name(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
 {
     sl_str_t *out = field;
@@ -785,7 +771,7 @@ static const sl__config_key_t auth_keys[] = {
      .type = SL__CT_CUSTOM,
      .offset = offsetof(sl_route_auth_conf_t, api_key_header),
      .dflt = "X-API-Key",
-     .parse = parse_header_name},
+     .parse = sl__config_parse_header_name},
     {.name = "api_key_query", .type = SL__CT_STR, .offset = offsetof(sl_route_auth_conf_t, api_key_query)},
     {.name = "realm", .type = SL__CT_STR, .offset = offsetof(sl_route_auth_conf_t, realm), .dflt = "sluice"},
 };

@@ -338,6 +338,57 @@ typedef struct sl_cors_conf {
     uint64_t max_age_ms; /* default 10m */
 } sl_cors_conf_t;
 
+/* ---- rate limits (docs/ratelimit.md) ------------------------------------------------------ */
+
+/* What a limit counts per: one part, or several joined with '+' (`consumer+ip`). */
+enum sl_rate_key_part {
+    SL_RATE_KEY_CONSUMER = 1, /* the identified consumer; anonymous callers fall back to their IP */
+    SL_RATE_KEY_IP,           /* the client address (behind trusted_proxies: from X-Forwarded-For) */
+    SL_RATE_KEY_ROUTE,        /* one budget for the whole route */
+    SL_RATE_KEY_HEADER,       /* the value of a request header; absent: the limit does not apply */
+};
+
+#define SL_RATE_KEY_MAX_PARTS 4
+
+typedef struct sl_rate_limit_conf {
+    sl_str_t name; /* optional (metrics label, 429 detail); NUL-terminated or empty */
+    sl_str_t key;  /* as written, e.g. "consumer+ip"; part of the limit's identity */
+    enum sl_rate_key_part parts[SL_RATE_KEY_MAX_PARTS];
+    sl_str_t headers[SL_RATE_KEY_MAX_PARTS]; /* HEADER parts: the header name; NUL-terminated */
+    size_t nparts;
+    uint64_t rate;      /* requests per period, >= 1 */
+    uint64_t period_ms; /* 1s, 1m, 1h or 1d */
+    uint64_t burst;     /* requests admitted at once from a full budget; default rate per second, >= 1 */
+    sl_config_pos_t pos;
+} sl_rate_limit_conf_t;
+
+/* A route's `quota` (docs/ratelimit.md): `limit` requests per calendar window (UTC) per key. */
+enum sl_quota_period {
+    SL_QUOTA_HOUR = 1,
+    SL_QUOTA_DAY,
+    SL_QUOTA_MONTH,
+};
+
+typedef struct sl_quota_conf {
+    bool enabled;
+    /* The key, name and position as for a rate limit; `rate` is the quota's limit, `burst` and
+     * `period_ms` are unused (a month has no fixed length: see `period`). */
+    sl_rate_limit_conf_t l;
+    enum sl_quota_period period;
+} sl_quota_conf_t;
+
+/** A limit's label in headers, the 429 detail ("rate_limit:<label>") and metrics: its name, or
+ *  its index ("2"; top-level limits "global-2"). Writes at most `size` bytes; returns `buf`. */
+const char *sl_rate_limit_label(const sl_rate_limit_conf_t *l, size_t index, bool global, char *buf, size_t size);
+
+/* `rate_limit_headers`: which response headers tell clients their budget. */
+enum sl_rate_limit_headers {
+    SL_RATE_HEADERS_BOTH = 1, /* IETF RateLimit + RateLimit-Policy, and X-RateLimit-* (default) */
+    SL_RATE_HEADERS_IETF,
+    SL_RATE_HEADERS_LEGACY,
+    SL_RATE_HEADERS_NONE,
+};
+
 /* One entry of a route's `split`: a weighted share of the route's requests (canary,
  * blue-green). Weight 0 drains the upstream without removing it from the file. */
 typedef struct sl_route_split_conf {
@@ -376,6 +427,10 @@ typedef struct sl_route_conf {
     bool has_ip_rules;
     sl_ip_rules_conf_t ip_rules;
     sl_cors_conf_t cors;
+    sl_rate_limit_conf_t *rate_limits; /* each must admit; checked in order after the global ones */
+    size_t nrate_limits;
+    int rate_limit_headers; /* enum sl_rate_limit_headers; default both */
+    sl_quota_conf_t quota;
     sl_config_pos_t pos;
 } sl_route_conf_t;
 
@@ -428,6 +483,15 @@ typedef struct sl_config {
     sl_ip_rules_conf_t ip_rules;     /* every route, before its own rules */
     sl_cidr_conf_t *trusted_proxies; /* X-Forwarded-For from these is believed */
     size_t ntrusted_proxies;
+    /* Top-level `rate_limit`: limits every route checks before its own. Their identity does
+     * not include the route, so a key's budget is shared by all routes (`key: route` aside). */
+    sl_rate_limit_conf_t *rate_limits;
+    size_t nrate_limits;
+    struct {
+        /* `stores.local.max_keys`: slots of the process-wide limiter table (default 1000000).
+         * Read from the first config only: changing it needs a restart. */
+        uint64_t local_max_keys;
+    } stores;
 
     struct {
         sl_str_t access_path; /* "stdout", "off" or a file path; default "stdout" */
@@ -495,6 +559,9 @@ long sl_config_find_upstream(const sl_config_t *c, sl_str_t name);
 int sl_config_parse_duration(sl_str_t s, uint64_t *ms);
 /** "512", "16kb", "10mb", "1gb" (also k/m/g, kib/mib/gib; all powers of 1024) → bytes. */
 int sl_config_parse_size(sl_str_t s, uint64_t *bytes);
+/** "100/s", "1000/m", "50/h", "50000/day" (units s, sec, second, m, min, minute, h, hour, d, day)
+ *  → count and period in ms. SL_EINVALID for any other form, SL_ETOOBIG for a count past 2^63. */
+int sl_config_parse_rate(sl_str_t s, uint64_t *count, uint64_t *period_ms);
 /** "127.0.0.1:80", "[::1]:80", ":80" (= 0.0.0.0) → sockaddr. Numeric only. */
 int sl_config_parse_sockaddr(sl_str_t s, struct sockaddr_storage *addr, socklen_t *len);
 

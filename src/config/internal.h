@@ -189,10 +189,23 @@ int sl__config_parse_trusted_proxies(sl__config_ctx_t *ctx, const sl__config_key
 int sl__config_parse_cors(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field);
 int sl__config_parse_route_auth(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
                                 void *field);
+/** A header field name (RFC 9110 token) into an sl_str_t (route.c). */
+int sl__config_parse_header_name(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                 void *field);
 /** `methods: [GET, POST]` into a uint32_t SL_METHOD_BIT set (route.c). */
 int sl__config_parse_methods(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field);
 /** Auth references (route → issuer / endpoint) and credentials shared by two consumers. */
 void sl__config_validate_auth(sl__config_ctx_t *ctx);
+
+/* src/config/ratelimit.c */
+extern const sl__config_section_t sl__config_stores_section;
+extern const sl__config_enum_t sl__config_rate_limit_headers[];
+int sl__config_parse_route_rate_limits(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                       void *field);
+int sl__config_parse_route_quota(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                 void *field);
+int sl__config_parse_global_rate_limits(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                        void *field);
 
 /** Cross-checks over the whole generation: upstream references, duplicate route names,
  * unreachable routes, duplicate listeners. */

@@ -354,8 +354,9 @@ static const sl__config_key_t top_keys[] = {
     {.name = "upstreams", .type = SL__CT_CUSTOM, .parse = sl__config_parse_upstreams},
     {.name = "routes", .type = SL__CT_CUSTOM, .parse = sl__config_parse_routes},
     {.name = "logging", .type = SL__CT_SECTION, .section = &logging_section},
-    /* Later issues: give these a type (and a table) when the feature lands. */
-    {.name = "stores", .type = SL__CT_UNSUPPORTED},
+    /* `stores.redis` is still a later feature: a row of its own in ratelimit.c. */
+    {.name = "stores", .type = SL__CT_SECTION, .section = &sl__config_stores_section},
+    {.name = "rate_limit", .type = SL__CT_CUSTOM, .parse = sl__config_parse_global_rate_limits},
     {.name = "consumers", .type = SL__CT_CUSTOM, .parse = sl__config_parse_consumers},
     {.name = "jwt_issuers", .type = SL__CT_CUSTOM, .parse = sl__config_parse_jwt_issuers},
     {.name = "introspection", .type = SL__CT_CUSTOM, .parse = sl__config_parse_introspection},

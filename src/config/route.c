@@ -173,7 +173,8 @@ int sl__config_parse_methods(sl__config_ctx_t *ctx, const sl__config_key_t *k, c
     return rc;
 }
 
-static int parse_header_name(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+int sl__config_parse_header_name(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                 void *field)
 {
     sl_str_t *out = field;
     if (sl__config_read_str(ctx, k->name, v, out) != 0)
@@ -245,7 +246,7 @@ static const sl__config_key_t header_match_keys[] = {
      .type = SL__CT_CUSTOM,
      .offset = offsetof(sl_header_match_conf_t, name),
      .required = true,
-     .parse = parse_header_name},
+     .parse = sl__config_parse_header_name},
     {.name = "value", .type = SL__CT_CUSTOM, .parse = parse_hm_value},
     {.name = "present", .type = SL__CT_CUSTOM, .parse = parse_hm_present},
     {.name = "regex", .type = SL__CT_CUSTOM, .parse = parse_hm_regex},
@@ -729,8 +730,13 @@ static const sl__config_key_t route_keys[] = {
     {.name = "acl", .type = SL__CT_CUSTOM, .parse = parse_acl},
     {.name = "ip_rules", .type = SL__CT_CUSTOM, .parse = parse_route_ip_rules},
     {.name = "cors", .type = SL__CT_CUSTOM, .offset = offsetof(sl_route_conf_t, cors), .parse = sl__config_parse_cors},
-    {.name = "rate_limit", .type = SL__CT_UNSUPPORTED},
-    {.name = "quota", .type = SL__CT_UNSUPPORTED},
+    {.name = "rate_limit", .type = SL__CT_CUSTOM, .parse = sl__config_parse_route_rate_limits},
+    {.name = "rate_limit_headers",
+     .type = SL__CT_ENUM,
+     .offset = offsetof(sl_route_conf_t, rate_limit_headers),
+     .dflt = "both",
+     .enums = sl__config_rate_limit_headers},
+    {.name = "quota", .type = SL__CT_CUSTOM, .parse = sl__config_parse_route_quota},
     {.name = "cache", .type = SL__CT_UNSUPPORTED},
 };
 

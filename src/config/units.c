@@ -1,5 +1,5 @@
 /*
- * Units of the config language: durations, sizes and numeric socket addresses. They are public
+ * Units of the config language: durations, sizes, rates and numeric socket addresses. They are public
  * because the admin API and the CLI read the same forms. Strict on purpose: a duration without
  * a unit, a sign, a fraction or an overflow is an error, never a guess.
  */
@@ -67,6 +67,33 @@ int sl_config_parse_duration(sl_str_t s, uint64_t *ms)
 int sl_config_parse_size(sl_str_t s, uint64_t *bytes)
 {
     return parse_with_units(s, size_units, sizeof(size_units) / sizeof(size_units[0]), true, bytes);
+}
+
+static const unit_t rate_units[] = {
+    {"s", 1000},           {"sec", 1000},      {"second", 1000},      {"m", 60 * 1000},    {"min", 60 * 1000},
+    {"minute", 60 * 1000}, {"h", 3600 * 1000}, {"hour", 3600 * 1000}, {"d", 86400 * 1000}, {"day", 86400 * 1000},
+};
+
+int sl_config_parse_rate(sl_str_t s, uint64_t *count, uint64_t *period_ms)
+{
+    const char *slash = memchr(s.ptr, '/', s.len);
+    if (slash == NULL || slash == s.ptr)
+        return SL_EINVALID;
+    sl_str_t num = {s.ptr, (size_t)(slash - s.ptr)}, unit = {slash + 1, s.len - num.len - 1};
+    for (size_t i = 0; i < num.len; i++)
+        if (num.ptr[i] < '0' || num.ptr[i] > '9')
+            return SL_EINVALID;
+    for (size_t i = 0; i < sizeof(rate_units) / sizeof(rate_units[0]); i++) {
+        if (!sl_str_eq(unit, sl_str_from_cstr(rate_units[i].name)))
+            continue;
+        unsigned long long v;
+        if (!sl_str_to_u64(num, &v) || v > INT64_MAX)
+            return SL_ETOOBIG;
+        *count = v;
+        *period_ms = rate_units[i].factor;
+        return 0;
+    }
+    return SL_EINVALID;
 }
 
 int sl__config_split_hostport(sl_str_t s, sl_str_t *host, uint16_t *port, bool *bracketed)

@@ -49,6 +49,22 @@ _Static_assert(SL_JWT_SET_HS256 == SL_JWT_ALG_BIT(SL_JWT_HS256) && SL_JWT_SET_ED
 static _Thread_local sl_jwt_cache_t *jwt_cache;
 static _Thread_local sl_jwt_cache_t *basic_cache;
 static _Thread_local sl_jwt_cache_t *intro_cache;
+/* OpenSSL 3's one-shot SHA256() looks the digest up on every call (~0.8 us for a short key);
+ * one fetched digest per thread and a reused context make it ~0.2 us. */
+static _Thread_local EVP_MD *sha256_md;
+static _Thread_local EVP_MD_CTX *sha256_ctx;
+
+static void sha256_of(const void *p, size_t n, uint8_t out[SHA256_DIGEST_LENGTH])
+{
+    if (sha256_ctx == NULL) {
+        sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        sha256_ctx = EVP_MD_CTX_new();
+        SL_BUG_ON(sha256_md == NULL || sha256_ctx == NULL);
+    }
+    unsigned int len = 0;
+    SL_BUG_ON(EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) != 1 || EVP_DigestUpdate(sha256_ctx, p, n) != 1 ||
+              EVP_DigestFinal_ex(sha256_ctx, out, &len) != 1);
+}
 
 static sl_jwt_cache_t *cache_of(sl_jwt_cache_t **slot, uint64_t ttl_s)
 {
@@ -63,6 +79,10 @@ void sl_filters_thread_exit(void)
     sl_jwt_cache_destroy(basic_cache);
     sl_jwt_cache_destroy(intro_cache);
     jwt_cache = basic_cache = intro_cache = NULL;
+    EVP_MD_CTX_free(sha256_ctx);
+    EVP_MD_free(sha256_md);
+    sha256_ctx = NULL;
+    sha256_md = NULL;
 }
 
 /* ---- state ---------------------------------------------------------------------------------- */
@@ -322,7 +342,7 @@ static enum sl_filter_status check_api_key(sl_exchange_t *x, const auth_t *st, s
                                            size_t qe)
 {
     uint8_t d[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)key.ptr, key.len, d);
+    sha256_of(key.ptr, key.len, d);
     const sl_consumer_conf_t *c = sl__consumers_by_key(st->consumers, d);
     if (c == NULL)
         return fail(x, SL_CAUSE_AUTH_INVALID, "api_key_unknown");
@@ -759,7 +779,7 @@ static void intro_done(void *arg, int status, const sl_fetch_response_t *res)
         detail = "introspection_timeout";
     } else if (status < 0) {
         cause = status == SL_EFETCH_BAD_RESPONSE || status == SL_EFETCH_TOO_LARGE ? SL_CAUSE_UPSTREAM_BAD_RESPONSE
-                                                                                   : SL_CAUSE_UPSTREAM_CONNECT_FAILED;
+                                                                                  : SL_CAUSE_UPSTREAM_CONNECT_FAILED;
         detail = "introspection_unavailable";
     } else if (status == 401 || status == 403) {
         /* The endpoint refused sluice itself: wrong client_id or secret, not the caller's token. */

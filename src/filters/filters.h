@@ -1,7 +1,7 @@
 /*
  * The filters module: one file per filter, each an sl_filter_type_t (pipeline/filter.h), and
  * the registry that compiles a route's chain from its config in the fixed order of DESIGN.md:
- * ip rules, CORS, auth, ACL (rate limits, quotas and the cache join the table as they land).
+ * ip rules, CORS, auth, ACL, rate limits, quotas (the cache joins the table when it lands).
  *
  * Memory: sl_filters_attach gives the snapshot its chains and the per-snapshot shared data
  * (consumer indexes), released with the snapshot. Per-worker caches (verified tokens and Basic
@@ -16,11 +16,15 @@
 #include "pipeline/snapshot.h"
 
 struct sl_jwks_store;
+struct sl_gcra_table;
 
 /* What the filters need from the process, supplied by the server. */
 typedef struct sl_filters_env {
-    struct sl_jwks_store *jwks;     /* key sets of the jwt issuers; NULL: routes with jwt fail to build */
-    const sl_fetcher_t *fetcher;    /* HTTP client for token introspection; NULL: those routes fail to build */
+    struct sl_jwks_store *jwks;  /* key sets of the jwt issuers; NULL: routes with jwt fail to build */
+    const sl_fetcher_t *fetcher; /* HTTP client for token introspection; NULL: those routes fail to build */
+    /* The process-wide rate-limit table (gcra.h): outlives every snapshot, so limits keep their
+     * state across reloads. NULL: routes with rate limits fail to build. */
+    struct sl_gcra_table *rate_table;
 } sl_filters_env_t;
 
 /**
@@ -36,5 +40,7 @@ extern const sl_filter_type_t sl_filter_ip_rules;
 extern const sl_filter_type_t sl_filter_cors;
 extern const sl_filter_type_t sl_filter_auth;
 extern const sl_filter_type_t sl_filter_acl;
+extern const sl_filter_type_t sl_filter_rate_limit;
+extern const sl_filter_type_t sl_filter_quota;
 
 #endif

@@ -27,6 +27,22 @@ const sl__ip_trust_t *sl__filters_shared_trust(void *shared);
 const sl__consumers_t *sl__filters_shared_consumers(void *shared);
 struct sl_jwks_store *sl__filters_shared_jwks(void *shared);
 const struct sl_fetcher *sl__filters_shared_fetcher(void *shared);
+struct sl_gcra_table *sl__filters_shared_rate_table(void *shared);
+
+/* ---- rate limits and quotas (rate_limit.c, quota.c) ---- */
+
+/* The limiter table's clock (gcra.h takes any ns clock): monotonic ns plus 2^62, so a quota can
+ * name the start of a calendar window that began before the machine booted. 2^62 ns more is
+ * still 146 years below the table's limit of 2^63. */
+#define SL__TABLE_TIME_BIAS (UINT64_C(1) << 62)
+
+/* Bytes sl__rate_key_value may write. */
+#define SL__RATE_KEY_BUF (SL_RATE_KEY_MAX_PARTS * (256 + 3) + 64)
+
+/** The request's value for the key of `l` (consumer, ip, route, header:NAME parts) into `buf`;
+ *  false when the limit does not apply (a header part is absent). */
+bool sl__rate_key_value(const sl_exchange_t *x, const sl__ip_trust_t *trust, const sl_rate_limit_conf_t *l,
+                        uint8_t *buf, size_t *len);
 
 /* ---- consumer index (consumers.c) ---- */
 sl__consumers_t *sl__consumers_create(const sl_config_t *cfg);

@@ -10,12 +10,17 @@
 #include "filters/filters.h"
 #include "filters/internal.h"
 
+/* One row per filter, in DESIGN order (ip rules, cors, auth, acl, rate limit; then quota, cache). */
+/* clang-format off */
 static const sl_filter_type_t *const registry[] = {
     &sl_filter_ip_rules,
     &sl_filter_cors,
     &sl_filter_auth,
     &sl_filter_acl,
+    &sl_filter_rate_limit,
+    &sl_filter_quota,
 };
+/* clang-format on */
 
 #define NREGISTRY (sizeof(registry) / sizeof(registry[0]))
 
@@ -27,7 +32,8 @@ typedef struct shared {
     sl__ip_trust_t *trust;
     sl__consumers_t *consumers;
     struct sl_jwks_store *jwks;
-    sl_fetcher_t fetcher; /* .start NULL: none */
+    sl_fetcher_t fetcher;             /* .start NULL: none */
+    struct sl_gcra_table *rate_table; /* the process's; not owned */
 } shared_t;
 
 const sl__ip_trust_t *sl__filters_shared_trust(void *shared)
@@ -49,6 +55,11 @@ const struct sl_fetcher *sl__filters_shared_fetcher(void *shared)
 {
     const shared_t *sh = shared;
     return sh->fetcher.start != NULL ? &sh->fetcher : NULL;
+}
+
+struct sl_gcra_table *sl__filters_shared_rate_table(void *shared)
+{
+    return ((shared_t *)shared)->rate_table;
 }
 
 /* Frees everything attach built; `block` is the allocation holding the back pointer and the
@@ -84,6 +95,7 @@ int sl_filters_attach(sl_snapshot_t *snap, const sl_filters_env_t *env, sl_confi
     sh->jwks = env != NULL ? env->jwks : NULL;
     if (env != NULL && env->fetcher != NULL)
         sh->fetcher = *env->fetcher;
+    sh->rate_table = env != NULL ? env->rate_table : NULL;
     /* [shared_t *][chain 0][chain 1]...: the back pointer lets chains_release find `sh`. */
     shared_t **block = sl_xcalloc(1, sizeof(shared_t *) + (cfg->nroutes ? cfg->nroutes : 1) * sizeof(sl_chain_t));
     block[0] = sh;

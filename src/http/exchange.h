@@ -135,6 +135,7 @@ struct sl_exchange {
     sl_str_t consumer_groups;     /* its groups, comma-separated */
     uint8_t client_family;        /* AF_INET / AF_INET6 of the peer (0 unknown), for ip rules */
     uint8_t client_addr[16];
+    void *rate_limit; /* the rate_limit filter's decisions (arena), for its response headers */
 
     void *handler_data; /* the terminal handler's per-exchange state (proxy) */
     /* Set by a handler with work in flight: the codec calls it when the client connection dies

@@ -86,7 +86,8 @@ typedef struct sl__metrics_route {
     _Atomic uint64_t counts[SL_METRICS_ROUTE_KEYS];
     _Atomic uint64_t overflow; /* keys that found the table full */
     sl__metrics_hist_t duration;
-    _Atomic uint64_t auth[SL_METRICS_AUTH__COUNT]; /* sluice_auth_failures_total by detail */
+    _Atomic uint64_t auth[SL_METRICS_AUTH__COUNT];         /* sluice_auth_failures_total by detail */
+    _Atomic uint64_t rate_limited[SL_METRICS_RATE_LIMITS]; /* sluice_rate_limited_total by limit index */
 } sl__metrics_route_t;
 
 struct sl_metrics_worker {
@@ -117,6 +118,8 @@ struct sl_metrics {
     size_t nworkers, capworkers;
     _Atomic uint64_t reloads_ok, reloads_failed;
     _Atomic uint64_t last_reload_wall_ms;
+    uint64_t (*rate_full_total)(const void *ctx); /* NULL: no limiter table */
+    const void *rate_full_ctx;
     uint64_t start_time_s; /* 0 when /proc could not tell */
 };
 
@@ -127,10 +130,16 @@ struct sl_metrics_schema {
     uint32_t *route_index;      /* [route_mask + 1]: config index + 1 by name hash, 0 = empty */
     size_t route_mask;
     size_t nupstreams;
-    uint32_t *target_base; /* [nupstreams + 1]: first entry of each upstream in target_slot */
-    uint32_t *target_slot; /* config (upstream, target) → stable target slot */
-    uint32_t *route_order; /* route slots to export, sorted by name, unique */
+    uint32_t *target_base;     /* [nupstreams + 1]: first entry of each upstream in target_slot */
+    uint32_t *target_slot;     /* config (upstream, target) → stable target slot */
+    uint32_t *route_order;     /* route slots to export, sorted by name, unique */
+    uint32_t *route_order_cfg; /* [nroute_order]: config index of each, SL__METRICS_NO_CFG for reserved */
     size_t nroute_order;
+    /* Rate-limit labels (sl_rate_limit_label) of config route i: rl_labels[rl_base[i] ..
+     * rl_base[i + 1]), top-level limits first; the text lives in rl_text. */
+    uint32_t *rl_base;
+    sl_str_t *rl_labels;
+    char *rl_text;
     uint32_t *target_order;     /* target slots to export, sorted by (upstream, address), unique */
     uint32_t *target_order_cfg; /* [ntarget_order]: flat config index (target_base + t) of each, NO_CFG for none */
     size_t ntarget_order;

@@ -31,8 +31,9 @@
  * resumes the same counter without a reset. A renamed route is a new series from zero.
  *
  * Memory class: the registry, schemas and worker storage are plain heap objects, freed by
- * their _destroy. Per worker, each route slot costs sizeof(sl__metrics_route_t) (~0.9 KiB:
- * a 64-entry (method,status,cause) table and a duration histogram) and each target slot
+ * their _destroy. Per worker, each route slot costs sizeof(sl__metrics_route_t) (~1.1 KiB:
+ * a 64-entry (method,status,cause) table, a duration histogram and the auth-failure counters
+ * by detail) and each target slot
  * ~0.15 KiB, plus ~96 KiB of slot pointers per worker (see docs/metrics.md).
  *
  * Threads: the registry, schema creation, worker creation/destruction, reload results and
@@ -102,6 +103,8 @@ enum sl_metrics_auth_detail {
     SL_METRICS_AUTH_CORS_HEADERS,
     SL_METRICS_AUTH_CORS_METHOD,
     SL_METRICS_AUTH_CORS_ORIGIN,
+    SL_METRICS_AUTH_INTROSPECTION_NO_CONSUMER,
+    SL_METRICS_AUTH_INTROSPECTION_TOO_LARGE,
     SL_METRICS_AUTH_IP_DENIED,
     SL_METRICS_AUTH_JWT_ALG_NOT_ALLOWED,
     SL_METRICS_AUTH_JWT_BAD_AUDIENCE,
@@ -118,9 +121,16 @@ enum sl_metrics_auth_detail {
     SL_METRICS_AUTH_JWT_NOT_YET_VALID,
     SL_METRICS_AUTH_JWT_UNKNOWN_KID,
     SL_METRICS_AUTH_NO_CREDENTIALS,
-    SL_METRICS_AUTH_OTHER, /* a detail code not listed above, or none */
+    SL_METRICS_AUTH_OTHER, /* a detail code not listed here, or none */
+    SL_METRICS_AUTH_TOKEN_EXPIRED,
+    SL_METRICS_AUTH_TOKEN_INACTIVE,
+    SL_METRICS_AUTH_TOKEN_TOO_LARGE,
     SL_METRICS_AUTH__COUNT,
 };
+
+/* Rate limits counted per route by sluice_rate_limited_total{route,limit}, in the route's order
+ * (top-level limits first); refusals by later limits share the last counter. */
+#define SL_METRICS_RATE_LIMITS 16
 
 typedef struct sl_metrics sl_metrics_t;
 typedef struct sl_metrics_schema sl_metrics_schema_t;
@@ -142,6 +152,10 @@ void sl_metrics_destroy(sl_metrics_t *m);
  * the snapshot). Names past the caps are logged once per call and map to the overflow slot.
  */
 int sl_metrics_schema_create(sl_metrics_t *m, const sl_config_t *cfg, sl_metrics_schema_t **out);
+
+/** Where sluice_rate_limit_table_full_total comes from: `full_total(ctx)` is read at each
+ *  scrape (the process-wide limiter table's counter). Control thread. */
+void sl_metrics_set_rate_limit_source(sl_metrics_t *m, uint64_t (*full_total)(const void *ctx), const void *ctx);
 
 /** Frees a schema. Any thread; touches nothing but the schema. NULL is ignored. */
 void sl_metrics_schema_destroy(sl_metrics_schema_t *s);
@@ -244,9 +258,9 @@ typedef struct sl_metrics_hist_sum {
 } sl_metrics_hist_sum_t;
 
 typedef struct sl_metrics_route_sum {
-    uint64_t requests;                /* finished exchanges */
-    uint64_t causes[SL_CAUSE__COUNT]; /* by gateway cause; [SL_CAUSE_NONE]: upstream or respond answers */
-    uint64_t status_5xx;              /* of causes[SL_CAUSE_NONE], those with a status >= 500 */
+    uint64_t requests;                     /* finished exchanges */
+    uint64_t causes[SL_CAUSE__COUNT];      /* by gateway cause; [SL_CAUSE_NONE]: upstream or respond answers */
+    uint64_t status_5xx;                   /* of causes[SL_CAUSE_NONE], those with a status >= 500 */
     uint64_t auth[SL_METRICS_AUTH__COUNT]; /* refusals (auth_* and forbidden) by detail */
 } sl_metrics_route_sum_t;
 
@@ -282,6 +296,9 @@ uint32_t sl_metrics_target_id(const sl_metrics_schema_t *s, size_t upstream_inde
 
 /** Sums of one series over every worker. Control thread. */
 void sl_metrics_read_route(sl_metrics_t *m, uint32_t route_id, sl_metrics_route_sum_t *out);
+/** The route's whole-request duration histogram, summed over workers (a separate call: the
+ *  doctor's sample history does not need it). */
+void sl_metrics_read_route_duration(sl_metrics_t *m, uint32_t route_id, sl_metrics_hist_sum_t *out);
 void sl_metrics_read_target(sl_metrics_t *m, uint32_t target_id, sl_metrics_target_sum_t *out);
 
 /**

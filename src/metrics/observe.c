@@ -79,6 +79,24 @@ static uint32_t route_slot(const sl_metrics_schema_t *s, const sl_exchange_t *x)
     return SL__METRICS_ROUTE_OVERFLOW;
 }
 
+/* The refusing limit by its label (the filter's detail is "rate_limit:<label>"): a scan of the
+ * route's few labels, on refusals only. */
+static void count_rate_limited(sl__metrics_route_t *r, const sl_metrics_schema_t *s, const sl_exchange_t *x)
+{
+    static const char prefix[] = "rate_limit:";
+    if (s == NULL || x->cause_detail == NULL || strncmp(x->cause_detail, prefix, sizeof(prefix) - 1) != 0 ||
+        x->route_index < 0 || (size_t)x->route_index >= s->nroutes)
+        return;
+    sl_str_t label = sl_str_from_cstr(x->cause_detail + sizeof(prefix) - 1);
+    size_t i = (size_t)x->route_index;
+    for (uint32_t k = s->rl_base[i]; k < s->rl_base[i + 1]; k++)
+        if (sl_str_eq(s->rl_labels[k], label)) {
+            uint32_t n = k - s->rl_base[i];
+            sl__metrics_add(&r->rate_limited[n < SL_METRICS_RATE_LIMITS ? n : SL_METRICS_RATE_LIMITS - 1], 1);
+            return;
+        }
+}
+
 void sl_metrics_observe_exchange(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_exchange_t *x,
                                  uint64_t end_ns)
 {
@@ -91,6 +109,8 @@ void sl_metrics_observe_exchange(sl_metrics_worker_t *w, const sl_metrics_schema
         unsigned cause = (unsigned)x->cause < SL_CAUSE__COUNT ? (unsigned)x->cause : SL_CAUSE_INTERNAL_ERROR;
         sl__metrics_route_count(r, sl__metrics_key(method, status, cause), 1);
         hist_observe(&r->duration, end_ns > x->start_ns ? end_ns - x->start_ns : 0);
+        if (x->cause == SL_CAUSE_RATE_LIMITED)
+            count_rate_limited(r, s, x);
     }
     sl__metrics_add(&w->bytes_in, x->bytes_in);
     sl__metrics_add(&w->bytes_out, x->bytes_out);
@@ -107,6 +127,8 @@ const char *const sl__metrics_auth_names[SL_METRICS_AUTH__COUNT] = {
     [SL_METRICS_AUTH_CORS_HEADERS] = "cors_headers",
     [SL_METRICS_AUTH_CORS_METHOD] = "cors_method",
     [SL_METRICS_AUTH_CORS_ORIGIN] = "cors_origin",
+    [SL_METRICS_AUTH_INTROSPECTION_NO_CONSUMER] = "introspection_no_consumer",
+    [SL_METRICS_AUTH_INTROSPECTION_TOO_LARGE] = "introspection_too_large",
     [SL_METRICS_AUTH_IP_DENIED] = "ip_denied",
     [SL_METRICS_AUTH_JWT_ALG_NOT_ALLOWED] = "jwt_alg_not_allowed",
     [SL_METRICS_AUTH_JWT_BAD_AUDIENCE] = "jwt_bad_audience",
@@ -124,6 +146,9 @@ const char *const sl__metrics_auth_names[SL_METRICS_AUTH__COUNT] = {
     [SL_METRICS_AUTH_JWT_UNKNOWN_KID] = "jwt_unknown_kid",
     [SL_METRICS_AUTH_NO_CREDENTIALS] = "no_credentials",
     [SL_METRICS_AUTH_OTHER] = "other",
+    [SL_METRICS_AUTH_TOKEN_EXPIRED] = "token_expired",
+    [SL_METRICS_AUTH_TOKEN_INACTIVE] = "token_inactive",
+    [SL_METRICS_AUTH_TOKEN_TOO_LARGE] = "token_too_large",
 };
 
 enum sl_metrics_auth_detail sl_metrics_auth_detail_of(const char *detail)
@@ -132,8 +157,8 @@ enum sl_metrics_auth_detail sl_metrics_auth_detail_of(const char *detail)
         return SL_METRICS_AUTH_OTHER;
     /* A linear scan of short literals: runs only for refused requests, and most compares stop
      * at the first byte or right after "jwt_". */
-    for (size_t i = 0; i < SL_METRICS_AUTH_OTHER; i++)
-        if (strcmp(detail, sl__metrics_auth_names[i]) == 0)
+    for (size_t i = 0; i < SL_METRICS_AUTH__COUNT; i++)
+        if (i != SL_METRICS_AUTH_OTHER && strcmp(detail, sl__metrics_auth_names[i]) == 0)
             return (enum sl_metrics_auth_detail)i;
     return SL_METRICS_AUTH_OTHER;
 }

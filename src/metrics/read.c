@@ -95,6 +95,18 @@ void sl_metrics_read_route(sl_metrics_t *m, uint32_t route_id, sl_metrics_route_
     }
 }
 
+void sl_metrics_read_route_duration(sl_metrics_t *m, uint32_t route_id, sl_metrics_hist_sum_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (route_id >= m->routes_allocated)
+        return;
+    for (size_t w = 0; w < m->nworkers; w++) {
+        sl__metrics_route_t *r = atomic_load_explicit(&m->workers[w]->routes[route_id], memory_order_acquire);
+        if (r != NULL)
+            hist_read(out, &r->duration);
+    }
+}
+
 void sl_metrics_read_target(sl_metrics_t *m, uint32_t target_id, sl_metrics_target_sum_t *out)
 {
     memset(out, 0, sizeof(*out));

@@ -141,6 +141,8 @@ static void worker_fold(sl_metrics_worker_t *dst, sl_metrics_worker_t *src, cons
         hist_fold(&d->duration, &s->duration);
         for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
             sl__metrics_add(&d->auth[k], sl__metrics_load(&s->auth[k]));
+        for (size_t k = 0; k < SL_METRICS_RATE_LIMITS; k++)
+            sl__metrics_add(&d->rate_limited[k], sl__metrics_load(&s->rate_limited[k]));
     }
     for (size_t i = 0; i < m->targets_allocated; i++) {
         sl__metrics_target_t *d = atomic_load_explicit(&dst->targets[i], memory_order_relaxed);
@@ -325,10 +327,43 @@ static uint32_t intern_or_overflow(sl_metrics_t *m, sl__metrics_names_t *t, uint
     return overflow;
 }
 
+void sl_metrics_set_rate_limit_source(sl_metrics_t *m, uint64_t (*full_total)(const void *ctx), const void *ctx)
+{
+    m->rate_full_total = full_total;
+    m->rate_full_ctx = ctx;
+}
+
+/* The limit labels of every route, so a refusal's detail ("rate_limit:<label>") maps back to
+ * its limit's counter and the exposition names it. Bounded: labels come from the config. */
+static void rate_limit_labels(sl_metrics_schema_t *s, const sl_config_t *cfg)
+{
+    size_t nlabels = 0;
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        nlabels += cfg->nrate_limits + cfg->routes[i].nrate_limits;
+    enum { LABEL_MAX = 136 };
+    s->rl_base = sl_xmalloc((cfg->nroutes + 1) * sizeof(*s->rl_base));
+    s->rl_labels = sl_xmalloc((nlabels ? nlabels : 1) * sizeof(*s->rl_labels));
+    s->rl_text = sl_xmalloc((nlabels ? nlabels : 1) * LABEL_MAX);
+    size_t k = 0;
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        s->rl_base[i] = (uint32_t)k;
+        const sl_route_conf_t *r = &cfg->routes[i];
+        for (size_t j = 0; j < cfg->nrate_limits + r->nrate_limits; j++, k++) {
+            bool global = j < cfg->nrate_limits;
+            const sl_rate_limit_conf_t *l = global ? &cfg->rate_limits[j] : &r->rate_limits[j - cfg->nrate_limits];
+            char *text = s->rl_text + k * LABEL_MAX;
+            sl_rate_limit_label(l, global ? j : j - cfg->nrate_limits, global, text, LABEL_MAX);
+            s->rl_labels[k] = sl_str_from_cstr(text);
+        }
+    }
+    s->rl_base[cfg->nroutes] = (uint32_t)k;
+}
+
 int sl_metrics_schema_create(sl_metrics_t *m, const sl_config_t *cfg, sl_metrics_schema_t **out)
 {
     sl_metrics_schema_t *s = sl_xcalloc(1, sizeof(*s));
     size_t lost_routes = 0, lost_upstreams = 0, lost_targets = 0;
+    rate_limit_labels(s, cfg);
 
     s->nroutes = cfg->nroutes;
     s->route_slot = sl_xmalloc((cfg->nroutes ? cfg->nroutes : 1) * sizeof(*s->route_slot));
@@ -384,7 +419,7 @@ int sl_metrics_schema_create(sl_metrics_t *m, const sl_config_t *cfg, sl_metrics
                                 SL__METRICS_NO_CFG};
     for (size_t i = 0; i < cfg->nroutes; i++)
         items[n++] = (order_item_t){m->routes.names[s->route_slot[i]], SL_STR_NULL, s->route_slot[i], (uint32_t)i};
-    s->route_order = sorted_unique(items, n, &s->nroute_order, NULL);
+    s->route_order = sorted_unique(items, n, &s->nroute_order, &s->route_order_cfg);
     n = 0;
     items[n++] = (order_item_t){m->upstreams.names[SL__METRICS_UP_OVERFLOW], m->targets.names[SL__METRICS_TGT_OVERFLOW],
                                 SL__METRICS_TGT_OVERFLOW, SL__METRICS_NO_CFG};
@@ -411,6 +446,10 @@ void sl_metrics_schema_destroy(sl_metrics_schema_t *s)
     free(s->target_base);
     free(s->target_slot);
     free(s->route_order);
+    free(s->route_order_cfg);
+    free(s->rl_base);
+    free(s->rl_labels);
+    free(s->rl_text);
     free(s->target_order);
     free(s->target_order_cfg);
     free(s);

@@ -352,7 +352,7 @@ static void emit_requests(render_t *r, const family_t *f)
 }
 
 /* Only the (route, detail) pairs that counted something: most routes have no auth at all,
- * and 27 zero series per route would be most of the exposition. */
+ * and 32 zero series per route would be most of the exposition. */
 static void emit_auth_failures(render_t *r, const family_t *f)
 {
     for (size_t i = 0; i < r->nroute_order; i++) {
@@ -374,6 +374,40 @@ static void emit_auth_failures(render_t *r, const family_t *f)
             sample_u64(r, f->name, l, 2, n[k]);
         }
     }
+}
+
+/* Only the (route, limit) pairs that refused something; limits by their config label, the
+ * ones past SL_METRICS_RATE_LIMITS as one overflow series. */
+static void emit_rate_limited(render_t *r, const family_t *f)
+{
+    const sl_metrics_schema_t *s = r->schema;
+    for (size_t i = 0; s != NULL && i < r->nroute_order; i++) {
+        uint32_t slot = r->route_order[i], cfg = s->route_order_cfg[i];
+        if (cfg == SL__METRICS_NO_CFG)
+            continue;
+        uint32_t nlimits = s->rl_base[cfg + 1] - s->rl_base[cfg];
+        for (uint32_t k = 0; k < nlimits && k < SL_METRICS_RATE_LIMITS; k++) {
+            uint64_t n = 0;
+            for (size_t w = 0; w < r->m->nworkers; w++) {
+                sl__metrics_route_t *rt = worker_route(r->m->workers[w], slot);
+                n += rt != NULL ? sl__metrics_load(&rt->rate_limited[k]) : 0;
+            }
+            if (n == 0)
+                continue;
+            bool shared = k == SL_METRICS_RATE_LIMITS - 1 && nlimits > SL_METRICS_RATE_LIMITS;
+            label_t l[2] = {
+                {"route", r->m->routes.names[slot]},
+                {"limit", shared ? sl_str_from_cstr(SL_METRICS_OVERFLOW) : s->rl_labels[s->rl_base[cfg] + k]},
+            };
+            sample_u64(r, f->name, l, 2, n);
+        }
+    }
+}
+
+static void emit_rate_table_full(render_t *r, const family_t *f)
+{
+    if (r->m->rate_full_total != NULL)
+        sample_u64(r, f->name, NULL, 0, r->m->rate_full_total(r->m->rate_full_ctx));
 }
 
 static void emit_upstream_duration(render_t *r, const family_t *f)
@@ -464,8 +498,7 @@ static void emit_target_healthy(render_t *r, const family_t *f)
     emit_target_state(r, f, false);
 }
 
-/* Sorted by name. Later features add their row here (sluice_rate_limited_total,
- * sluice_cache_requests_total). */
+/* Sorted by name. Later features add their row here (sluice_cache_requests_total). */
 static const family_t families[] = {
     {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", emit_cpu},
     {"process_max_fds", "gauge", "Maximum number of open file descriptors.", emit_max_fds},
@@ -485,6 +518,11 @@ static const family_t families[] = {
     {"sluice_connections", "gauge", "Client connections open now: active (a request in progress) or idle.",
      emit_connections},
     {"sluice_connections_accepted_total", "counter", "Client connections accepted.", emit_accepted},
+    {"sluice_rate_limit_table_full_total", "counter",
+     "Requests of a new rate-limit key admitted unchecked because its bucket of the limiter table was full.",
+     emit_rate_table_full},
+    {"sluice_rate_limited_total", "counter", "Requests refused with rate_limited, by route and limit.",
+     emit_rate_limited},
     {"sluice_request_duration_seconds", "histogram",
      "Time from the first byte of a request to the end of its response, by route.", emit_request_duration},
     {"sluice_requests_total", "counter", "Finished exchanges by route, method, status and gateway cause.",

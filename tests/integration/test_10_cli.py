@@ -122,7 +122,7 @@ routes:
   - name: b
     match: {{ path_prefix: /b }}
     upstream: users
-    rate_limit: [ {{ key: ip, rate: 10/s }} ]
+    cache: {{ ttl: 30s }}
   - name: c
     match: {{ path_prefix: /c }}
     upstream: users
@@ -161,7 +161,6 @@ def test_run_with_bad_config_exits_1_without_listening(tmp_path, sluice_bin):
 
 LATER_FEATURES = {
     "stores": ("stores: { redis: { address: \"127.0.0.1:6379\" } }\n", 0),
-    "rate_limit": ("    rate_limit: [ { key: ip, rate: 10/s } ]\n", 1),
     "cache": ("    cache: { ttl: 30s }\n", 1),
 }
 

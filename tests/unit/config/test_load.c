@@ -412,25 +412,27 @@ static void test_aliases(void **state)
 
 static void test_unknown_keys(void **state)
 {
-    EXPECT_ERRORS(LISTEN "listn: []\n"
-                         "routes:\n"
-                         "  - name: a\n"
-                         "    match: { pathprefix: /a }\n"
-                         "    upstrem: u\n"
-                         "    respond: { stauts: 200 }\n"
-                         "upstreams: { u: { targets: [ { address: a:1, wieght: 2 } ], keepalive: { idle: 1s } } }\n"
-                         "timeouts: { connect: 1s }\n",
-                  "2:1: unknown key 'listn' in the top level (allowed: listen, admin, workers, limits, timeouts, "
-                  "upstreams, routes, logging, consumers, jwt_issuers, introspection, trusted_proxies, ip_rules)",
-                  "5:14: unknown key 'pathprefix' in route match (allowed: hosts, path, path_prefix, path_regex, "
-                  "methods, headers)",
-                  "6:5: unknown key 'upstrem' in route (allowed: name, match, upstream, split, sticky, "
-                  "strip_prefix, rewrite, timeout, respond, request_headers, response_headers, auth, acl, ip_rules, "
-                  "cors)",
-                  "7:16: unknown key 'stauts' in respond (allowed: status, body, content_type, echo)",
-                  "8:46: unknown key 'wieght' in target (allowed: address, weight)",
-                  "8:74: unknown key 'idle' in keepalive (allowed: max_idle, idle_timeout)",
-                  "9:13: unknown key 'connect' in timeouts (allowed: client_header, client_idle, client_body, drain)");
+    EXPECT_ERRORS(
+        LISTEN "listn: []\n"
+               "routes:\n"
+               "  - name: a\n"
+               "    match: { pathprefix: /a }\n"
+               "    upstrem: u\n"
+               "    respond: { stauts: 200 }\n"
+               "upstreams: { u: { targets: [ { address: a:1, wieght: 2 } ], keepalive: { idle: 1s } } }\n"
+               "timeouts: { connect: 1s }\n",
+        "2:1: unknown key 'listn' in the top level (allowed: listen, admin, workers, limits, timeouts, "
+        "upstreams, routes, logging, stores, rate_limit, consumers, jwt_issuers, introspection, trusted_proxies, "
+        "ip_rules)",
+        "5:14: unknown key 'pathprefix' in route match (allowed: hosts, path, path_prefix, path_regex, "
+        "methods, headers)",
+        "6:5: unknown key 'upstrem' in route (allowed: name, match, upstream, split, sticky, "
+        "strip_prefix, rewrite, timeout, respond, request_headers, response_headers, auth, acl, ip_rules, "
+        "cors, rate_limit, rate_limit_headers, quota)",
+        "7:16: unknown key 'stauts' in respond (allowed: status, body, content_type, echo)",
+        "8:46: unknown key 'wieght' in target (allowed: address, weight)",
+        "8:74: unknown key 'idle' in keepalive (allowed: max_idle, idle_timeout)",
+        "9:13: unknown key 'connect' in timeouts (allowed: client_header, client_idle, client_body, drain)");
     EXPECT_ERRORS("x-base: &b { max_connections: 5 }\n" LISTEN "limits: { <<: *b }\n",
                   "3:11: YAML merge keys (<<) are not supported; repeat the keys or use an alias as a value");
     /* x- keys are ignored only at the top level, where anchors live. */
@@ -499,12 +501,135 @@ static void test_not_supported_yet(void **state)
                   "  - name: r\n"
                   "    upstream: u\n"
                   "    rate_limit: []\n"
-                  "    quota: {}\n"
+                  "    quota: { key: ip, limit: 5/day }\n"
                   "    cache: { ttl: 30s }\n"
-                  "stores: {}\n",
-                  "3:5: tls is not supported yet", "13:5: rate_limit is not supported yet",
-                  "14:5: quota is not supported yet", "15:5: cache is not supported yet",
-                  "16:1: stores is not supported yet");
+                  "stores: { redis: { address: 127.0.0.1:6379 } }\n",
+                  "3:5: tls is not supported yet", "15:5: cache is not supported yet",
+                  "16:11: redis is not supported yet");
+}
+
+static void test_rate_limits(void **state)
+{
+    sl_config_t *c = load_ok(LISTEN "stores: { local: { max_keys: 5000 } }\n"
+                                    "rate_limit: [ { key: ip, rate: 50000/day, name: global-ip } ]\n"
+                                    "routes:\n"
+                                    "  - name: a\n"
+                                    "    respond: { status: 200 }\n"
+                                    "    rate_limit:\n"
+                                    "      - { key: consumer+ip, rate: 1000/s, burst: 200, name: per-consumer }\n"
+                                    "      - { key: header:X-Key, rate: 100/m }\n"
+                                    "      - { key: route, rate: 7/h }\n"
+                                    "      - { key: ip, rate: 2500/s }\n"
+                                    "    rate_limit_headers: ietf\n"
+                                    "  - name: b\n"
+                                    "    match: { path_prefix: /b }\n"
+                                    "    respond: { status: 200 }\n"
+                                    "    quota: { key: consumer, limit: 1000000/month, name: monthly }\n");
+    assert_int_equal(c->stores.local_max_keys, 5000);
+    assert_int_equal(c->nrate_limits, 1);
+    assert_str(c->rate_limits[0].name, "global-ip");
+    assert_int_equal(c->rate_limits[0].rate, 50000);
+    assert_int_equal(c->rate_limits[0].period_ms, 86400000);
+    assert_int_equal(c->rate_limits[0].burst, 1); /* 50000/day is below 1/s */
+    const sl_route_conf_t *r = &c->routes[0];
+    assert_int_equal(r->nrate_limits, 4);
+    assert_int_equal(r->rate_limit_headers, SL_RATE_HEADERS_IETF);
+    assert_int_equal(r->rate_limits[0].nparts, 2);
+    assert_int_equal(r->rate_limits[0].parts[0], SL_RATE_KEY_CONSUMER);
+    assert_int_equal(r->rate_limits[0].parts[1], SL_RATE_KEY_IP);
+    assert_str(r->rate_limits[0].key, "consumer+ip");
+    assert_int_equal(r->rate_limits[0].burst, 200);
+    assert_pos(r->rate_limits[0].pos, 8, 9);
+    assert_int_equal(r->rate_limits[1].parts[0], SL_RATE_KEY_HEADER);
+    assert_str(r->rate_limits[1].headers[0], "X-Key");
+    assert_int_equal(r->rate_limits[1].rate, 100);
+    assert_int_equal(r->rate_limits[1].period_ms, 60000);
+    assert_int_equal(r->rate_limits[1].burst, 1);
+    assert_int_equal(r->rate_limits[1].name.len, 0);
+    assert_int_equal(r->rate_limits[2].parts[0], SL_RATE_KEY_ROUTE);
+    assert_int_equal(r->rate_limits[2].period_ms, 3600000);
+    assert_int_equal(r->rate_limits[3].burst, 2500); /* default: the rate per second */
+    assert_int_equal(c->routes[1].nrate_limits, 0);
+    assert_false(c->routes[0].quota.enabled);
+    assert_true(c->routes[1].quota.enabled);
+    assert_int_equal(c->routes[1].quota.period, SL_QUOTA_MONTH);
+    assert_int_equal(c->routes[1].quota.l.rate, 1000000);
+    assert_int_equal(c->routes[1].quota.l.parts[0], SL_RATE_KEY_CONSUMER);
+    assert_str(c->routes[1].quota.l.name, "monthly");
+    assert_int_equal(c->routes[1].rate_limit_headers, SL_RATE_HEADERS_BOTH);
+    sl_config_unref(c);
+    c = load_ok(LISTEN "routes: [ { name: a, respond: {} } ]\n");
+    assert_int_equal(c->stores.local_max_keys, 1000000);
+    assert_int_equal(c->nrate_limits, 0);
+    sl_config_unref(c);
+
+    uint64_t n, period;
+    assert_int_equal(sl_config_parse_rate(SL_STR_LIT("3/minute"), &n, &period), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(period, 60000);
+    assert_int_equal(sl_config_parse_rate(SL_STR_LIT("3/M"), &n, &period), SL_EINVALID);
+    assert_int_equal(sl_config_parse_rate(SL_STR_LIT("/s"), &n, &period), SL_EINVALID);
+    assert_int_equal(sl_config_parse_rate(SL_STR_LIT("1.5/s"), &n, &period), SL_EINVALID);
+    assert_int_equal(sl_config_parse_rate(SL_STR_LIT("99999999999999999999/s"), &n, &period), SL_ETOOBIG);
+}
+
+static void test_rate_limit_errors(void **state)
+{
+    EXPECT_ERRORS(LISTEN "stores: { local: { max_keys: 1 }, redis: {} }\n"
+                         "rate_limit: { key: ip, rate: 1/s }\n"
+                         "routes:\n"
+                         "  - name: a\n"
+                         "    respond: { status: 200 }\n"
+                         "    rate_limit:\n"
+                         "      - { key: cosumer, rate: 10/s }\n"
+                         "      - { key: ip+ip, rate: 10/s }\n"
+                         "      - { key: \"header:a b\", rate: 10/s }\n"
+                         "      - { key: ip, rate: 10/sec, name: x }\n"
+                         "      - { key: ip, rate: 10/s, name: x }\n"
+                         "      - { key: ip, rate: 10 }\n"
+                         "      - { key: ip, rate: 0/s }\n"
+                         "      - { key: ip, rate: 1/d, burst: 400 }\n"
+                         "      - { key: ip, rate: 1/d, burst: 0 }\n"
+                         "      - { key: ip, rate: 2000000000/s }\n"
+                         "      - { rate: 1/s }\n"
+                         "      - { key: ip, rate: 1/s, name: \"a b\", priority: 1 }\n"
+                         "      - { key: \"\", rate: 1/s }\n"
+                         "      - { key: consumer+ip+route+header:A+header:B, rate: 1/s }\n"
+                         "      - { key: \"header:\", rate: 1/s }\n"
+                         "    rate_limit_headers: all\n"
+                         "  - name: q\n"
+                         "    match: { path_prefix: /q }\n"
+                         "    respond: { status: 200 }\n"
+                         "    quota: { key: ip, limit: 10/week }\n"
+                         "  - name: q2\n"
+                         "    match: { path_prefix: /q2 }\n"
+                         "    respond: { status: 200 }\n"
+                         "    quota: { limit: 0/day, key: ip, rate: 1/s }\n",
+                  "2:30: max_keys: '1' is out of range (16..4294967296)", "2:35: redis is not supported yet",
+                  "3:13: rate_limit: expected a list, got a mapping",
+                  "8:16: key: unknown part 'cosumer' in 'cosumer' (expected consumer, ip, route, header:NAME, or "
+                  "parts joined with '+' like consumer+ip)",
+                  "9:16: key: 'ip+ip' names 'ip' twice", "10:16: key: 'a b' is not a valid header name",
+                  "12:9: rate_limit: name 'x' is used twice (first at 11:9)",
+                  "13:26: rate: expected a rate like 100/s, 1000/m, 50/h or 50000/day, got '10'",
+                  "14:26: rate: '0/s' admits nothing; the rate must be at least 1 per period (to block a route, use "
+                  "ip_rules or acl)",
+                  "15:38: burst: 400 at '1/d' takes 399 days to refill; at most 366 (lower burst or raise the rate)",
+                  "16:38: burst: '0' is out of range (1..1000000000)",
+                  "17:26: rate: '2000000000/s' is above the limiter's 1000000000/s",
+                  "18:9: missing required key 'key' in rate limit",
+                  "19:37: name: 'a b' is not a valid name (letters, digits, '.', '_', '-'; at most 128)",
+                  "19:44: unknown key 'priority' in rate limit (allowed: key, rate, burst, name)",
+                  "20:16: key: expected consumer, ip, route, header:NAME, or parts joined with '+' like consumer+ip, "
+                  "got ''",
+                  "21:16: key: 'consumer+ip+route+header:A+header:B' has more than 4 parts",
+                  "22:16: key: unknown part 'header:' in 'header:' (expected consumer, ip, route, header:NAME, or "
+                  "parts joined with '+' like consumer+ip)",
+                  "23:25: rate_limit_headers: expected one of both, ietf, legacy, none, got 'all'",
+                  "27:30: limit: expected requests per calendar window like 1000/hour, 50000/day or 1000000/month, "
+                  "got '10/week'",
+                  "31:21: limit: '0/day' must allow 1 to 1000000000000 requests per window",
+                  "31:37: unknown key 'rate' in quota (allowed: key, limit, name)");
 }
 
 static void test_health_and_breaker(void **state)
@@ -1337,6 +1462,8 @@ int main(void)
         cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_out_of_range),
         cmocka_unit_test(test_not_supported_yet),
+        cmocka_unit_test(test_rate_limits),
+        cmocka_unit_test(test_rate_limit_errors),
         cmocka_unit_test(test_health_and_breaker),
         cmocka_unit_test(test_health_and_breaker_errors),
         cmocka_unit_test(test_duplicate_keys),

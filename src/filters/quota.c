@@ -1,0 +1,153 @@
+/*
+ * The quota filter (docs/ratelimit.md "Quotas"): after rate limits, `limit` requests per key per
+ * calendar window (hour, day or month, UTC), refused with 429 quota_exceeded and a Retry-After
+ * that runs to the window's end. Locally the count lives in the same limiter table as the rate
+ * limits (gcra.h), as a GCRA key whose clock is pinned to the window's start: with T = window /
+ * limit and tolerance (limit - 1) * T, admitting at "now = window start" is exactly a counter
+ * that allows `limit` requests, and the count is void as soon as the next window starts (its
+ * TAT is then in the past, so the slot is free). Counts do not survive a restart (that is the
+ * cluster store's job, not built yet).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/bug.h"
+#include "common/error.h"
+#include "common/time.h"
+#include "filters/filters.h"
+#include "store/gcra.h"
+#include "filters/internal.h"
+
+#define NS_PER_S    UINT64_C(1000000000)
+#define NS_PER_HOUR (3600 * NS_PER_S)
+#define NS_PER_DAY  (86400 * NS_PER_S)
+
+typedef struct quota {
+    sl_gcra_table_t *table;
+    const sl__ip_trust_t *trust;
+    const sl_quota_conf_t *conf;
+    int64_t wall_minus_mono_ns; /* read once per snapshot: windows are UTC, the table monotonic */
+    sl_str_t id;
+    char id_buf[176];
+    char detail_buf[148];
+} quota_t;
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static int quota_create(const struct sl_snapshot *snap, const sl_route_conf_t *route, void *shared, void **state,
+                        sl_config_errors_t *errs)
+{
+    *state = NULL;
+    if (!route->quota.enabled)
+        return 0;
+    sl_gcra_table_t *table = sl__filters_shared_rate_table(shared);
+    if (table == NULL) {
+        sl_config_errors_add(errs, snap->cfg->path, route->pos.line, route->pos.col,
+                             "route '%s': a quota needs the limiter table, which this process has not created",
+                             route->name.ptr);
+        return SL_ECONFIG;
+    }
+    quota_t *q = sl_xcalloc(1, sizeof(*q));
+    q->table = table;
+    q->trust = sl__filters_shared_trust(shared);
+    q->conf = &route->quota;
+    q->wall_minus_mono_ns = (int64_t)(sl_time_wall_ms() * 1000000ull) - (int64_t)sl_time_mono_ns();
+    const sl_rate_limit_conf_t *l = &route->quota.l;
+    uint64_t fp = 1469598103934665603ull;
+    fp = fnv(fp, &l->rate, sizeof(l->rate));
+    fp = fnv(fp, &route->quota.period, sizeof(route->quota.period));
+    fp = fnv(fp, l->key.ptr, l->key.len);
+    int n = snprintf(q->id_buf, sizeof(q->id_buf), "%.*s%cquota%c%016" PRIx64, SL_STR_FMT(route->name), 0, 0, fp);
+    q->id = (sl_str_t){q->id_buf, (size_t)n};
+    snprintf(q->detail_buf, sizeof(q->detail_buf), "quota:%s", l->name.len ? l->name.ptr : "0");
+    *state = q;
+    return 0;
+}
+
+static void quota_destroy(void *state)
+{
+    free(state);
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date, and back (H. Hinnant's algorithms). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, unsigned *m)
+{
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    unsigned doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    *m = mp < 10 ? mp + 3 : mp - 9;
+    *y = (int64_t)yoe + era * 400 + (*m <= 2);
+}
+
+/* The UTC window holding `wall_ns`: [start, end) in ns since the epoch. */
+static void window_of(enum sl_quota_period p, uint64_t wall_ns, uint64_t *start, uint64_t *end)
+{
+    if (p == SL_QUOTA_HOUR || p == SL_QUOTA_DAY) {
+        uint64_t len = p == SL_QUOTA_HOUR ? NS_PER_HOUR : NS_PER_DAY;
+        *start = wall_ns - wall_ns % len;
+        *end = *start + len;
+        return;
+    }
+    int64_t y;
+    unsigned m;
+    civil_from_days((int64_t)(wall_ns / NS_PER_DAY), &y, &m);
+    *start = (uint64_t)days_from_civil(y, m, 1) * NS_PER_DAY;
+    *end = (uint64_t)(m == 12 ? days_from_civil(y + 1, 1, 1) : days_from_civil(y, m + 1, 1)) * NS_PER_DAY;
+}
+
+static enum sl_filter_status quota_on_request(sl_exchange_t *x, void *state)
+{
+    const quota_t *q = state;
+    const sl_rate_limit_conf_t *l = &q->conf->l;
+    uint8_t buf[SL__RATE_KEY_BUF];
+    size_t len;
+    if (!sl__rate_key_value(x, q->trust, l, buf, &len))
+        return SL_FILTER_CONTINUE;
+    /* The request's start time, not another clock read: a request begun before midnight counts
+     * for the day it began. */
+    uint64_t wall_ns = (uint64_t)((int64_t)x->start_ns + q->wall_minus_mono_ns);
+    uint64_t start, end;
+    window_of(q->conf->period, wall_ns, &start, &end);
+    uint64_t T = (end - start) / l->rate;
+    sl_gcra_params_t p = {.emission_ns = T, .tolerance_ns = (l->rate - 1) * T};
+    uint64_t pinned = (uint64_t)((int64_t)start - q->wall_minus_mono_ns) + SL__TABLE_TIME_BIAS;
+    sl_gcra_key_t key = sl_gcra_key_digest(q->id, (sl_str_t){(const char *)buf, len});
+    sl_gcra_result_t r;
+    if (sl_gcra_admit(q->table, key, &p, pinned, 1, &r) != 0 || r.allowed)
+        return SL_FILTER_CONTINUE; /* a full table admits (and is counted), as for rate limits */
+    uint64_t left = end - wall_ns;
+    char *ra = sl_arena_alloc(&x->arena, 24);
+    int n = snprintf(ra, 24, "%" PRIu64, left / NS_PER_S + (left % NS_PER_S != 0));
+    sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("Retry-After"), (sl_str_t){ra, (size_t)n});
+    x->cause = SL_CAUSE_QUOTA_EXCEEDED;
+    x->cause_detail = q->detail_buf;
+    return SL_FILTER_ERROR;
+}
+
+const sl_filter_type_t sl_filter_quota = {
+    .name = "quota",
+    .create = quota_create,
+    .destroy = quota_destroy,
+    .on_request = quota_on_request,
+};

@@ -1,0 +1,314 @@
+/*
+ * The rate_limit filter (docs/ratelimit.md): after auth and ACL, every limit of the route (the
+ * top-level ones first, then the route's own) must admit the request; the first that refuses
+ * answers 429 rate_limited with Retry-After. Each limit is a GCRA key in the process-wide table
+ * (gcra.h), keyed by a digest of the limit's identity and the request's key value; the identity
+ * (scope, index, fingerprint of rate, burst and key) survives reloads unchanged, so a limit
+ * whose definition did not change keeps its state. On the way back, every response of a limited
+ * route carries the RateLimit headers (IETF draft -09 form) and/or X-RateLimit-*.
+ *
+ * One function, admit(), makes a limit's decision: the place where a cluster store answering
+ * asynchronously would return PENDING and resume run() later (see run()).
+ */
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/bug.h"
+#include "common/error.h"
+#include "common/time.h"
+#include "filters/filters.h"
+#include "store/gcra.h"
+#include "filters/internal.h"
+
+/* Header values longer than this enter the key as their own digest: the key buffer stays
+ * small and fixed, and long values never collide by truncation. */
+#define VALUE_INLINE_MAX 256
+_Static_assert(SL__RATE_KEY_BUF >= SL_RATE_KEY_MAX_PARTS * (VALUE_INLINE_MAX + 3), "key buffer too small");
+
+typedef struct limit {
+    const sl_rate_limit_conf_t *conf;
+    sl_gcra_params_t params;
+    sl_str_t id;        /* identity: scope, index, fingerprint (in `id_buf`) */
+    sl_str_t label;     /* name, or index: RateLimit item keys */
+    const char *detail; /* "rate_limit:<label>" for the log and metrics */
+    uint64_t period_s;  /* policy window */
+    char id_buf[176];
+    char label_buf[136];
+    char detail_buf[148];
+} limit_t;
+
+typedef struct rl {
+    sl_gcra_table_t *table;
+    const sl__ip_trust_t *trust;
+    sl_str_t route_name;
+    int headers; /* enum sl_rate_limit_headers */
+    size_t n;
+    limit_t limits[];
+} rl_t;
+
+enum verdict {
+    VERDICT_ALLOWED = 1,
+    VERDICT_REFUSED,
+    VERDICT_SKIPPED, /* the limit does not apply (its header is absent) */
+    /* VERDICT_PENDING: a cluster store's answer is on its way; run() resumes with it. */
+};
+
+/* A route with more limits than this is a config nobody needs. */
+#define MAX_LIMITS 64
+
+/* Per exchange, in its arena: where run() is and what each limit said. */
+typedef struct decisions {
+    const rl_t *rl;
+    uint64_t now_ns;
+    size_t next;
+    long refused; /* index of the refusing limit, or -1 */
+    struct {
+        bool applied; /* false: skipped (its header was absent) or not reached */
+        sl_gcra_result_t r;
+    } item[];
+} decisions_t;
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static void limit_init(limit_t *l, const sl_rate_limit_conf_t *c, sl_str_t scope, size_t index, bool global)
+{
+    l->conf = c;
+    uint64_t period_ns = c->period_ms * 1000000ull;
+    /* Integer T rounds down: at most 1 ns per interval more permissive, never stricter. */
+    l->params.emission_ns = period_ns / c->rate;
+    l->params.tolerance_ns = (c->burst - 1) * l->params.emission_ns;
+    l->period_s = c->period_ms / 1000;
+    uint64_t fp = 1469598103934665603ull;
+    fp = fnv(fp, &c->rate, sizeof(c->rate));
+    fp = fnv(fp, &c->period_ms, sizeof(c->period_ms));
+    fp = fnv(fp, &c->burst, sizeof(c->burst));
+    fp = fnv(fp, c->key.ptr, c->key.len);
+    int n = snprintf(l->id_buf, sizeof(l->id_buf), "%.*s%c%zu%c%016" PRIx64, SL_STR_FMT(scope), 0, index, 0, fp);
+    l->id = (sl_str_t){l->id_buf, (size_t)n};
+    l->label = sl_str_from_cstr(sl_rate_limit_label(c, index, global, l->label_buf, sizeof(l->label_buf)));
+    snprintf(l->detail_buf, sizeof(l->detail_buf), "rate_limit:%s", l->label_buf);
+    l->detail = l->detail_buf;
+}
+
+static int rl_create(const struct sl_snapshot *snap, const sl_route_conf_t *route, void *shared, void **state,
+                     sl_config_errors_t *errs)
+{
+    const sl_config_t *cfg = snap->cfg;
+    *state = NULL;
+    size_t n = cfg->nrate_limits + route->nrate_limits;
+    if (n == 0)
+        return 0;
+    sl_gcra_table_t *table = sl__filters_shared_rate_table(shared);
+    if (table == NULL) {
+        sl_config_errors_add(errs, cfg->path, route->pos.line, route->pos.col,
+                             "route '%s': rate limits need the limiter table, which this process has not created",
+                             route->name.ptr);
+        return SL_ECONFIG;
+    }
+    if (n > MAX_LIMITS) {
+        sl_config_errors_add(errs, cfg->path, route->pos.line, route->pos.col,
+                             "route '%s': %zu rate limits (with the top-level ones); at most %d", route->name.ptr, n,
+                             MAX_LIMITS);
+        return SL_ECONFIG;
+    }
+    rl_t *rl = sl_xcalloc(1, sizeof(*rl) + n * sizeof(limit_t));
+    rl->table = table;
+    rl->trust = sl__filters_shared_trust(shared);
+    rl->route_name = route->name;
+    rl->headers = route->rate_limit_headers ? route->rate_limit_headers : SL_RATE_HEADERS_BOTH;
+    rl->n = n;
+    /* Global limits are scoped "*" (not a valid route name): one budget across every route. */
+    for (size_t i = 0; i < cfg->nrate_limits; i++)
+        limit_init(&rl->limits[i], &cfg->rate_limits[i], SL_STR_LIT("*"), i, true);
+    for (size_t i = 0; i < route->nrate_limits; i++)
+        limit_init(&rl->limits[cfg->nrate_limits + i], &route->rate_limits[i], route->name, i, false);
+    *state = rl;
+    return 0;
+}
+
+static void rl_destroy(void *state)
+{
+    free(state);
+}
+
+static size_t put_part(uint8_t *buf, size_t n, char tag, const void *p, size_t len)
+{
+    if (len > VALUE_INLINE_MAX) {
+        sl_gcra_key_t d = sl_gcra_key_digest(SL_STR_LIT("long"), (sl_str_t){p, len});
+        buf[n++] = (uint8_t)(tag ^ 0x20);
+        memcpy(buf + n, &d, sizeof(d));
+        return n + sizeof(d);
+    }
+    buf[n++] = (uint8_t)tag;
+    buf[n++] = (uint8_t)(len >> 8);
+    buf[n++] = (uint8_t)len;
+    memcpy(buf + n, p, len);
+    return n + len;
+}
+
+bool sl__rate_key_value(const sl_exchange_t *x, const sl__ip_trust_t *trust, const sl_rate_limit_conf_t *l,
+                        uint8_t *buf, size_t *len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < l->nparts; i++) {
+        int family = 0;
+        uint8_t addr[16] = {0};
+        switch (l->parts[i]) {
+        case SL_RATE_KEY_CONSUMER:
+            if (x->consumer.len > 0) {
+                n = put_part(buf, n, 'c', x->consumer.ptr, x->consumer.len);
+                break;
+            }
+            /* Anonymous: per client address, so anonymous callers do not share one budget. */
+            sl__client_addr(x, trust, &family, addr);
+            n = put_part(buf, n, 'a', addr, family == AF_INET6 ? 16 : 4);
+            break;
+        case SL_RATE_KEY_IP:
+            sl__client_addr(x, trust, &family, addr);
+            n = put_part(buf, n, 'i', addr, family == AF_INET6 ? 16 : 4);
+            break;
+        case SL_RATE_KEY_ROUTE:
+            /* The route is in a route limit's identity already; a global one needs its name. */
+            n = put_part(buf, n, 'r', x->route_name.ptr, x->route_name.len);
+            break;
+        case SL_RATE_KEY_HEADER: {
+            const sl_header_t *h = sl_headers_find(&x->req_headers, l->headers[i]);
+            if (h == NULL)
+                return false;
+            n = put_part(buf, n, 'h', h->value.ptr, h->value.len);
+            break;
+        }
+        }
+    }
+    *len = n;
+    return true;
+}
+
+/* The one decision point of a limit. A full table admits (and is counted by the table): an
+ * overflowing limiter must not become an outage. */
+static enum verdict admit(sl_exchange_t *x, const rl_t *rl, const limit_t *l, uint64_t now_ns, sl_gcra_result_t *out)
+{
+    uint8_t buf[SL__RATE_KEY_BUF];
+    size_t len;
+    if (!sl__rate_key_value(x, rl->trust, l->conf, buf, &len))
+        return VERDICT_SKIPPED;
+    sl_gcra_key_t key = sl_gcra_key_digest(l->id, (sl_str_t){(const char *)buf, len});
+    if (sl_gcra_admit(rl->table, key, &l->params, now_ns + SL__TABLE_TIME_BIAS, 1, out) != 0) {
+        *out = (sl_gcra_result_t){.allowed = true, .limit = l->conf->burst, .remaining = l->conf->burst - 1};
+        return VERDICT_ALLOWED;
+    }
+    return out->allowed ? VERDICT_ALLOWED : VERDICT_REFUSED;
+}
+
+/* Runs the limits from d->next on. A cluster store would make admit() return PENDING; run()
+ * then returns SL_FILTER_PAUSE with d->next on that limit, and the store's callback records
+ * the answer, advances d->next and calls run() again, ending with sl_filter_resume or
+ * sl_filter_fail(x, SL_CAUSE_RATE_LIMITED, ...). */
+static enum sl_filter_status run(sl_exchange_t *x, decisions_t *d)
+{
+    const rl_t *rl = d->rl;
+    for (; d->next < rl->n; d->next++) {
+        size_t i = d->next;
+        enum verdict v = admit(x, rl, &rl->limits[i], d->now_ns, &d->item[i].r);
+        d->item[i].applied = v != VERDICT_SKIPPED;
+        if (v == VERDICT_REFUSED) {
+            d->refused = (long)i;
+            x->cause = SL_CAUSE_RATE_LIMITED;
+            x->cause_detail = rl->limits[i].detail;
+            return SL_FILTER_ERROR;
+        }
+    }
+    return SL_FILTER_CONTINUE;
+}
+
+static enum sl_filter_status rl_on_request(sl_exchange_t *x, void *state)
+{
+    const rl_t *rl = state;
+    decisions_t *d = sl_arena_alloc(&x->arena, sizeof(*d) + rl->n * sizeof(d->item[0]));
+    memset(d, 0, sizeof(*d) + rl->n * sizeof(d->item[0]));
+    d->rl = rl;
+    d->refused = -1;
+    d->now_ns = sl_time_mono_ns(); /* one clock read for every limit of the request */
+    x->rate_limit = d;
+    return run(x, d);
+}
+
+static uint64_t ceil_s(uint64_t ns)
+{
+    return ns / 1000000000ull + (ns % 1000000000ull != 0);
+}
+
+static void add_u64(sl_exchange_t *x, const char *name, uint64_t v)
+{
+    char *s = sl_arena_alloc(&x->arena, 24);
+    int n = snprintf(s, 24, "%" PRIu64, v);
+    sl_headers_add(&x->arena, &x->resp_headers, sl_str_from_cstr(name), (sl_str_t){s, (size_t)n});
+}
+
+static void rl_on_response_headers(sl_exchange_t *x, void *state)
+{
+    const rl_t *rl = state;
+    const decisions_t *d = x->rate_limit;
+    if (d == NULL || d->rl != rl)
+        return;
+    if (d->refused >= 0) {
+        /* RFC 9110 §10.2.3 delay-seconds: whole seconds, rounded up so a retry then succeeds. */
+        uint64_t ra = d->item[d->refused].r.retry_after_ns;
+        add_u64(x, "Retry-After", ra == UINT64_MAX ? 86400 : (ceil_s(ra) ? ceil_s(ra) : 1));
+    }
+    if (rl->headers == SL_RATE_HEADERS_NONE)
+        return;
+    /* The legacy headers speak of one limit: the refusing one, else the closest to refusing. */
+    long tight = d->refused;
+    size_t nitems = 0;
+    for (size_t i = 0; i < d->next + (d->refused >= 0) && i < rl->n; i++) {
+        if (!d->item[i].applied)
+            continue;
+        nitems++;
+        if (tight < 0 || (d->refused < 0 && d->item[i].r.remaining < d->item[tight].r.remaining))
+            tight = (long)i;
+    }
+    if (nitems == 0)
+        return;
+    if (rl->headers == SL_RATE_HEADERS_BOTH || rl->headers == SL_RATE_HEADERS_IETF) {
+        /* draft-ietf-httpapi-ratelimit-headers-09: List items keyed by policy name (sf-string),
+         * RateLimit-Policy q (quota) per w (window, s); RateLimit r (remaining), t (s to reset). */
+        size_t cap = nitems * 160;
+        char *pol = sl_arena_alloc(&x->arena, cap), *cur = sl_arena_alloc(&x->arena, cap);
+        size_t np = 0, nc = 0;
+        for (size_t i = 0; i < d->next + (d->refused >= 0) && i < rl->n; i++) {
+            if (!d->item[i].applied)
+                continue;
+            const limit_t *l = &rl->limits[i];
+            np += (size_t)snprintf(pol + np, cap - np, "%s\"%.*s\";q=%" PRIu64 ";w=%" PRIu64, np ? ", " : "",
+                                   SL_STR_FMT(l->label), l->conf->rate, l->period_s);
+            nc += (size_t)snprintf(cur + nc, cap - nc, "%s\"%.*s\";r=%" PRIu64 ";t=%" PRIu64, nc ? ", " : "",
+                                   SL_STR_FMT(l->label), d->item[i].r.remaining, ceil_s(d->item[i].r.reset_ns));
+        }
+        sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("RateLimit-Policy"), (sl_str_t){pol, np});
+        sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("RateLimit"), (sl_str_t){cur, nc});
+    }
+    if (rl->headers == SL_RATE_HEADERS_BOTH || rl->headers == SL_RATE_HEADERS_LEGACY) {
+        const sl_gcra_result_t *r = &d->item[tight].r;
+        add_u64(x, "X-RateLimit-Limit", r->limit);
+        add_u64(x, "X-RateLimit-Remaining", r->remaining);
+        add_u64(x, "X-RateLimit-Reset", ceil_s(r->reset_ns));
+    }
+}
+
+const sl_filter_type_t sl_filter_rate_limit = {
+    .name = "rate_limit",
+    .create = rl_create,
+    .destroy = rl_destroy,
+    .on_request = rl_on_request,
+    .on_response_headers = rl_on_response_headers,
+};
