@@ -5,7 +5,7 @@ CONFIG  ?= examples/quickstart.yaml
 PYTHON  ?= $(shell for p in /usr/bin/python3 python3; do $$p -c 'import pytest' 2>/dev/null && { echo $$p; break; }; done)
 FUZZ_SECONDS ?= 20
 
-.PHONY: all setup build run test test-unit test-integration test-asan test-tsan fuzz fuzz-smoke bench format format-check clean
+.PHONY: all setup build run test test-unit test-integration test-asan test-tsan test-browser fuzz fuzz-smoke bench format format-check clean
 
 all: build
 
@@ -49,6 +49,12 @@ test-tsan: setup build-tsan/Makefile
 	cmake --build build-tsan -j $(JOBS) --target sluice
 	TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$(CURDIR)/tests/tsan.supp" SLUICE_BIN=$(CURDIR)/build-tsan/sluice SLUICE_SANITIZED=1 \
 	  $(PYTHON) -m pytest -q tests/integration
+
+# The admin dashboard in headless chromium (tests/browser; screenshots in tests/browser/out/).
+# Installs chromium and playwright-core first (scripts/setup --browser): not part of `make test`.
+test-browser: build
+	@scripts/setup --browser
+	SLUICE_BIN=$(CURDIR)/build/sluice $(PYTHON) tests/browser/run_dashboard.py
 
 build-fuzz/Makefile: CMakeLists.txt
 	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DSLUICE_FUZZ=ON >/dev/null

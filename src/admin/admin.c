@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "admin/dashboard/assets.h"
 #include "common/bug.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -590,6 +591,26 @@ static bool split_path(sl_str_t path, char seg[4][256], size_t *nseg)
     return true;
 }
 
+/* The page may load only its own files and talk only to this listener; nothing may frame it. */
+#define DASHBOARD_HEADERS                                                                                              \
+    "Content-Security-Policy: default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "         \
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n"           \
+    "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n"
+
+/* The embedded dashboard file at the request's path ("/" or "/dashboard/NAME"), or NULL. */
+static const sl_admin_asset_t *dashboard_asset(char seg[4][256], size_t nseg)
+{
+    bool file = nseg == 2 && strcmp(seg[0], "dashboard") == 0;
+    if (nseg != 0 && !file)
+        return NULL;
+    for (size_t i = 0; i < sl_admin_dashboard_nassets; i++) {
+        const char *p = sl_admin_dashboard_assets[i].path;
+        if (nseg == 0 ? strcmp(p, "/") == 0 : strncmp(p, "/dashboard/", 11) == 0 && strcmp(p + 11, seg[1]) == 0)
+            return &sl_admin_dashboard_assets[i];
+    }
+    return NULL;
+}
+
 static void handle(admin_conn_t *c)
 {
     sl_admin_t *a = c->admin;
@@ -618,6 +639,17 @@ static void handle(admin_conn_t *c)
             respond_json(c, 503, json_pack("{s:s}", "status", "not_ready"));
         return;
     }
+    /* The dashboard's files hold no gateway data (they are the same in every binary), and a
+     * browser cannot send a bearer token with a navigation: they are served without one, and
+     * the page asks for the token when /stats answers 401. */
+    const sl_admin_asset_t *asset = dashboard_asset(seg, nseg);
+    if (asset != NULL) {
+        if (!is_get(c))
+            respond_405(c, "GET, HEAD");
+        else
+            respond_raw(c, 200, asset->content_type, DASHBOARD_HEADERS, (const char *)asset->data, asset->len);
+        return;
+    }
     if (!authorized(c)) {
         respond_json_extra(c, 401,
                            json_pack("{s:s, s:s}", "error", "unauthorized", "message",
@@ -644,6 +676,13 @@ static void handle(admin_conn_t *c)
             respond_405(c, "GET, HEAD");
         else
             respond_json(c, 200, h->status(h->ctx));
+        return;
+    }
+    if (nseg == 1 && strcmp(seg[0], "stats") == 0 && h->stats != NULL) {
+        if (!is_get(c))
+            respond_405(c, "GET, HEAD");
+        else
+            respond_json(c, 200, h->stats(h->ctx));
         return;
     }
     if (nseg == 1 && strcmp(seg[0], "config") == 0) {

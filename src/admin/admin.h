@@ -47,11 +47,14 @@ typedef struct sl_admin_hooks {
     json_t *(*upstream_health)(void *ctx, const char *name);
     json_t *(*routes_table)(void *ctx);
     json_t *(*doctor)(void *ctx, unsigned window_s);
+    /* The /stats document of the dashboard (src/admin/stats.h); NULL: /stats answers 404. */
+    json_t *(*stats)(void *ctx);
 } sl_admin_hooks_t;
 
 /**
  * Starts listening on `addr`. `token` (may be NULL: no authentication) is copied; when set,
- * every endpoint but /health and /ready requires `Authorization: Bearer <token>`.
+ * every endpoint but /health, /ready and the dashboard's static files (/, /dashboard/...; no
+ * gateway data in them) requires `Authorization: Bearer <token>`.
  * Returns 0 and sets `*out`, or a negative errno/libuv code.
  */
 int sl_admin_start(uv_loop_t *loop, const struct sockaddr *addr, const sl_admin_hooks_t *hooks, const char *token,
