@@ -152,9 +152,35 @@ static json_t *edits_json(const char *what, const sl_header_edits_conf_t *e)
 /* In the order they act on a request: the request's headers are edited when the route is
  * chosen, the path when the upstream request is built, the timeout covers the tries, the
  * response's headers last. */
+/* The filter chain first, in its fixed order (src/filters/registry.c). */
+static void chain_json(json_t *a, const sl_route_conf_t *rc)
+{
+    if (rc->has_ip_rules)
+        json_array_append_new(a, fmt_json("ip_rules allow %zu deny %zu", rc->ip_rules.nallow, rc->ip_rules.ndeny));
+    if (rc->cors.enabled)
+        json_array_append_new(a, checked(json_string("cors")));
+    const sl_route_auth_conf_t *au = &rc->auth;
+    if (au->nmethods > 0) {
+        char buf[256];
+        size_t n = (size_t)snprintf(buf, sizeof(buf), "auth");
+        for (size_t i = 0; i < au->nmethods && n < sizeof(buf); i++) {
+            const sl_auth_method_conf_t *m = &au->methods[i];
+            static const char *const kinds[] = {"", "api_key", "basic", "jwt", "introspection"};
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s %s%s%.*s", i ? "," : "", kinds[m->kind],
+                                  m->ref.len ? " " : "", (int)m->ref.len, m->ref.ptr);
+        }
+        if (au->anonymous && n < sizeof(buf))
+            snprintf(buf + n, sizeof(buf) - n, ", anonymous");
+        json_array_append_new(a, checked(json_string(buf)));
+    }
+    if (rc->has_acl)
+        json_array_append_new(a, checked(json_string("acl")));
+}
+
 static json_t *filters_json(const sl_route_conf_t *rc)
 {
     json_t *a = checked(json_array());
+    chain_json(a, rc);
     const sl_header_edits_conf_t *rq = &rc->request_headers, *rs = &rc->response_headers;
     if (rq->nremove + rq->nset + rq->nadd > 0)
         json_array_append_new(a, edits_json("request_headers", rq));

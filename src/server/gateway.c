@@ -17,10 +17,12 @@
 
 #include "admin/admin.h"
 #include "filters/filters.h"
+#include "store/gcra.h"
 #include "filters/jwks_store.h"
 #include "http1/client.h"
 #include "admin/doctor.h"
 #include "admin/routes_view.h"
+#include "admin/stats.h"
 #include "admin/views.h"
 #include "common/time.h"
 #include "config/document.h"
@@ -71,6 +73,9 @@ typedef struct gateway {
     sl_metrics_t *metrics;
     sl_health_t *health;   /* active health checks; NULL once stopped */
     sl_jwks_store_t *jwks; /* key sets of the jwt issuers; NULL once stopped */
+    /* Rate-limit state of every snapshot, sized by the first config's stores.local.max_keys
+     * (a later change needs a restart); freed after the workers joined. */
+    sl_gcra_table_t *rate_table;
     bool draining;
     char *config_text; /* what `current` was built from (the admin API edits a copy of it) */
     size_t config_len;
@@ -82,10 +87,11 @@ typedef struct gateway {
 
 /* Builds a snapshot from config text (`name` is the file name in errors). `prev`: the snapshot
  * being replaced (NULL at start), whose unchanged upstreams' runtime state the new one shares
- * (sl_proxy_attach). On failure, `errs` says why and nothing was built. */
+ * (sl_proxy_attach). `*rate_table` NULL: created from this config's stores.local.max_keys (the
+ * caller owns it). On failure, `errs` says why and nothing was built. */
 static int build_snapshot(const char *name, const char *text, size_t len, uv_loop_t *loop, sl_metrics_t *metrics,
-                          sl_jwks_store_t *jwks, uint64_t generation, const sl_snapshot_t *prev,
-                          sl_config_errors_t *errs, sl_snapshot_t **out)
+                          sl_jwks_store_t *jwks, sl_gcra_table_t **rate_table, uint64_t generation,
+                          const sl_snapshot_t *prev, sl_config_errors_t *errs, sl_snapshot_t **out)
 {
     sl_config_t *cfg = NULL;
     int err = sl_config_load_buffer(name, text, len, &cfg, errs);
@@ -97,8 +103,10 @@ static int build_snapshot(const char *name, const char *text, size_t len, uv_loo
         return err;
     }
     cfg->generation = generation;
+    if (*rate_table == NULL)
+        SL_BUG_ON(sl_gcra_table_create(cfg->stores.local_max_keys, rate_table) != 0); /* range checked by config */
     sl_snapshot_t *snap = sl_snapshot_create(cfg, router);
-    sl_filters_env_t env = {.jwks = jwks, .fetcher = &sl_h1_fetcher};
+    sl_filters_env_t env = {.jwks = jwks, .fetcher = &sl_h1_fetcher, .rate_table = *rate_table};
     err = sl_filters_attach(snap, &env, errs);
     /* Last, as it changes shared state: the key store then serves the new issuers. */
     if (err == 0 && jwks != NULL)
@@ -138,6 +146,7 @@ int sl_gateway_check(const char *config_path)
     char *text = NULL;
     size_t len = 0;
     sl_snapshot_t *snap = NULL;
+    sl_gcra_table_t *rate_table = NULL; /* a check builds routes with limits like a start */
     int err = read_config(config_path, &text, &len, &errs);
     if (err == 0) {
         /* A key store on a scratch loop reads the issuers' files and variables like a start
@@ -146,7 +155,7 @@ int sl_gateway_check(const char *config_path)
         uv_loop_init(&scratch);
         sl_jwks_store_t *jwks = NULL;
         sl_jwks_store_create(&scratch, &sl_h1_fetcher, &jwks);
-        err = build_snapshot(config_path, text, len, NULL, NULL, jwks, 1, NULL, &errs, &snap);
+        err = build_snapshot(config_path, text, len, NULL, NULL, jwks, &rate_table, 1, NULL, &errs, &snap);
         sl_jwks_store_stop(jwks, NULL, NULL);
         uv_run(&scratch, UV_RUN_DEFAULT);
         uv_loop_close(&scratch);
@@ -155,6 +164,7 @@ int sl_gateway_check(const char *config_path)
     if (err != 0) {
         print_errors(config_path, err, &errs);
         sl_config_errors_dispose(&errs);
+        sl_gcra_table_destroy(rate_table);
         return 1;
     }
     sl_config_errors_dispose(&errs);
@@ -163,6 +173,7 @@ int sl_gateway_check(const char *config_path)
            c->nlistens == 1 ? "" : "s", c->nupstreams, c->nupstreams == 1 ? "" : "s", c->nroutes,
            c->nroutes == 1 ? "" : "s", c->workers, c->workers == 1 ? "" : "s");
     sl_snapshot_unref(snap);
+    sl_gcra_table_destroy(rate_table);
     return 0;
 }
 
@@ -269,8 +280,8 @@ static int reload(gateway_t *gw, sl_config_errors_t *errs)
     sl_snapshot_t *snap = NULL;
     int err = read_config(gw->config_path, &text, &len, errs);
     if (err == 0)
-        err = build_snapshot(gw->config_path, text, len, &gw->loop, gw->metrics, gw->jwks, gw->generation + 1,
-                             gw->current, errs, &snap);
+        err = build_snapshot(gw->config_path, text, len, &gw->loop, gw->metrics, gw->jwks, &gw->rate_table,
+                             gw->generation + 1, gw->current, errs, &snap);
     if (err != 0) {
         free(text);
         note_reload(gw, false, errs);
@@ -306,8 +317,8 @@ static int hook_apply(void *ctx, const char *text, size_t len, sl_config_errors_
 {
     gateway_t *gw = ctx;
     sl_snapshot_t *snap = NULL;
-    int err = build_snapshot("<admin>", text, len, &gw->loop, gw->metrics, gw->jwks, gw->generation + 1, gw->current,
-                             errs, &snap);
+    int err = build_snapshot("<admin>", text, len, &gw->loop, gw->metrics, gw->jwks, &gw->rate_table,
+                             gw->generation + 1, gw->current, errs, &snap);
     if (err != 0)
         return err;
     err = sl_admin_write_file_atomic(gw->config_path, text, len);
@@ -371,13 +382,20 @@ static json_t *hook_routes_table(void *ctx)
     return sl_admin_routes_table(gw->current);
 }
 
+static void doctor_window(void *arg, size_t upstream_index, size_t target_index, uint64_t *requests, uint64_t *errors)
+{
+    gateway_t *gw = arg;
+    if (gw->doctor != NULL)
+        sl_doctor_target_window(gw->doctor, gw->current, upstream_index, target_index, 60, requests, errors);
+}
+
 static json_t *hook_upstream_health(void *ctx, const char *name)
 {
     gateway_t *gw = ctx;
     long i = sl_config_find_upstream(gw->current->cfg, sl_str_from_cstr(name));
     if (i < 0)
         return NULL;
-    return sl_admin_upstream_health(gw->current, (size_t)i, gw->health, NULL, NULL);
+    return sl_admin_upstream_health(gw->current, (size_t)i, gw->health, doctor_window, gw);
 }
 
 static void on_drain_deadline(uv_timer_t *t)
@@ -435,6 +453,8 @@ static void on_worker_exited(uv_async_t *a)
         gw->health = NULL;
     }
     if (gw->jwks != NULL) {
+        if (gw->doctor != NULL)
+            sl_doctor_set_jwks(gw->doctor, NULL);
         sl_jwks_store_stop(gw->jwks, NULL, NULL);
         gw->jwks = NULL;
     }
@@ -460,6 +480,22 @@ static json_t *hook_doctor(void *ctx, unsigned window_s)
     return sl_doctor_report(gw->doctor, gw->current, window_s);
 }
 
+static json_t *hook_stats(void *ctx)
+{
+    gateway_t *gw = ctx;
+    sl_admin_stats_source_t src = {.snap = gw->current,
+                                   .metrics = gw->metrics,
+                                   .health = gw->health,
+                                   .doctor = gw->doctor,
+                                   .config_path = gw->config_path,
+                                   .generation = gw->generation,
+                                   .last_reload = gw->last_reload,
+                                   .started_ms = gw->started_ms,
+                                   .now_ms = sl_time_wall_ms(),
+                                   .workers = gw->nworkers};
+    return sl_admin_stats(&src);
+}
+
 static void on_dns_timer(uv_timer_t *t)
 {
     gateway_t *gw = t->data;
@@ -483,6 +519,11 @@ static void raise_nofile(void)
     }
 }
 
+static uint64_t rate_table_full_total(const void *table)
+{
+    return sl_gcra_table_full_total(table);
+}
+
 int sl_gateway_run(const char *config_path)
 {
     sl_h1_register_errors();
@@ -500,12 +541,13 @@ int sl_gateway_run(const char *config_path)
         int err = read_config(config_path, &gw->config_text, &gw->config_len, &errs);
         if (err == 0)
             err = build_snapshot(config_path, gw->config_text, gw->config_len, &gw->loop, gw->metrics, gw->jwks,
-                                 gw->generation, NULL, &errs, &gw->current);
+                                 &gw->rate_table, gw->generation, NULL, &errs, &gw->current);
         if (err != 0)
             print_errors(config_path, err, &errs);
         sl_config_errors_dispose(&errs);
         if (err != 0)
             goto out_loop;
+        sl_metrics_set_rate_limit_source(gw->metrics, rate_table_full_total, gw->rate_table);
     }
     const sl_config_t *cfg = gw->current->cfg;
     sl_log_set_level((enum sl_log_level)cfg->logging.level);
@@ -546,7 +588,8 @@ int sl_gateway_run(const char *config_path)
                                   .status = hook_status,
                                   .upstream_health = hook_upstream_health,
                                   .routes_table = hook_routes_table,
-                                  .doctor = hook_doctor};
+                                  .doctor = hook_doctor,
+                                  .stats = hook_stats};
         const char *token = NULL;
         if (cfg->admin.token_env.len > 0) {
             token = getenv(cfg->admin.token_env.ptr);
@@ -586,6 +629,7 @@ int sl_gateway_run(const char *config_path)
     gw->dns_timer.data = gw;
     uv_timer_start(&gw->dns_timer, on_dns_timer, 1000, 1000);
     sl_doctor_create(gw->metrics, &gw->doctor);
+    sl_doctor_set_jwks(gw->doctor, gw->jwks);
     uv_timer_init(&gw->loop, &gw->doctor_timer);
     gw->doctor_timer.data = gw;
     uv_timer_start(&gw->doctor_timer, on_doctor_timer, SL_DOCTOR_TICK_MS, SL_DOCTOR_TICK_MS);
@@ -649,6 +693,7 @@ out_loop:
     uv_loop_close(&gw->loop);
     sl_doctor_destroy(gw->doctor);
     sl_metrics_destroy(gw->metrics);
+    sl_gcra_table_destroy(gw->rate_table); /* every snapshot using it is gone */
     free(gw->config_text);
     json_decref(gw->last_reload);
     free(gw);

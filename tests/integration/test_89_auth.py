@@ -110,6 +110,9 @@ def test_api_keys(env):
     assert entry
     log = gw.access_log_path.read_text()
     assert "key-web" not in log and "key-mobile" not in log
+    # the route table shows each route's chain
+    table = {r["name"]: r for r in gw.admin_request("GET", "/routes?view=table")[2]["routes"]}
+    assert table["keys"]["filters"] == ["auth api_key"] and table["open"]["filters"] == []
 
 
 # ---- Basic ----------------------------------------------------------------------------------

@@ -286,6 +286,7 @@ def test_upstream_health_view(env):
     good = t[f"127.0.0.1:{up.port}"]
     assert good["health"] == "healthy" and good["available"] is True and good["circuit"] == "closed"
     assert good["last_check"]["result"] == "status 200"
+    assert good["requests_1m"] >= 0 and good["errors_1m"] >= 0 and 0 <= good["error_rate_1m"] <= 1
     assert bad["health"] == "unhealthy" and bad["available"] is False
     assert bad["last_check"]["result"] != "status 200"
     st, _, j = gw.admin_request("GET", "/upstreams/ghost/health")
