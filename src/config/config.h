@@ -418,6 +418,7 @@ typedef struct sl_route_conf {
     sl_str_t rewrite_regex; /* `rewrite: { regex, replacement }`: pcre2 substitute on the path */
     sl_str_t rewrite_replacement;
     uint64_t timeout_ms; /* whole request, all tries; 0 = none (only per-phase timeouts) */
+    uint32_t priority;   /* 0..9, default 5: under overload the lowest are shed first */
     sl_respond_conf_t respond;
     sl_header_edits_conf_t request_headers;
     sl_header_edits_conf_t response_headers;
@@ -462,6 +463,10 @@ typedef struct sl_config {
         uint64_t max_header_bytes; /* default 16kb: request line + headers */
         uint64_t max_uri_bytes;    /* default 8kb: request target; past it 414 */
         uint64_t max_body_bytes;   /* default 10mb; 0 = unlimited */
+        /* Load shedding (docs/ratelimit.md): requests in flight across workers and the worst
+         * event-loop lag past which low-priority routes are refused; 0 = off. */
+        uint64_t max_inflight;
+        uint64_t max_loop_lag_ms;
     } limits;
     struct {
         uint64_t client_header_ms; /* default 10s: from first byte to end of headers */

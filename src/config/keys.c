@@ -232,6 +232,16 @@ static const sl__config_key_t limits_keys[] = {
      .dflt = "10mb",
      .min = 0,
      .max = UINT64_MAX},
+    {.name = "max_inflight",
+     .type = SL__CT_U64,
+     .offset = offsetof(sl_config_t, limits.max_inflight),
+     .min = 0,
+     .max = 100000000},
+    {.name = "max_loop_lag",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_config_t, limits.max_loop_lag_ms),
+     .min = 0,
+     .max = 60000},
 };
 
 static const sl__config_section_t limits_section = {

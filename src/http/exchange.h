@@ -131,6 +131,7 @@ struct sl_exchange {
     uint16_t chain_pos;           /* request-side filters entered so far */
     bool chain_paused;            /* a filter returned PAUSE and has not resumed yet */
     bool preflight;               /* a CORS preflight routed by its Access-Control-Request-Method */
+    bool counted_inflight;        /* counted in its worker's in-flight figure (load shedding) */
     sl_str_t consumer;            /* identified consumer id; empty when none (open or anonymous) */
     sl_str_t consumer_groups;     /* its groups, comma-separated */
     uint8_t client_family;        /* AF_INET / AF_INET6 of the peer (0 unknown), for ip rules */

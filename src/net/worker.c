@@ -53,6 +53,7 @@ static void on_lag_timer(uv_timer_t *t)
     sl_worker_t *w = t->data;
     uint64_t now = uv_hrtime();
     uint64_t lag = now > w->lag_due_ns ? now - w->lag_due_ns : 0;
+    w->last_lag_ns = lag;
     /* The main thread may reset the maximum meanwhile: raise it with a CAS, never overwrite a
      * larger value it has not taken yet. */
     uint_fast64_t cur = atomic_load_explicit(&w->loop_lag_max_ns, memory_order_relaxed);

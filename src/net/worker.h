@@ -55,6 +55,8 @@ struct sl_worker {
     /* Loop lag: the lag timer fires every SL_WORKER_LAG_INTERVAL_MS; lag = how late. */
     uv_timer_t lag_timer;
     uint64_t lag_due_ns;                  /* worker thread only */
+    uint64_t last_lag_ns;                 /* worker thread only: the lag the last tick measured */
+    uint32_t inflight;                    /* worker thread only: exchanges between routing and log */
     atomic_uint_fast64_t loop_lag_max_ns; /* worst since sl_worker_take_loop_lag; worker raises, main resets */
     atomic_uint_fast64_t refused;         /* connections refused at limits.max_connections; worker writes */
 };

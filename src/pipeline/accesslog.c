@@ -65,6 +65,10 @@ static double ns_to_ms(int64_t ns)
 
 void sl_pipeline_log(sl_exchange_t *x)
 {
+    if (x->counted_inflight) {
+        x->worker->inflight--;
+        x->counted_inflight = false;
+    }
     sl__pipeline_chain_log(x);
     if (x->worker->metrics != NULL && x->snap->metrics != NULL) {
         sl_metrics_observe_exchange(x->worker->metrics, x->snap->metrics, x, sl_time_mono_ns());

@@ -304,8 +304,42 @@ static bool preflight_route(sl_exchange_t *x, const sl_router_input_t *in, sl_ro
     return res->status == SL_ROUTER_MATCHED && x->snap->cfg->routes[res->route_index].cors.enabled;
 }
 
+/* Load shedding (limits.max_inflight, limits.max_loop_lag): past either limit the worker refuses
+ * the lowest-priority routes first, one more priority level for every 10% over the limit, so
+ * under overload the important routes keep their latency instead of everyone slowing down.
+ * Per worker: the in-flight share is max_inflight / workers, which SO_REUSEPORT keeps even. */
+static const char *shed_reason(const sl_exchange_t *x, const sl_route_conf_t *r)
+{
+    const sl_config_t *cfg = x->snap->cfg;
+    const sl_worker_t *w = x->worker;
+    if (w == NULL || (cfg->limits.max_inflight == 0 && cfg->limits.max_loop_lag_ms == 0))
+        return NULL;
+    uint64_t load = 0; /* per mille of the limit */
+    const char *why = NULL;
+    if (cfg->limits.max_inflight > 0) {
+        uint64_t workers = cfg->workers ? cfg->workers : 1;
+        uint64_t share = (cfg->limits.max_inflight + workers - 1) / workers;
+        load = (uint64_t)w->inflight * 1000 / share;
+        why = "shed_inflight";
+    }
+    if (cfg->limits.max_loop_lag_ms > 0) {
+        uint64_t lag = w->last_lag_ns / (cfg->limits.max_loop_lag_ms * 1000u);
+        if (lag > load) {
+            load = lag;
+            why = "shed_loop_lag";
+        }
+    }
+    if (load < 1000 || r->priority >= (load - 1000) / 100 + 1)
+        return NULL;
+    return why;
+}
+
 void sl_pipeline_process(sl_exchange_t *x)
 {
+    if (x->worker != NULL) {
+        x->worker->inflight++;
+        x->counted_inflight = true;
+    }
     sl_snapshot_t *snap = x->snap;
     sl_router_input_t in = {
         .host = x->host,
@@ -341,6 +375,13 @@ void sl_pipeline_process(sl_exchange_t *x)
     const sl_route_conf_t *r = &snap->cfg->routes[res.route_index];
     x->route_index = (long)res.route_index;
     x->route_name = r->name;
+    const char *shed = shed_reason(x, r);
+    if (shed != NULL) {
+        x->cause_detail = shed;
+        sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("Retry-After"), SL_STR_LIT("1"));
+        sl_reply_error(x, SL_CAUSE_GATEWAY_OVERLOADED, NULL);
+        return;
+    }
     /* Identity headers are the gateway's to set (auth filter): a client's copy never passes. */
     sl_headers_remove(&x->req_headers, SL_STR_LIT("X-Consumer-Id"));
     sl_headers_remove(&x->req_headers, SL_STR_LIT("X-Consumer-Groups"));

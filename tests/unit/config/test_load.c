@@ -427,7 +427,8 @@ static void test_unknown_keys(void **state)
         "5:14: unknown key 'pathprefix' in route match (allowed: hosts, path, path_prefix, path_regex, "
         "methods, headers)",
         "6:5: unknown key 'upstrem' in route (allowed: name, match, upstream, split, sticky, "
-        "strip_prefix, rewrite, timeout, respond, request_headers, response_headers, auth, acl, ip_rules, "
+        "strip_prefix, rewrite, timeout, priority, respond, request_headers, response_headers, auth, acl, "
+        "ip_rules, "
         "cors, rate_limit, rate_limit_headers, quota)",
         "7:16: unknown key 'stauts' in respond (allowed: status, body, content_type, echo)",
         "8:46: unknown key 'wieght' in target (allowed: address, weight)",
@@ -438,7 +439,7 @@ static void test_unknown_keys(void **state)
     /* x- keys are ignored only at the top level, where anchors live. */
     EXPECT_ERRORS(LISTEN "x-anything: { whatever: 1 }\nlimits: { x-max: 1 }\n",
                   "3:11: unknown key 'x-max' in limits (allowed: max_connections, max_header_bytes, max_uri_bytes, "
-                  "max_body_bytes)");
+                  "max_body_bytes, max_inflight, max_loop_lag)");
 }
 
 static void test_wrong_types(void **state)
