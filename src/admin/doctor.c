@@ -1259,6 +1259,45 @@ static void rule_connection_limit(eval_t *e)
         now->max_connections);
 }
 
+/* Redis down in cluster mode: a dependency of the rate limits failed, so the finding's cause
+ * is rate_limit (what the operator loses: cluster-wide limits), not resources (the gateway's
+ * own). Critical under deny (requests that need Redis are refused), warning under allow. */
+static void rule_store_down(eval_t *e)
+{
+    const sl_doctor_resources_t *now = &e->w.last->res, *then = &e->w.base->res;
+    if (!now->store_configured || now->store_up)
+        return;
+    uint64_t fallbacks = sub(now->store_fallbacks_total, then->store_fallbacks_total);
+    uint64_t refusals = sub(now->store_refusals_total, then->store_refusals_total);
+    json_t *ev = json_object();
+    json_object_set_new(ev, "redis", json_string(now->store_address));
+    json_object_set_new(ev, "on_failure", json_string(now->store_deny ? "deny" : "allow"));
+    json_object_set_new(ev, "local_decisions", json_integer((json_int_t)fallbacks));
+    json_object_set_new(ev, "refused", json_integer((json_int_t)refusals));
+    if (now->store_down_since_ms != 0) {
+        char since[32];
+        iso8601(now->store_down_since_ms, since);
+        json_object_set_new(ev, "down_since", json_string(since));
+    }
+    finding_t *f = add_finding(e, now->store_deny ? SEV_CRITICAL : SEV_WARNING, SL_FAILURE_RATE_LIMIT, "store_down",
+                               json_object(), ev, fallbacks + refusals + 1);
+    if (f == NULL)
+        return;
+    if (now->store_deny)
+        fmt(f->summary, sizeof(f->summary),
+            "redis at %s is unreachable: requests with rate limits or quotas are refused (503, %" PRIu64
+            " in the window) until it is back",
+            now->store_address, refusals);
+    else
+        fmt(f->summary, sizeof(f->summary),
+            "rate limits are per node until redis at %s is back (%" PRIu64 " decisions made locally in the window)",
+            now->store_address, fallbacks);
+    fmt(f->action, sizeof(f->action),
+        "check that redis at %s is running and reachable from this host (redis-cli -h HOST -p PORT ping); sluice "
+        "reconnects by itself",
+        now->store_address);
+}
+
 /* The rule table, in evaluation order: the upstream rule first, so the rules after it stay
  * silent about the targets of an upstream that is down as a whole. */
 typedef struct rule {
@@ -1277,6 +1316,7 @@ static const rule_t rules[] = {
     {"fds", rule_fds},
     {"loop_lag", rule_loop_lag},
     {"connection_limit", rule_connection_limit},
+    {"store_down", rule_store_down},
 };
 
 static int cmp_finding(const void *pa, const void *pb)

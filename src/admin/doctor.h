@@ -54,6 +54,11 @@ typedef struct sl_doctor_resources { /* filled by the caller each tick */
     uint64_t connections, max_connections; /* downstream now, limits.max_connections */
     uint64_t connections_refused_total;    /* refused at the gateway-wide connection limit */
     uint64_t loop_lag_max_ns;              /* worst worker event-loop lag since last tick */
+    /* The Redis store (cluster mode), when stores.redis is configured. */
+    bool store_configured, store_up, store_deny;
+    uint64_t store_down_since_ms;                         /* wall clock; 0 when up */
+    uint64_t store_fallbacks_total, store_refusals_total; /* decisions without Redis, since start */
+    char store_address[64];
 } sl_doctor_resources_t;
 
 /** Creates a doctor reading `m` (which must outlive it). Returns 0 and sets `*out`. */

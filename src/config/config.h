@@ -441,6 +441,20 @@ enum sl_access_log_format {
     SL_ACCESS_LOG_JSON = 1,
 };
 
+/* `stores.redis` (docs/ratelimit.md "Cluster mode"): when `enabled`, every rate limit and quota
+ * of every route is decided in this Redis. Read from the first config only: a change needs a
+ * restart (a reload warns and keeps the running store). */
+typedef struct sl_redis_store_conf {
+    bool enabled;                /* the key is present */
+    sl_str_t address;            /* host:port, [v6]:port or host (port 6379); NUL-terminated */
+    int on_failure;              /* 1 allow (local limits, per node; the default), 2 deny (503) */
+    uint64_t connect_timeout_ms; /* default 1s */
+    uint64_t command_timeout_ms; /* default 250ms */
+    uint32_t slice;              /* units leased per call for hot keys; 0 (default): no leasing */
+    sl_str_t key_prefix;         /* of every Redis key; default "sluice:"; NUL-terminated */
+    sl_config_pos_t pos;
+} sl_redis_store_conf_t;
+
 typedef struct sl_config {
     atomic_uint refcount;
     uint64_t generation; /* set by the owner that publishes it (reload counter) */
@@ -496,6 +510,8 @@ typedef struct sl_config {
         /* `stores.local.max_keys`: slots of the process-wide limiter table (default 1000000).
          * Read from the first config only: changing it needs a restart. */
         uint64_t local_max_keys;
+        /* `stores.redis`: cluster mode (sl_redis_store_conf_t). */
+        sl_redis_store_conf_t redis;
     } stores;
 
     struct {

@@ -308,10 +308,121 @@ static const sl__config_section_t local_section = {
     .pos_offset = SL__NO_POS,
 };
 
+/* stores.redis: cluster-wide limits (src/store/store.h). The address is checked for form here;
+ * a host name is resolved when the gateway starts (an unresolvable one fails the start). */
+#define REDIS_PREFIX_MAX 64
+
+static const sl__config_enum_t on_failure_enum[] = {
+    {"allow", 1, false},
+    {"deny", 2, false},
+    {NULL, 0, false},
+};
+
+static int parse_redis_address(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                               void *field)
+{
+    sl_str_t *out = field;
+    sl_str_t s;
+    if (sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    v = sl__config_node_deref(v);
+    char q[80];
+    sl_str_t host = s;
+    uint16_t port = 6379;
+    bool bracketed = false;
+    /* "host" alone means port 6379; anything with a ':' (or brackets) must be host:port. */
+    if (memchr(s.ptr, ':', s.len) != NULL || (s.len > 0 && s.ptr[0] == '[')) {
+        int err = sl__config_split_hostport(s, &host, &port, &bracketed);
+        if (err != 0) {
+            sl__config_error(ctx, v, "address: %s: %s", sl__config_quote(q, sizeof(q), s),
+                             sl__config_hostport_reason(err));
+            return -1;
+        }
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (host.len == 0 || (!sl__config_ip_to_sockaddr(host, port, &ss, &sl) && !sl__config_is_hostname(host))) {
+        sl__config_error(ctx, v, "address: expected host:port like 127.0.0.1:6379 or redis.internal:6379, got %s",
+                         sl__config_quote(q, sizeof(q), s));
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+static int parse_redis_prefix(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_str_t *out = field;
+    sl_str_t s;
+    if (sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    bool ok = s.len > 0 && s.len <= REDIS_PREFIX_MAX;
+    for (size_t i = 0; ok && i < s.len; i++)
+        ok = (unsigned char)s.ptr[i] > 0x20 && (unsigned char)s.ptr[i] < 0x7f;
+    if (!ok) {
+        char q[80];
+        sl__config_error(ctx, sl__config_node_deref(v),
+                         "key_prefix: %s must be 1 to %d printable characters without spaces",
+                         sl__config_quote(q, sizeof(q), s), REDIS_PREFIX_MAX);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+static void redis_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, void *base, bool clean)
+{
+    (void)map;
+    (void)clean;
+    (void)ctx;
+    /* Present (a mapping was read): cluster mode is on. */
+    ((sl_redis_store_conf_t *)base)->enabled = true;
+}
+
+#define REDIS_OFF(f) offsetof(sl_redis_store_conf_t, f)
+
+static const sl__config_key_t redis_keys[] = {
+    {.name = "address",
+     .type = SL__CT_CUSTOM,
+     .offset = REDIS_OFF(address),
+     .required = true,
+     .parse = parse_redis_address},
+    {.name = "on_failure",
+     .type = SL__CT_ENUM,
+     .offset = REDIS_OFF(on_failure),
+     .dflt = "allow",
+     .enums = on_failure_enum},
+    {.name = "connect_timeout",
+     .type = SL__CT_DURATION,
+     .offset = REDIS_OFF(connect_timeout_ms),
+     .dflt = "1s",
+     .min = 10,
+     .max = 60000},
+    {.name = "command_timeout",
+     .type = SL__CT_DURATION,
+     .offset = REDIS_OFF(command_timeout_ms),
+     .dflt = "250ms",
+     .min = 1,
+     .max = 60000},
+    {.name = "slice", .type = SL__CT_U32, .offset = REDIS_OFF(slice), .dflt = "0", .min = 0, .max = 1000},
+    {.name = "key_prefix",
+     .type = SL__CT_CUSTOM,
+     .offset = REDIS_OFF(key_prefix),
+     .dflt = "sluice:",
+     .parse = parse_redis_prefix},
+};
+
+static const sl__config_section_t redis_section = {
+    .what = "stores.redis",
+    .keys = redis_keys,
+    .nkeys = sizeof(redis_keys) / sizeof(redis_keys[0]),
+    .pos_offset = REDIS_OFF(pos),
+    .check = redis_check,
+};
+
 static const sl__config_key_t stores_keys[] = {
     {.name = "local", .type = SL__CT_SECTION, .section = &local_section},
-    /* Cluster-wide limits through Redis (issue 5, item 3): give it a table when src/store lands. */
-    {.name = "redis", .type = SL__CT_UNSUPPORTED},
+    {.name = "redis", .type = SL__CT_SECTION, .offset = offsetof(sl_config_t, stores.redis), .section = &redis_section},
 };
 
 const sl__config_section_t sl__config_stores_section = {

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "filters/filters.h"
 #include "http/exchange.h"
 
 typedef struct sl__ip_trust sl__ip_trust_t;
@@ -28,13 +29,23 @@ const sl__consumers_t *sl__filters_shared_consumers(void *shared);
 struct sl_jwks_store *sl__filters_shared_jwks(void *shared);
 const struct sl_fetcher *sl__filters_shared_fetcher(void *shared);
 struct sl_gcra_table *sl__filters_shared_rate_table(void *shared);
+struct sl_store *sl__filters_shared_store(void *shared);
 
 /* ---- rate limits and quotas (rate_limit.c, quota.c) ---- */
 
 /* The limiter table's clock (gcra.h takes any ns clock): monotonic ns plus 2^62, so a quota can
  * name the start of a calendar window that began before the machine booted. 2^62 ns more is
  * still 146 years below the table's limit of 2^63. */
-#define SL__TABLE_TIME_BIAS (UINT64_C(1) << 62)
+#define SL__TABLE_TIME_BIAS SL_FILTERS_RATE_TABLE_CLOCK_BIAS
+
+/* The calling worker's Redis connection (sl_filters_set_thread_store), or NULL. */
+struct sl_store_worker *sl__rate_thread_store(void);
+
+/** The Redis key text of (limit identity, key value): the identity's length (2 bytes), the
+ *  identity, then the value. Stable across nodes and restarts (unlike the digest, keyed per
+ *  process). `buf` holds SL__RATE_KEY_TEXT_BUF bytes. */
+#define SL__RATE_KEY_TEXT_BUF (SL__RATE_KEY_BUF + 2 + 256)
+size_t sl__rate_key_text(sl_str_t id, const uint8_t *value, size_t len, char *buf);
 
 /* Bytes sl__rate_key_value may write. */
 #define SL__RATE_KEY_BUF (SL_RATE_KEY_MAX_PARTS * (256 + 3) + 64)

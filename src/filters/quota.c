@@ -5,8 +5,12 @@
  * limits (gcra.h), as a GCRA key whose clock is pinned to the window's start: with T = window /
  * limit and tolerance (limit - 1) * T, admitting at "now = window start" is exactly a counter
  * that allows `limit` requests, and the count is void as soon as the next window starts (its
- * TAT is then in the past, so the slot is free). Counts do not survive a restart (that is the
- * cluster store's job, not built yet).
+ * TAT is then in the past, so the slot is free). Counts do not survive a restart.
+ *
+ * In cluster mode (`stores.redis`) the count lives in Redis (store/store.h, script mode `q`),
+ * keyed by the quota's identity and the key value, with Redis' own UTC clock choosing the
+ * window: it survives restarts and is shared by every node. Redis down: `allow` counts on
+ * the local table as above (per node), `deny` answers 503 gateway_overloaded.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -17,8 +21,10 @@
 #include "common/error.h"
 #include "common/time.h"
 #include "filters/filters.h"
-#include "store/gcra.h"
 #include "filters/internal.h"
+#include "pipeline/filter.h"
+#include "store/gcra.h"
+#include "store/store.h"
 
 #define NS_PER_S    UINT64_C(1000000000)
 #define NS_PER_HOUR (3600 * NS_PER_S)
@@ -26,6 +32,7 @@
 
 typedef struct quota {
     sl_gcra_table_t *table;
+    sl_store_t *store; /* cluster mode; NULL: local */
     const sl__ip_trust_t *trust;
     const sl_quota_conf_t *conf;
     int64_t wall_minus_mono_ns; /* read once per snapshot: windows are UTC, the table monotonic */
@@ -57,6 +64,7 @@ static int quota_create(const struct sl_snapshot *snap, const sl_route_conf_t *r
     }
     quota_t *q = sl_xcalloc(1, sizeof(*q));
     q->table = table;
+    q->store = snap->cfg->stores.redis.enabled ? sl__filters_shared_store(shared) : NULL;
     q->trust = sl__filters_shared_trust(shared);
     q->conf = &route->quota;
     q->wall_minus_mono_ns = (int64_t)(sl_time_wall_ms() * 1000000ull) - (int64_t)sl_time_mono_ns();
@@ -116,14 +124,25 @@ static void window_of(enum sl_quota_period p, uint64_t wall_ns, uint64_t *start,
     *end = (uint64_t)(m == 12 ? days_from_civil(y + 1, 1, 1) : days_from_civil(y, m + 1, 1)) * NS_PER_DAY;
 }
 
-static enum sl_filter_status quota_on_request(sl_exchange_t *x, void *state)
+static uint64_t ceil_s(uint64_t ns)
 {
-    const quota_t *q = state;
+    return ns / NS_PER_S + (ns % NS_PER_S != 0);
+}
+
+static enum sl_filter_status refuse(sl_exchange_t *x, const quota_t *q, uint64_t retry_s)
+{
+    char *ra = sl_arena_alloc(&x->arena, 24);
+    int n = snprintf(ra, 24, "%" PRIu64, retry_s ? retry_s : 1);
+    sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("Retry-After"), (sl_str_t){ra, (size_t)n});
+    x->cause = SL_CAUSE_QUOTA_EXCEEDED;
+    x->cause_detail = q->detail_buf;
+    return SL_FILTER_ERROR;
+}
+
+/* The local count (the limiter table): CONTINUE or ERROR with Retry-After set. */
+static enum sl_filter_status local_decide(sl_exchange_t *x, const quota_t *q, sl_gcra_key_t key)
+{
     const sl_rate_limit_conf_t *l = &q->conf->l;
-    uint8_t buf[SL__RATE_KEY_BUF];
-    size_t len;
-    if (!sl__rate_key_value(x, q->trust, l, buf, &len))
-        return SL_FILTER_CONTINUE;
     /* The request's start time, not another clock read: a request begun before midnight counts
      * for the day it began. */
     uint64_t wall_ns = (uint64_t)((int64_t)x->start_ns + q->wall_minus_mono_ns);
@@ -132,17 +151,87 @@ static enum sl_filter_status quota_on_request(sl_exchange_t *x, void *state)
     uint64_t T = (end - start) / l->rate;
     sl_gcra_params_t p = {.emission_ns = T, .tolerance_ns = (l->rate - 1) * T};
     uint64_t pinned = (uint64_t)((int64_t)start - q->wall_minus_mono_ns) + SL__TABLE_TIME_BIAS;
-    sl_gcra_key_t key = sl_gcra_key_digest(q->id, (sl_str_t){(const char *)buf, len});
     sl_gcra_result_t r;
     if (sl_gcra_admit(q->table, key, &p, pinned, 1, &r) != 0 || r.allowed)
         return SL_FILTER_CONTINUE; /* a full table admits (and is counted), as for rate limits */
-    uint64_t left = end - wall_ns;
-    char *ra = sl_arena_alloc(&x->arena, 24);
-    int n = snprintf(ra, 24, "%" PRIu64, left / NS_PER_S + (left % NS_PER_S != 0));
-    sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("Retry-After"), (sl_str_t){ra, (size_t)n});
-    x->cause = SL_CAUSE_QUOTA_EXCEEDED;
-    x->cause_detail = q->detail_buf;
-    return SL_FILTER_ERROR;
+    return refuse(x, q, ceil_s(end - wall_ns));
+}
+
+/* A paused exchange's wait for Redis (x->handler_data until the answer). */
+typedef struct quota_wait {
+    sl_exchange_t *x;
+    const quota_t *q;
+    sl_gcra_key_t key;
+    sl_store_req_t *req;
+} quota_wait_t;
+
+static enum sl_filter_status store_decided(sl_exchange_t *x, const quota_t *q, sl_gcra_key_t key,
+                                           const sl_store_quota_result_t *res)
+{
+    if (res->local) /* Redis down, on_failure allow: count on this node */
+        return local_decide(x, q, key);
+    if (res->allowed)
+        return SL_FILTER_CONTINUE;
+    return refuse(x, q, ceil_s(res->reset_ns));
+}
+
+static void quota_answered(void *arg, int status, const sl_store_quota_result_t *res)
+{
+    quota_wait_t *w = arg;
+    sl_exchange_t *x = w->x;
+    x->handler_data = NULL;
+    if (status != 0) {
+        sl_filter_fail(x, SL_CAUSE_GATEWAY_OVERLOADED, "redis_unavailable");
+        return;
+    }
+    if (store_decided(x, w->q, w->key, res) == SL_FILTER_CONTINUE)
+        sl_filter_resume(x);
+    else
+        sl_filter_fail(x, x->cause, x->cause_detail);
+}
+
+static void quota_on_abort(sl_exchange_t *x, void *state)
+{
+    (void)state;
+    quota_wait_t *w = x->handler_data;
+    if (w != NULL) {
+        sl_store_cancel(w->req);
+        x->handler_data = NULL;
+    }
+}
+
+static enum sl_filter_status quota_on_request(sl_exchange_t *x, void *state)
+{
+    const quota_t *q = state;
+    const sl_rate_limit_conf_t *l = &q->conf->l;
+    uint8_t buf[SL__RATE_KEY_BUF];
+    size_t len;
+    if (!sl__rate_key_value(x, q->trust, l, buf, &len))
+        return SL_FILTER_CONTINUE;
+    sl_gcra_key_t key = sl_gcra_key_digest(q->id, (sl_str_t){(const char *)buf, len});
+    sl_store_worker_t *sw = q->store != NULL ? sl__rate_thread_store() : NULL;
+    if (sw == NULL)
+        return local_decide(x, q, key);
+    static const enum sl_store_window windows[] = {
+        [SL_QUOTA_HOUR] = SL_STORE_HOUR, [SL_QUOTA_DAY] = SL_STORE_DAY, [SL_QUOTA_MONTH] = SL_STORE_MONTH};
+    char text[SL__RATE_KEY_TEXT_BUF];
+    size_t tlen = sl__rate_key_text(q->id, buf, len, text);
+    quota_wait_t *w = sl_arena_alloc(&x->arena, sizeof(*w));
+    *w = (quota_wait_t){.x = x, .q = q, .key = key};
+    sl_store_quota_result_t res;
+    int rc = sl_store_quota(sw, (sl_str_t){text, tlen}, windows[q->conf->period], l->rate, 1, &res, quota_answered, w,
+                            &w->req);
+    if (rc == 0) {
+        /* handler_data is free until the route's answer runs (auth's pauses use it likewise). */
+        x->handler_data = w;
+        return SL_FILTER_PAUSE;
+    }
+    if (rc < 0) {
+        x->cause = SL_CAUSE_GATEWAY_OVERLOADED;
+        x->cause_detail = "redis_unavailable";
+        return SL_FILTER_ERROR;
+    }
+    return store_decided(x, q, key, &res);
 }
 
 const sl_filter_type_t sl_filter_quota = {
@@ -150,4 +239,5 @@ const sl_filter_type_t sl_filter_quota = {
     .create = quota_create,
     .destroy = quota_destroy,
     .on_request = quota_on_request,
+    .on_abort = quota_on_abort,
 };

@@ -7,11 +7,15 @@
  * whose definition did not change keeps its state. On the way back, every response of a limited
  * route carries the RateLimit headers (IETF draft -09 form) and/or X-RateLimit-*.
  *
- * One function, admit(), makes a limit's decision: the place where a cluster store answering
- * asynchronously would return PENDING and resume run() later (see run()).
+ * One function, admit(), makes a limit's decision. In cluster mode (`stores.redis`) it asks the
+ * Redis store through the worker's own connection (store/store.h): a decision known at once
+ * (a lease, Redis down under `allow`) continues as locally; a pending one pauses the chain and
+ * the store's callback resumes run() at the same limit; a refusal to decide (Redis down under
+ * `deny`) answers 503 gateway_overloaded with detail redis_unavailable.
  */
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +24,10 @@
 #include "common/error.h"
 #include "common/time.h"
 #include "filters/filters.h"
-#include "store/gcra.h"
 #include "filters/internal.h"
+#include "pipeline/filter.h"
+#include "store/gcra.h"
+#include "store/store.h"
 
 /* Header values longer than this enter the key as their own digest: the key buffer stays
  * small and fixed, and long values never collide by truncation. */
@@ -42,6 +48,7 @@ typedef struct limit {
 
 typedef struct rl {
     sl_gcra_table_t *table;
+    sl_store_t *store; /* cluster mode: decisions in Redis; NULL: local */
     const sl__ip_trust_t *trust;
     sl_str_t route_name;
     int headers; /* enum sl_rate_limit_headers */
@@ -52,8 +59,9 @@ typedef struct rl {
 enum verdict {
     VERDICT_ALLOWED = 1,
     VERDICT_REFUSED,
-    VERDICT_SKIPPED, /* the limit does not apply (its header is absent) */
-    /* VERDICT_PENDING: a cluster store's answer is on its way; run() resumes with it. */
+    VERDICT_SKIPPED,     /* the limit does not apply (its header is absent) */
+    VERDICT_PENDING,     /* the store's answer is on its way; its callback resumes run() */
+    VERDICT_UNAVAILABLE, /* Redis is down and on_failure is deny */
 };
 
 /* A route with more limits than this is a config nobody needs. */
@@ -62,6 +70,8 @@ enum verdict {
 /* Per exchange, in its arena: where run() is and what each limit said. */
 typedef struct decisions {
     const rl_t *rl;
+    sl_exchange_t *x;
+    sl_store_req_t *req; /* the pending store request, for on_abort */
     uint64_t now_ns;
     size_t next;
     long refused; /* index of the refusing limit, or -1 */
@@ -122,6 +132,7 @@ static int rl_create(const struct sl_snapshot *snap, const sl_route_conf_t *rout
     }
     rl_t *rl = sl_xcalloc(1, sizeof(*rl) + n * sizeof(limit_t));
     rl->table = table;
+    rl->store = snap->cfg->stores.redis.enabled ? sl__filters_shared_store(shared) : NULL;
     rl->trust = sl__filters_shared_trust(shared);
     rl->route_name = route->name;
     rl->headers = route->rate_limit_headers ? route->rate_limit_headers : SL_RATE_HEADERS_BOTH;
@@ -143,10 +154,14 @@ static void rl_destroy(void *state)
 static size_t put_part(uint8_t *buf, size_t n, char tag, const void *p, size_t len)
 {
     if (len > VALUE_INLINE_MAX) {
-        sl_gcra_key_t d = sl_gcra_key_digest(SL_STR_LIT("long"), (sl_str_t){p, len});
+        /* An unkeyed digest (16 bytes of SHA-256), so the value's Redis key is the same on
+         * every node; long values are rare, and SHA-256 keeps them from colliding. */
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int mdlen = 0;
+        SL_BUG_ON(EVP_Digest(p, len, md, &mdlen, EVP_sha256(), NULL) != 1);
         buf[n++] = (uint8_t)(tag ^ 0x20);
-        memcpy(buf + n, &d, sizeof(d));
-        return n + sizeof(d);
+        memcpy(buf + n, md, 16);
+        return n + 16;
     }
     buf[n++] = (uint8_t)tag;
     buf[n++] = (uint8_t)(len >> 8);
@@ -193,15 +208,58 @@ bool sl__rate_key_value(const sl_exchange_t *x, const sl__ip_trust_t *trust, con
     return true;
 }
 
+/* ---- cluster mode --------------------------------------------------------------------------- */
+
+/* The worker's connection of the Redis store: set by the server on each worker thread. */
+static _Thread_local sl_store_worker_t *thread_store;
+
+void sl_filters_set_thread_store(struct sl_store_worker *w)
+{
+    thread_store = w;
+}
+
+sl_store_worker_t *sl__rate_thread_store(void)
+{
+    return thread_store;
+}
+
+size_t sl__rate_key_text(sl_str_t id, const uint8_t *value, size_t len, char *buf)
+{
+    buf[0] = (char)(id.len >> 8);
+    buf[1] = (char)id.len;
+    memcpy(buf + 2, id.ptr, id.len);
+    memcpy(buf + 2 + id.len, value, len);
+    return 2 + id.len + len;
+}
+
+static enum sl_filter_status run(sl_exchange_t *x, decisions_t *d);
+static void store_answered(void *arg, int status, const sl_gcra_result_t *res);
+
 /* The one decision point of a limit. A full table admits (and is counted by the table): an
  * overflowing limiter must not become an outage. */
-static enum verdict admit(sl_exchange_t *x, const rl_t *rl, const limit_t *l, uint64_t now_ns, sl_gcra_result_t *out)
+static enum verdict admit(sl_exchange_t *x, decisions_t *d, size_t i)
 {
+    const rl_t *rl = d->rl;
+    const limit_t *l = &rl->limits[i];
+    sl_gcra_result_t *out = &d->item[i].r;
+    uint64_t now_ns = d->now_ns;
     uint8_t buf[SL__RATE_KEY_BUF];
     size_t len;
     if (!sl__rate_key_value(x, rl->trust, l->conf, buf, &len))
         return VERDICT_SKIPPED;
     sl_gcra_key_t key = sl_gcra_key_digest(l->id, (sl_str_t){(const char *)buf, len});
+    sl_store_worker_t *sw = rl->store != NULL ? thread_store : NULL;
+    if (sw != NULL) {
+        char text[SL__RATE_KEY_TEXT_BUF];
+        size_t tlen = sl__rate_key_text(l->id, buf, len, text);
+        int rc =
+            sl_store_admit(sw, key, (sl_str_t){text, tlen}, &l->params, 1, now_ns, out, store_answered, d, &d->req);
+        if (rc == 0)
+            return VERDICT_PENDING;
+        if (rc < 0)
+            return VERDICT_UNAVAILABLE;
+        return out->allowed ? VERDICT_ALLOWED : VERDICT_REFUSED;
+    }
     if (sl_gcra_admit(rl->table, key, &l->params, now_ns + SL__TABLE_TIME_BIAS, 1, out) != 0) {
         *out = (sl_gcra_result_t){.allowed = true, .limit = l->conf->burst, .remaining = l->conf->burst - 1};
         return VERDICT_ALLOWED;
@@ -209,16 +267,22 @@ static enum verdict admit(sl_exchange_t *x, const rl_t *rl, const limit_t *l, ui
     return out->allowed ? VERDICT_ALLOWED : VERDICT_REFUSED;
 }
 
-/* Runs the limits from d->next on. A cluster store would make admit() return PENDING; run()
- * then returns SL_FILTER_PAUSE with d->next on that limit, and the store's callback records
- * the answer, advances d->next and calls run() again, ending with sl_filter_resume or
- * sl_filter_fail(x, SL_CAUSE_RATE_LIMITED, ...). */
+/* Runs the limits from d->next on. When the store's answer is pending, run() returns
+ * SL_FILTER_PAUSE with d->next on that limit, and store_answered records the answer, advances
+ * d->next and calls run() again, ending with sl_filter_resume or sl_filter_fail. */
 static enum sl_filter_status run(sl_exchange_t *x, decisions_t *d)
 {
     const rl_t *rl = d->rl;
     for (; d->next < rl->n; d->next++) {
         size_t i = d->next;
-        enum verdict v = admit(x, rl, &rl->limits[i], d->now_ns, &d->item[i].r);
+        enum verdict v = admit(x, d, i);
+        if (v == VERDICT_PENDING)
+            return SL_FILTER_PAUSE;
+        if (v == VERDICT_UNAVAILABLE) {
+            x->cause = SL_CAUSE_GATEWAY_OVERLOADED;
+            x->cause_detail = "redis_unavailable";
+            return SL_FILTER_ERROR;
+        }
         d->item[i].applied = v != VERDICT_SKIPPED;
         if (v == VERDICT_REFUSED) {
             d->refused = (long)i;
@@ -230,12 +294,54 @@ static enum sl_filter_status run(sl_exchange_t *x, decisions_t *d)
     return SL_FILTER_CONTINUE;
 }
 
+/* The store's answer for limit d->next of a paused exchange (never after rl_on_abort). */
+static void store_answered(void *arg, int status, const sl_gcra_result_t *res)
+{
+    decisions_t *d = arg;
+    sl_exchange_t *x = d->x;
+    d->req = NULL;
+    if (status != 0) { /* Redis failed under on_failure: deny */
+        sl_filter_fail(x, SL_CAUSE_GATEWAY_OVERLOADED, "redis_unavailable");
+        return;
+    }
+    size_t i = d->next;
+    d->item[i].r = *res;
+    d->item[i].applied = true;
+    if (!res->allowed) {
+        d->refused = (long)i;
+        sl_filter_fail(x, SL_CAUSE_RATE_LIMITED, d->rl->limits[i].detail);
+        return;
+    }
+    d->next++;
+    switch (run(x, d)) {
+    case SL_FILTER_CONTINUE:
+        sl_filter_resume(x);
+        break;
+    case SL_FILTER_PAUSE:
+        break;
+    default:
+        sl_filter_fail(x, x->cause, x->cause_detail);
+        break;
+    }
+}
+
+static void rl_on_abort(sl_exchange_t *x, void *state)
+{
+    (void)state;
+    decisions_t *d = x->rate_limit;
+    if (d != NULL && d->req != NULL) {
+        sl_store_cancel(d->req);
+        d->req = NULL;
+    }
+}
+
 static enum sl_filter_status rl_on_request(sl_exchange_t *x, void *state)
 {
     const rl_t *rl = state;
     decisions_t *d = sl_arena_alloc(&x->arena, sizeof(*d) + rl->n * sizeof(d->item[0]));
     memset(d, 0, sizeof(*d) + rl->n * sizeof(d->item[0]));
     d->rl = rl;
+    d->x = x;
     d->refused = -1;
     d->now_ns = sl_time_mono_ns(); /* one clock read for every limit of the request */
     x->rate_limit = d;
@@ -311,4 +417,5 @@ const sl_filter_type_t sl_filter_rate_limit = {
     .destroy = rl_destroy,
     .on_request = rl_on_request,
     .on_response_headers = rl_on_response_headers,
+    .on_abort = rl_on_abort,
 };

@@ -34,6 +34,7 @@ typedef struct shared {
     struct sl_jwks_store *jwks;
     sl_fetcher_t fetcher;             /* .start NULL: none */
     struct sl_gcra_table *rate_table; /* the process's; not owned */
+    struct sl_store *store;           /* the process's Redis store, or NULL; not owned */
 } shared_t;
 
 const sl__ip_trust_t *sl__filters_shared_trust(void *shared)
@@ -60,6 +61,11 @@ const struct sl_fetcher *sl__filters_shared_fetcher(void *shared)
 struct sl_gcra_table *sl__filters_shared_rate_table(void *shared)
 {
     return ((shared_t *)shared)->rate_table;
+}
+
+struct sl_store *sl__filters_shared_store(void *shared)
+{
+    return ((shared_t *)shared)->store;
 }
 
 /* Frees everything attach built; `block` is the allocation holding the back pointer and the
@@ -96,6 +102,7 @@ int sl_filters_attach(sl_snapshot_t *snap, const sl_filters_env_t *env, sl_confi
     if (env != NULL && env->fetcher != NULL)
         sh->fetcher = *env->fetcher;
     sh->rate_table = env != NULL ? env->rate_table : NULL;
+    sh->store = env != NULL ? env->store : NULL;
     /* [shared_t *][chain 0][chain 1]...: the back pointer lets chains_release find `sh`. */
     shared_t **block = sl_xcalloc(1, sizeof(shared_t *) + (cfg->nroutes ? cfg->nroutes : 1) * sizeof(sl_chain_t));
     block[0] = sh;

@@ -118,7 +118,9 @@ struct sl_metrics {
     size_t nworkers, capworkers;
     _Atomic uint64_t reloads_ok, reloads_failed;
     _Atomic uint64_t last_reload_wall_ms;
-    uint64_t (*rate_full_total)(const void *ctx); /* NULL: no limiter table */
+    uint64_t (*rate_full_total)(const void *ctx);                        /* NULL: no limiter table */
+    void (*store_get)(const void *ctx, sl_metrics_store_figures_t *out); /* NULL: no Redis store */
+    const void *store_ctx;
     const void *rate_full_ctx;
     uint64_t start_time_s; /* 0 when /proc could not tell */
 };

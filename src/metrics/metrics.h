@@ -157,6 +157,21 @@ int sl_metrics_schema_create(sl_metrics_t *m, const sl_config_t *cfg, sl_metrics
  *  scrape (the process-wide limiter table's counter). Control thread. */
 void sl_metrics_set_rate_limit_source(sl_metrics_t *m, uint64_t (*full_total)(const void *ctx), const void *ctx);
 
+/* The Redis store's figures (cluster mode), read at each scrape: sluice_store_*. */
+typedef struct sl_metrics_store_figures {
+    bool up;               /* every worker has a ready connection */
+    uint64_t commands;     /* sent to Redis */
+    uint64_t failures;     /* commands without a usable reply */
+    uint64_t timeouts;     /* commands past the command timeout */
+    uint64_t fallbacks;    /* decisions made on the local table because Redis was down (allow) */
+    uint64_t refusals;     /* requests refused (503) because Redis was down (deny) */
+    uint64_t lease_admits; /* hot-key decisions made from a lease, without a Redis call */
+} sl_metrics_store_figures_t;
+
+/** Where sluice_store_* come from (NULL `get`: no store, no samples). Control thread. */
+void sl_metrics_set_store_source(sl_metrics_t *m, void (*get)(const void *ctx, sl_metrics_store_figures_t *out),
+                                 const void *ctx);
+
 /** Frees a schema. Any thread; touches nothing but the schema. NULL is ignored. */
 void sl_metrics_schema_destroy(sl_metrics_schema_t *s);
 

@@ -333,6 +333,13 @@ void sl_metrics_set_rate_limit_source(sl_metrics_t *m, uint64_t (*full_total)(co
     m->rate_full_ctx = ctx;
 }
 
+void sl_metrics_set_store_source(sl_metrics_t *m, void (*get)(const void *ctx, sl_metrics_store_figures_t *out),
+                                 const void *ctx)
+{
+    m->store_get = get;
+    m->store_ctx = ctx;
+}
+
 /* The limit labels of every route, so a refusal's detail ("rate_limit:<label>") maps back to
  * its limit's counter and the exposition names it. Bounded: labels come from the config. */
 static void rate_limit_labels(sl_metrics_schema_t *s, const sl_config_t *cfg)

@@ -410,6 +410,24 @@ static void emit_rate_table_full(render_t *r, const family_t *f)
         sample_u64(r, f->name, NULL, 0, r->m->rate_full_total(r->m->rate_full_ctx));
 }
 
+/* The Redis store's figures: one sample each, only when the gateway runs in cluster mode. */
+static void emit_store(render_t *r, const family_t *f)
+{
+    if (r->m->store_get == NULL)
+        return;
+    sl_metrics_store_figures_t s = {0};
+    r->m->store_get(r->m->store_ctx, &s);
+    const char *n = f->name + strlen("sluice_store_");
+    uint64_t v = strcmp(n, "up") == 0                ? (uint64_t)s.up
+                 : strcmp(n, "commands_total") == 0  ? s.commands
+                 : strcmp(n, "failures_total") == 0  ? s.failures
+                 : strcmp(n, "timeouts_total") == 0  ? s.timeouts
+                 : strcmp(n, "fallbacks_total") == 0 ? s.fallbacks
+                 : strcmp(n, "refusals_total") == 0  ? s.refusals
+                                                     : s.lease_admits;
+    sample_u64(r, f->name, NULL, 0, v);
+}
+
 static void emit_upstream_duration(render_t *r, const family_t *f)
 {
     for (size_t i = 0; i < r->ntarget_order; i++) {
@@ -527,6 +545,17 @@ static const family_t families[] = {
      "Time from the first byte of a request to the end of its response, by route.", emit_request_duration},
     {"sluice_requests_total", "counter", "Finished exchanges by route, method, status and gateway cause.",
      emit_requests},
+    {"sluice_store_commands_total", "counter", "Commands sent to the Redis store (cluster mode).", emit_store},
+    {"sluice_store_failures_total", "counter",
+     "Redis store commands without a usable reply (connection lost, error reply).", emit_store},
+    {"sluice_store_fallbacks_total", "counter",
+     "Rate-limit and quota decisions made on this node's table because Redis was down (on_failure allow).", emit_store},
+    {"sluice_store_lease_admits_total", "counter",
+     "Hot-key decisions made from a leased slice of the budget, without a Redis call.", emit_store},
+    {"sluice_store_refusals_total", "counter",
+     "Requests refused with gateway_overloaded because Redis was down (on_failure deny).", emit_store},
+    {"sluice_store_timeouts_total", "counter", "Redis store commands past the command timeout.", emit_store},
+    {"sluice_store_up", "gauge", "1 when every worker has a ready connection to the Redis store; else 0.", emit_store},
     {"sluice_upstream_duration_seconds", "histogram",
      "Time from sending a request upstream to the first byte of its response, by target.", emit_upstream_duration},
     {"sluice_upstream_errors_total", "counter",

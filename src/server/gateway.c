@@ -18,6 +18,7 @@
 #include "admin/admin.h"
 #include "filters/filters.h"
 #include "store/gcra.h"
+#include "store/store.h"
 #include "filters/jwks_store.h"
 #include "http1/client.h"
 #include "admin/doctor.h"
@@ -53,6 +54,8 @@ typedef struct worker_slot {
     atomic_int cmds;
     struct gateway *gw;
     bool draining;
+    bool store_started;         /* worker thread only */
+    sl_store_worker_t *store_w; /* this worker's Redis connection (cluster mode); worker thread only */
 } worker_slot_t;
 
 typedef struct gateway {
@@ -76,6 +79,11 @@ typedef struct gateway {
     /* Rate-limit state of every snapshot, sized by the first config's stores.local.max_keys
      * (a later change needs a restart); freed after the workers joined. */
     sl_gcra_table_t *rate_table;
+    /* The Redis store (stores.redis of the first config; a later change needs a restart), and
+     * a copy of the conf it was made from, to warn on reload. Destroyed after the workers. */
+    sl_store_t *store;
+    sl_redis_store_conf_t store_conf;
+    char *store_strs; /* owns store_conf's address and key_prefix */
     bool draining;
     char *config_text; /* what `current` was built from (the admin API edits a copy of it) */
     size_t config_len;
@@ -85,12 +93,35 @@ typedef struct gateway {
 
 /* ---- building snapshots ------------------------------------------------------------------ */
 
+/* The Redis store (stores.redis) of the config a gateway starts with; its local fallback is the
+ * rate table. An address that does not resolve is a config error: the start fails. */
+static int create_store(const sl_config_t *cfg, sl_gcra_table_t *rate_table, sl_store_t **store,
+                        sl_config_errors_t *errs)
+{
+    const sl_redis_store_conf_t *r = &cfg->stores.redis;
+    sl_store_conf_t sc = {.address = r->address.ptr,
+                          .on_failure = r->on_failure == 2 ? SL_STORE_DENY : SL_STORE_ALLOW,
+                          .connect_timeout_ms = r->connect_timeout_ms,
+                          .command_timeout_ms = r->command_timeout_ms,
+                          .slice = r->slice,
+                          .key_prefix = r->key_prefix.ptr,
+                          .fallback = rate_table,
+                          .fallback_clock_ns = SL_FILTERS_RATE_TABLE_CLOCK_BIAS};
+    int err = sl_store_create(&sc, store);
+    if (err != 0)
+        sl_config_errors_add(errs, cfg->path, r->pos.line, r->pos.col, "stores.redis: address %s: %s", r->address.ptr,
+                             err == SL_ENOTFOUND ? "cannot resolve the host name" : sl_strerror(err));
+    return err;
+}
+
 /* Builds a snapshot from config text (`name` is the file name in errors). `prev`: the snapshot
  * being replaced (NULL at start), whose unchanged upstreams' runtime state the new one shares
  * (sl_proxy_attach). `*rate_table` NULL: created from this config's stores.local.max_keys (the
- * caller owns it). On failure, `errs` says why and nothing was built. */
+ * caller owns it). `store` (NULL for `sluice check`): at start (`prev` NULL) the Redis store is
+ * created into it when the config has stores.redis; routes decide their limits in it when their
+ * config has stores.redis too. On failure, `errs` says why and nothing was built. */
 static int build_snapshot(const char *name, const char *text, size_t len, uv_loop_t *loop, sl_metrics_t *metrics,
-                          sl_jwks_store_t *jwks, sl_gcra_table_t **rate_table, uint64_t generation,
+                          sl_jwks_store_t *jwks, sl_gcra_table_t **rate_table, sl_store_t **store, uint64_t generation,
                           const sl_snapshot_t *prev, sl_config_errors_t *errs, sl_snapshot_t **out)
 {
     sl_config_t *cfg = NULL;
@@ -105,8 +136,15 @@ static int build_snapshot(const char *name, const char *text, size_t len, uv_loo
     cfg->generation = generation;
     if (*rate_table == NULL)
         SL_BUG_ON(sl_gcra_table_create(cfg->stores.local_max_keys, rate_table) != 0); /* range checked by config */
+    if (store != NULL && *store == NULL && prev == NULL && cfg->stores.redis.enabled &&
+        create_store(cfg, *rate_table, store, errs) != 0) {
+        sl_router_destroy(router);
+        sl_config_unref(cfg);
+        return SL_ECONFIG;
+    }
     sl_snapshot_t *snap = sl_snapshot_create(cfg, router);
-    sl_filters_env_t env = {.jwks = jwks, .fetcher = &sl_h1_fetcher, .rate_table = *rate_table};
+    sl_filters_env_t env = {
+        .jwks = jwks, .fetcher = &sl_h1_fetcher, .rate_table = *rate_table, .store = store ? *store : NULL};
     err = sl_filters_attach(snap, &env, errs);
     /* Last, as it changes shared state: the key store then serves the new issuers. */
     if (err == 0 && jwks != NULL)
@@ -155,7 +193,7 @@ int sl_gateway_check(const char *config_path)
         uv_loop_init(&scratch);
         sl_jwks_store_t *jwks = NULL;
         sl_jwks_store_create(&scratch, &sl_h1_fetcher, &jwks);
-        err = build_snapshot(config_path, text, len, NULL, NULL, jwks, &rate_table, 1, NULL, &errs, &snap);
+        err = build_snapshot(config_path, text, len, NULL, NULL, jwks, &rate_table, NULL, 1, NULL, &errs, &snap);
         sl_jwks_store_stop(jwks, NULL, NULL);
         uv_run(&scratch, UV_RUN_DEFAULT);
         uv_loop_close(&scratch);
@@ -182,6 +220,11 @@ int sl_gateway_check(const char *config_path)
 static void worker_on_empty(sl_worker_t *w)
 {
     worker_slot_t *slot = SL_CONTAINER_OF(w, worker_slot_t, w);
+    if (slot->store_w != NULL) { /* no exchange is left to wait on it; it closes as the loop runs on */
+        sl_filters_set_thread_store(NULL);
+        sl_store_worker_stop(slot->store_w);
+        slot->store_w = NULL;
+    }
     sl_upstream_worker_close_idle(w);
     sl_worker_close(w);
     (void)slot;
@@ -190,6 +233,17 @@ static void worker_on_empty(sl_worker_t *w)
 static void worker_on_wakeup(sl_worker_t *w)
 {
     worker_slot_t *slot = SL_CONTAINER_OF(w, worker_slot_t, w);
+    /* The first wakeup is sent right after the thread starts: the async's fd is ready at the
+     * loop's first poll, before any accepted connection can have been read. */
+    if (!slot->store_started) {
+        slot->store_started = true;
+        if (slot->gw->store != NULL && !slot->draining) {
+            if (sl_store_worker_start(slot->gw->store, &w->loop, &slot->store_w) == 0)
+                sl_filters_set_thread_store(slot->store_w);
+            else
+                sl_log_error("worker %u: cannot start its redis connection; its limits are per node", w->id);
+        }
+    }
     sl_snapshot_t *snap = atomic_exchange(&slot->pending, NULL);
     if (snap != NULL) {
         sl_snapshot_t *old = w->snap;
@@ -246,6 +300,27 @@ static void note_reload(gateway_t *gw, bool ok, const sl_config_errors_t *errs)
         json_object_set_new(gw->last_reload, "errors", sl_admin_errors_json(errs));
 }
 
+/* stores.redis is read at start: a reload that changes it keeps the running store. */
+static void store_reload_note(gateway_t *gw, const sl_config_t *cfg)
+{
+    const sl_redis_store_conf_t *a = &gw->store_conf, *b = &cfg->stores.redis;
+    if (!b->enabled) {
+        if (gw->store != NULL && gw->current->cfg->stores.redis.enabled)
+            sl_log_warn("reload: stores.redis removed; rate limits and quotas are per node from now on (a reload "
+                        "that restores it resumes cluster limits)");
+        return;
+    }
+    if (gw->store == NULL) {
+        sl_log_warn("reload: stores.redis needs a restart; rate limits and quotas stay per node until then");
+        return;
+    }
+    if (!sl_str_eq(a->address, b->address) || a->on_failure != b->on_failure ||
+        a->connect_timeout_ms != b->connect_timeout_ms || a->command_timeout_ms != b->command_timeout_ms ||
+        a->slice != b->slice || !sl_str_eq(a->key_prefix, b->key_prefix))
+        sl_log_warn("reload: stores.redis changes need a restart; the running store (redis at %s) stays",
+                    sl_store_address(gw->store));
+}
+
 /* Makes `snap` (built from `text`, which the gateway takes) the running generation. */
 static void commit(gateway_t *gw, sl_snapshot_t *snap, char *text, size_t len)
 {
@@ -257,6 +332,7 @@ static void commit(gateway_t *gw, sl_snapshot_t *snap, char *text, size_t len)
         sl_log_warn("reload: listener changes need a restart; the old listeners stay");
     if (!sl_str_eq(old->admin.address, cfg->admin.address) || !sl_str_eq(old->admin.token_env, cfg->admin.token_env))
         sl_log_warn("reload: admin listener changes need a restart; the old admin listener stays");
+    store_reload_note(gw, cfg);
     gw->generation++;
     note_reload(gw, true, NULL);
     sl_log_set_level((enum sl_log_level)cfg->logging.level);
@@ -280,7 +356,7 @@ static int reload(gateway_t *gw, sl_config_errors_t *errs)
     sl_snapshot_t *snap = NULL;
     int err = read_config(gw->config_path, &text, &len, errs);
     if (err == 0)
-        err = build_snapshot(gw->config_path, text, len, &gw->loop, gw->metrics, gw->jwks, &gw->rate_table,
+        err = build_snapshot(gw->config_path, text, len, &gw->loop, gw->metrics, gw->jwks, &gw->rate_table, &gw->store,
                              gw->generation + 1, gw->current, errs, &snap);
     if (err != 0) {
         free(text);
@@ -317,7 +393,7 @@ static int hook_apply(void *ctx, const char *text, size_t len, sl_config_errors_
 {
     gateway_t *gw = ctx;
     sl_snapshot_t *snap = NULL;
-    int err = build_snapshot("<admin>", text, len, &gw->loop, gw->metrics, gw->jwks, &gw->rate_table,
+    int err = build_snapshot("<admin>", text, len, &gw->loop, gw->metrics, gw->jwks, &gw->rate_table, &gw->store,
                              gw->generation + 1, gw->current, errs, &snap);
     if (err != 0)
         return err;
@@ -471,6 +547,17 @@ static void on_doctor_timer(uv_timer_t *t)
         ws[i] = &gw->slots[i].w;
     sl_doctor_resources_t res;
     sl_doctor_resources_read(&res, ws, n, gw->current->cfg->limits.max_connections);
+    if (gw->store != NULL && gw->current->cfg->stores.redis.enabled) {
+        sl_store_health_t h;
+        sl_store_health(gw->store, &h);
+        res.store_configured = true;
+        res.store_up = h.up;
+        res.store_deny = gw->store_conf.on_failure == 2;
+        res.store_down_since_ms = h.down_since_ms;
+        res.store_fallbacks_total = h.fallbacks;
+        res.store_refusals_total = h.refusals;
+        snprintf(res.store_address, sizeof(res.store_address), "%s", sl_store_address(gw->store));
+    }
     sl_doctor_tick(gw->doctor, gw->current, gw->health, &res, sl_time_wall_ms());
 }
 
@@ -524,6 +611,19 @@ static uint64_t rate_table_full_total(const void *table)
     return sl_gcra_table_full_total(table);
 }
 
+static void store_figures(const void *store, sl_metrics_store_figures_t *out)
+{
+    sl_store_health_t h;
+    sl_store_health((sl_store_t *)store, &h);
+    *out = (sl_metrics_store_figures_t){.up = h.up,
+                                        .commands = h.commands,
+                                        .failures = h.failures,
+                                        .timeouts = h.timeouts,
+                                        .fallbacks = h.fallbacks,
+                                        .refusals = h.refusals,
+                                        .lease_admits = h.lease_admits};
+}
+
 int sl_gateway_run(const char *config_path)
 {
     sl_h1_register_errors();
@@ -541,13 +641,24 @@ int sl_gateway_run(const char *config_path)
         int err = read_config(config_path, &gw->config_text, &gw->config_len, &errs);
         if (err == 0)
             err = build_snapshot(config_path, gw->config_text, gw->config_len, &gw->loop, gw->metrics, gw->jwks,
-                                 &gw->rate_table, gw->generation, NULL, &errs, &gw->current);
+                                 &gw->rate_table, &gw->store, gw->generation, NULL, &errs, &gw->current);
         if (err != 0)
             print_errors(config_path, err, &errs);
         sl_config_errors_dispose(&errs);
         if (err != 0)
             goto out_loop;
         sl_metrics_set_rate_limit_source(gw->metrics, rate_table_full_total, gw->rate_table);
+        if (gw->store != NULL) {
+            const sl_redis_store_conf_t *r = &gw->current->cfg->stores.redis;
+            size_t al = r->address.len, pl = r->key_prefix.len;
+            gw->store_conf = *r;
+            gw->store_strs = sl_xmalloc(al + pl + 2);
+            memcpy(gw->store_strs, r->address.ptr, al + 1);
+            memcpy(gw->store_strs + al + 1, r->key_prefix.ptr, pl + 1);
+            gw->store_conf.address = (sl_str_t){gw->store_strs, al};
+            gw->store_conf.key_prefix = (sl_str_t){gw->store_strs + al + 1, pl};
+            sl_metrics_set_store_source(gw->metrics, store_figures, gw->store);
+        }
     }
     const sl_config_t *cfg = gw->current->cfg;
     sl_log_set_level((enum sl_log_level)cfg->logging.level);
@@ -651,6 +762,8 @@ int sl_gateway_run(const char *config_path)
         sl_upstream_worker_init(w);
         w->on_exit = worker_main_done;
         SL_BUG_ON(sl_worker_start(w) != 0);
+        if (gw->store != NULL)
+            sl_worker_wakeup(w); /* starts its Redis connection (worker_on_wakeup) */
     }
     free(fds);
     if (gw->admin)
@@ -693,6 +806,8 @@ out_loop:
     uv_loop_close(&gw->loop);
     sl_doctor_destroy(gw->doctor);
     sl_metrics_destroy(gw->metrics);
+    sl_store_destroy(gw->store); /* every worker stopped its connection and ended */
+    free(gw->store_strs);
     sl_gcra_table_destroy(gw->rate_table); /* every snapshot using it is gone */
     free(gw->config_text);
     json_decref(gw->last_reload);

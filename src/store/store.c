@@ -137,6 +137,7 @@ struct sl_store {
     char prefix[PREFIX_MAX + 1];
     size_t prefix_len;
     sl_gcra_table_t *fallback;
+    uint64_t fallback_clock_ns;
     char sha[41];
     uint64_t (*test_clock)(void *arg);
     void *test_clock_arg;
@@ -240,6 +241,7 @@ int sl_store_create(const sl_store_conf_t *conf, sl_store_t **out)
     s->prefix_len = strlen(prefix);
     memcpy(s->prefix, prefix, s->prefix_len + 1);
     s->fallback = conf->fallback;
+    s->fallback_clock_ns = conf->fallback_clock_ns;
     sl__store_script_sha(s->sha);
     pthread_mutex_init(&s->mu, NULL);
     *out = s;
@@ -717,7 +719,7 @@ static int decide_without(sl_store_worker_t *w, sl_gcra_key_t key, const sl_gcra
         return SL_ESTORE_DOWN;
     }
     bump(&w->c.fallbacks, 1);
-    if (s->fallback == NULL || sl_gcra_admit(s->fallback, key, p, now_ns, cost, out) != 0) {
+    if (s->fallback == NULL || sl_gcra_admit(s->fallback, key, p, now_ns + s->fallback_clock_ns, cost, out) != 0) {
         /* No table, or a full one: admitting is the filter's own rule for a full table. */
         *out = (sl_gcra_result_t){.allowed = true, .limit = p->tolerance_ns / p->emission_ns + 1};
         out->remaining = out->limit - 1;

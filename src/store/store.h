@@ -61,6 +61,7 @@ typedef struct sl_store_conf {
     uint64_t lease_ms;           /* a lease's life; its unused units are then returned; 0: 250 */
     const char *key_prefix;      /* of every Redis key; NULL: "sluice:" */
     sl_gcra_table_t *fallback;   /* borrowed, outlives the store; NULL: allow admits everything */
+    uint64_t fallback_clock_ns;  /* added to now_ns for the fallback table (its owner's clock base) */
 } sl_store_conf_t;
 
 typedef struct sl_store sl_store_t;

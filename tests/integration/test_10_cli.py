@@ -160,7 +160,6 @@ def test_run_with_bad_config_exits_1_without_listening(tmp_path, sluice_bin):
 
 
 LATER_FEATURES = {
-    "stores": ("stores: { redis: { address: \"127.0.0.1:6379\" } }\n", 0),
     "cache": ("    cache: { ttl: 30s }\n", 1),
 }
 

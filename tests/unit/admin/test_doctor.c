@@ -608,6 +608,51 @@ static void test_connection_refusals(void **state)
     json_decref(r);
 }
 
+/* Redis down in cluster mode: a rate_limit finding while it lasts, warning under allow,
+ * critical under deny; nothing once it is back, nothing without a store. */
+static void test_store_down(void **state)
+{
+    fx_t *f = *state;
+    tick(f);
+    json_t *r = report(f, 60);
+    assert_null(find(r, "rate_limit", NULL, NULL));
+    json_decref(r);
+    f->res.store_configured = true;
+    f->res.store_up = true;
+    snprintf(f->res.store_address, sizeof(f->res.store_address), "10.0.0.9:6379");
+    tick(f);
+    r = report(f, 60);
+    assert_int_equal(nfindings(r), 0);
+    json_decref(r);
+    f->res.store_up = false;
+    f->res.store_down_since_ms = 1000;
+    f->res.store_fallbacks_total = 42;
+    tick(f);
+    r = report(f, 60);
+    json_t *x = find(r, "rate_limit", NULL, NULL);
+    assert_non_null(x);
+    assert_string_equal(str(x, "severity"), "warning");
+    assert_string_equal(str(x, "summary"),
+                        "rate limits are per node until redis at 10.0.0.9:6379 is back (42 decisions made locally in "
+                        "the window)");
+    assert_int_equal(num(json_object_get(x, "evidence"), "local_decisions"), 42);
+    json_decref(r);
+    f->res.store_deny = true;
+    f->res.store_refusals_total = 5;
+    tick(f);
+    r = report(f, 60);
+    x = find(r, "rate_limit", NULL, NULL);
+    assert_string_equal(str(x, "severity"), "critical");
+    assert_non_null(strstr(str(x, "summary"), "refused (503, 5 in the window)"));
+    json_decref(r);
+    f->res.store_up = true;
+    f->res.store_down_since_ms = 0;
+    tick(f);
+    r = report(f, 60);
+    assert_null(find(r, "rate_limit", NULL, NULL));
+    json_decref(r);
+}
+
 static void test_route_cause_row_and_ranking(void **state)
 {
     fx_t *f = *state;
@@ -934,6 +979,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_target_5xx_and_timeouts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resources, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_route_cause_row_and_ranking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_windows, setup, teardown),
         cmocka_unit_test(test_quantile_from_deltas),

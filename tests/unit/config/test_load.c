@@ -503,10 +503,8 @@ static void test_not_supported_yet(void **state)
                   "    upstream: u\n"
                   "    rate_limit: []\n"
                   "    quota: { key: ip, limit: 5/day }\n"
-                  "    cache: { ttl: 30s }\n"
-                  "stores: { redis: { address: 127.0.0.1:6379 } }\n",
-                  "3:5: tls is not supported yet", "15:5: cache is not supported yet",
-                  "16:11: redis is not supported yet");
+                  "    cache: { ttl: 30s }\n",
+                  "3:5: tls is not supported yet", "15:5: cache is not supported yet");
 }
 
 static void test_rate_limits(void **state)
@@ -574,6 +572,74 @@ static void test_rate_limits(void **state)
     assert_int_equal(sl_config_parse_rate(SL_STR_LIT("99999999999999999999/s"), &n, &period), SL_ETOOBIG);
 }
 
+static void test_redis_store(void **state)
+{
+    sl_config_t *c = load_ok(LISTEN "routes: [ { name: a, respond: {} } ]\n");
+    assert_false(c->stores.redis.enabled);
+    sl_config_unref(c);
+    c = load_ok(LISTEN "routes: [ { name: a, respond: {} } ]\n"
+                       "stores: { redis: { address: 127.0.0.1:6379 } }\n");
+    const sl_redis_store_conf_t *r = &c->stores.redis;
+    assert_true(r->enabled);
+    assert_str(r->address, "127.0.0.1:6379");
+    assert_int_equal(r->on_failure, 1); /* allow */
+    assert_int_equal(r->connect_timeout_ms, 1000);
+    assert_int_equal(r->command_timeout_ms, 250);
+    assert_int_equal(r->slice, 0);
+    assert_str(r->key_prefix, "sluice:");
+    assert_pos(r->pos, 3, 18);
+    sl_config_unref(c);
+    c = load_ok(LISTEN "routes: [ { name: a, respond: {} } ]\n"
+                       "stores:\n"
+                       "  redis:\n"
+                       "    address: redis.internal\n"
+                       "    on_failure: deny\n"
+                       "    connect_timeout: 2s\n"
+                       "    command_timeout: 50ms\n"
+                       "    slice: 1000\n"
+                       "    key_prefix: \"api-gw:\"\n");
+    r = &c->stores.redis;
+    assert_str(r->address, "redis.internal");
+    assert_int_equal(r->on_failure, 2);
+    assert_int_equal(r->connect_timeout_ms, 2000);
+    assert_int_equal(r->command_timeout_ms, 50);
+    assert_int_equal(r->slice, 1000);
+    assert_str(r->key_prefix, "api-gw:");
+    sl_config_unref(c);
+    c = load_ok(LISTEN "routes: [ { name: a, respond: {} } ]\n"
+                       "stores: { redis: { address: \"[::1]:7000\" } }\n");
+    assert_str(c->stores.redis.address, "[::1]:7000");
+    sl_config_unref(c);
+
+    EXPECT_ERRORS(LISTEN "routes: [ { name: a, respond: {} } ]\n"
+                         "stores:\n"
+                         "  redis:\n"
+                         "    address: 127.0.0.1:99999\n"
+                         "    on_failure: maybe\n"
+                         "    connect_timeout: 0ms\n"
+                         "    command_timeout: 2m\n"
+                         "    slice: 1001\n"
+                         "    key_prefix: \"a b\"\n"
+                         "    sentinel: x\n",
+                  "5:14: address: '127.0.0.1:99999': the port must be a number from 1 to 65535",
+                  "6:17: on_failure: expected one of allow, deny, got 'maybe'",
+                  "7:22: connect_timeout: '0ms' is out of range (10ms..1m)",
+                  "8:22: command_timeout: '2m' is out of range (1ms..1m)",
+                  "9:12: slice: '1001' is out of range (0..1000)",
+                  "10:17: key_prefix: 'a b' must be 1 to 64 printable characters without spaces",
+                  "11:5: unknown key 'sentinel' in stores.redis (allowed: address, on_failure, connect_timeout, "
+                  "command_timeout, slice, key_prefix)");
+    EXPECT_ERRORS(LISTEN "stores: { redis: { address: \"::1\" } }\n"
+                         "routes: [ { name: a, respond: {} } ]\n",
+                  "2:29: address: '::1': an IPv6 address needs brackets, as in [::1]:8080");
+    EXPECT_ERRORS(LISTEN "stores: { redis: { address: \"no_such host\" } }\n"
+                         "routes: [ { name: a, respond: {} } ]\n",
+                  "2:29: address: expected host:port like 127.0.0.1:6379 or redis.internal:6379, got 'no_such host'");
+    EXPECT_ERRORS(LISTEN "stores: { redis: 127.0.0.1:6379 }\n"
+                         "routes: [ { name: a, respond: {} } ]\n",
+                  "2:18: redis: expected a mapping, got '127.0.0.1:6379'");
+}
+
 static void test_rate_limit_errors(void **state)
 {
     EXPECT_ERRORS(LISTEN "stores: { local: { max_keys: 1 }, redis: {} }\n"
@@ -606,7 +672,8 @@ static void test_rate_limit_errors(void **state)
                          "    match: { path_prefix: /q2 }\n"
                          "    respond: { status: 200 }\n"
                          "    quota: { limit: 0/day, key: ip, rate: 1/s }\n",
-                  "2:30: max_keys: '1' is out of range (16..4294967296)", "2:35: redis is not supported yet",
+                  "2:30: max_keys: '1' is out of range (16..4294967296)",
+                  "2:42: missing required key 'address' in stores.redis",
                   "3:13: rate_limit: expected a list, got a mapping",
                   "8:16: key: unknown part 'cosumer' in 'cosumer' (expected consumer, ip, route, header:NAME, or "
                   "parts joined with '+' like consumer+ip)",
@@ -1465,6 +1532,7 @@ int main(void)
         cmocka_unit_test(test_not_supported_yet),
         cmocka_unit_test(test_rate_limits),
         cmocka_unit_test(test_rate_limit_errors),
+        cmocka_unit_test(test_redis_store),
         cmocka_unit_test(test_health_and_breaker),
         cmocka_unit_test(test_health_and_breaker_errors),
         cmocka_unit_test(test_duplicate_keys),
