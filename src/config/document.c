@@ -7,6 +7,7 @@
 #include "config/document.h"
 
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -218,7 +219,8 @@ static bool plain_char(char c)
  * indicator, does not end in ':' (a key), and would not be read back as null, bool or number. */
 static bool can_be_plain(const char *s, size_t n)
 {
-    if (n == 0 || n > 256 || s[0] == '-' || s[0] == ':' || s[n - 1] == ':')
+    /* '@' and '`' are reserved indicators: YAML refuses them at the start of a plain scalar. */
+    if (n == 0 || n > 256 || s[0] == '-' || s[0] == ':' || s[0] == '@' || s[n - 1] == ':')
         return false;
     for (size_t i = 0; i < n; i++)
         if (!plain_char(s[i]))
@@ -227,18 +229,71 @@ static bool can_be_plain(const char *s, size_t n)
     return !is_null_word(t) && bool_word(t) < 0 && !is_int_word(t) && !is_float_word(t);
 }
 
+/* YAML 1.2 c-printable (§5.1): what may appear unescaped in a double-quoted scalar. */
+static bool yaml_printable(uint32_t c)
+{
+    return c == 0x09 || c == 0x0a || c == 0x0d || (c >= 0x20 && c <= 0x7e) || c == 0x85 || (c >= 0xa0 && c <= 0xd7ff) ||
+           (c >= 0xe000 && c <= 0xfffd) || (c >= 0x10000 && c <= 0x10ffff);
+}
+
+/* One UTF-8 sequence at s[0..n) (jansson strings are valid UTF-8): its code point and length. */
+static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    if (s[0] < 0x80 || n < 2) {
+        *cp = s[0];
+        return 1;
+    }
+    if ((s[0] & 0xe0) == 0xc0) {
+        *cp = (uint32_t)(s[0] & 0x1f) << 6 | (s[1] & 0x3f);
+        return 2;
+    }
+    if ((s[0] & 0xf0) == 0xe0 && n >= 3) {
+        *cp = (uint32_t)(s[0] & 0x0f) << 12 | (uint32_t)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
+        return 3;
+    }
+    if (n >= 4) {
+        *cp = (uint32_t)(s[0] & 0x07) << 18 | (uint32_t)(s[1] & 0x3f) << 12 | (uint32_t)(s[2] & 0x3f) << 6 |
+              (s[3] & 0x3f);
+        return 4;
+    }
+    *cp = s[0];
+    return 1;
+}
+
 static void put_string(out_t *o, const char *s, size_t n)
 {
     if (can_be_plain(s, n)) {
         put(o, s, n);
         return;
     }
-    /* A JSON string literal is a valid YAML double-quoted scalar with the same value. */
-    json_t *j = json_stringn_nocheck(s, n);
-    char *q = json_dumps(j, JSON_ENCODE_ANY);
-    json_decref(j);
-    puts_(o, q);
-    free(q);
+    /* Double-quoted with YAML's own escapes: every character YAML does not print raw (controls,
+     * DEL, C1, U+FFFE/U+FFFF) is escaped, so the loader reads back exactly this string. */
+    put(o, "\"", 1);
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        uint32_t cp;
+        size_t len = utf8_next(p + i, n - i, &cp);
+        char esc[16];
+        if (cp == '"' || cp == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)cp;
+            put(o, esc, 2);
+        } else if (cp == '\n') {
+            put(o, "\\n", 2);
+        } else if (cp == '\t') {
+            put(o, "\\t", 2);
+        } else if (cp == '\r' || !yaml_printable(cp) || cp == 0x85) {
+            int k = cp <= 0xff     ? snprintf(esc, sizeof(esc), "\\x%02x", (unsigned)cp)
+                    : cp <= 0xffff ? snprintf(esc, sizeof(esc), "\\u%04x", (unsigned)cp)
+                                   : snprintf(esc, sizeof(esc), "\\U%08x", (unsigned)cp);
+            put(o, esc, (size_t)k);
+        } else {
+            put(o, s + i, len);
+        }
+        i += len;
+    }
+    put(o, "\"", 1);
 }
 
 static void put_scalar(out_t *o, const json_t *v)

@@ -617,6 +617,10 @@ static void body_fail(sl_h1_conn_t *c, enum sl_cause cause, int err)
     sl_h1_active_t *a = c->act;
     a->body_done = true;
     a->x.cause = cause;
+    /* A framing error inside the body is named like one in the head (docs/http1.md): the reason
+     * is static text, never request bytes, so it may also be the answer's message. */
+    if (cause == SL_CAUSE_BAD_REQUEST)
+        a->x.cause_detail = sl_h1_error_reason(err);
     c->flags |= CONN_CLOSE_AFTER;
     sl_timeq_cancel(&c->timeout);
     a->body_cb(&a->x, err, NULL, 0);

@@ -255,7 +255,7 @@ static void echo_body(sl_exchange_t *x, int status, const char *data, size_t len
     (void)data;
     if (status < 0) {
         if (x->cause != SL_CAUSE_NONE)
-            sl_reply_error(x, x->cause, NULL);
+            sl_reply_error(x, x->cause, x->cause == SL_CAUSE_BAD_REQUEST ? x->cause_detail : NULL);
         else
             x->down->abort(x);
         return;

@@ -885,7 +885,7 @@ static void request_body_cb(sl_exchange_t *x, int status, const char *data, size
         conn_drop(px);
         proxy_cleanup(px);
         if (x->cause != SL_CAUSE_NONE && !x->head_sent)
-            sl_reply_error(x, x->cause, NULL);
+            sl_reply_error(x, x->cause, x->cause == SL_CAUSE_BAD_REQUEST ? x->cause_detail : NULL);
         else
             x->down->abort(x);
         return;

@@ -71,7 +71,8 @@ static void check(const sl_jwks_t *k, const sl_jwt_policy_t *p, const char *t, s
     SL_BUG_ON(r.detail == NULL || strcmp(r.detail, sl_jwt_verdict_detail(r.verdict)) != 0);
     SL_BUG_ON(rc != 0 && r.claims != NULL);
     SL_BUG_ON(rc == 0 && !json_is_object(r.claims));
-    SL_BUG_ON(rc == 0 && !p->exp_optional && r.exp <= now);
+    /* accepted means now < exp + leeway (src/filters/jwt.c), so exp > now - leeway */
+    SL_BUG_ON(rc == 0 && !p->exp_optional && r.exp <= now - p->leeway_s);
     if (rc == 0) {
         sl_str_t s;
         sl_jwt_claim_str(r.claims, "sub", &s);

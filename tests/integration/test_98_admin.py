@@ -326,3 +326,15 @@ def test_sighup_reload_is_recorded(env):
         time.sleep(0.05)
     st, _, s = gw.admin_request("GET", "/status")
     assert s["config"]["generation"] == 2 and s["config"]["last_reload"]["result"] == "ok"
+
+
+def test_changes_work_whatever_strings_the_config_holds(env):
+    """Found by fuzz_document: a running config holding a string YAML cannot write plain (a
+    leading '@', DEL, C1 controls) must not make every later API change fail."""
+    gw = env.gateway(routes=[hello("odd", "/odd", "@home"), hello("ctl", "/ctl", "a\x7fb\u0085c")])
+    st, _, j = gw.admin_request("POST", "/routes", hello("other", "/other", "fine"))
+    assert st == 201, j
+    assert gw.request("GET", "/odd").body == b"@home"
+    assert gw.request("GET", "/ctl").body == "a\x7fb\u0085c".encode()
+    st, _, doc = gw.admin_request("GET", "/routes/odd")
+    assert doc["respond"]["body"] == "@home"

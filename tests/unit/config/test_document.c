@@ -90,6 +90,21 @@ static void test_emit_round_trips_awkward_strings(void **state)
     json_object_set_new(doc, "unicode", json_string("caf\xc3\xa9 \xe2\x9c\x93"));
     json_object_set_new(doc, "dash", json_string("-leading"));
     json_object_set_new(doc, "key with: colon", json_string("v"));
+    /* Found by fuzz_document: YAML prints none of these raw, and '@' cannot start a plain scalar. */
+    json_object_set_new(doc, "del",
+                        json_string("a\x7f"
+                                    "b"));
+    json_object_set_new(doc, "c1",
+                        json_string("a\xc2\x80"
+                                    "b\xc2\x85"
+                                    "c"));
+    json_object_set_new(doc, "nonchar",
+                        json_string("x\xef\xbf\xbe"
+                                    "y\xef\xbf\xbf"));
+    json_object_set_new(doc, "astral", json_string("\xf0\x9f\x98\x80"));
+    json_object_set_new(doc, "at", json_string("@home"));
+    json_object_set_new(doc, "@key", json_string("v"));
+    json_object_set_new(doc, "crlf", json_string("a\r\nb"));
     size_t len = 0;
     char *text = sl_config_document_emit(doc, &len);
     assert_int_equal(strlen(text), len);
