@@ -5,7 +5,7 @@ CONFIG  ?= examples/quickstart.yaml
 PYTHON  ?= $(shell for p in /usr/bin/python3 python3; do $$p -c 'import pytest' 2>/dev/null && { echo $$p; break; }; done)
 FUZZ_SECONDS ?= 20
 
-.PHONY: all setup build run test test-unit test-integration test-asan test-tsan test-browser fuzz fuzz-smoke bench format format-check clean
+.PHONY: all setup build run test test-unit test-integration test-asan test-tsan test-browser fuzz fuzz-smoke bench format format-check clean install package test-deploy
 
 all: build
 
@@ -75,6 +75,26 @@ format:
 
 format-check:
 	clang-format --dry-run --Werror $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')
+
+# make install [PREFIX=/usr/local] [DESTDIR=/tmp/stage]: the binary, sluice(1) generated from
+# `sluice help`, the systemd unit, docs and examples, and PREFIX/etc/sluice/sluice.yaml (/etc for
+# PREFIX=/usr) unless one exists. make package: the .deb (cpack -G DEB) in build-pkg/.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build
+	cmake -S . -B build -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	cmake --build build -j $(JOBS) --target sluice sluice_manpage
+	DESTDIR=$(DESTDIR) cmake --install build --prefix $(PREFIX) --component sluice
+
+package: setup
+	cmake -S . -B build-pkg -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFIX=/usr -DSLUICE_TESTS=OFF >/dev/null
+	cmake --build build-pkg -j $(JOBS) --target sluice sluice_manpage
+	cd build-pkg && cpack -G DEB
+
+# Packaging and deployment files: make install into a temp root, the man page, the systemd unit,
+# the .deb, the Kubernetes manifests (OpenAPI schemas) and the Dockerfile lint (tests/deploy).
+test-deploy: setup
+	tests/deploy/test_deploy.sh
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
