@@ -26,7 +26,9 @@ def test_low_priority_routes_are_shed_first(env):
                for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(harness.slack(0.3))  # 4 held + this one = 5 in flight on a worker whose share is 4: 125% -> priorities 0-2 shed
+    # All four held at the backend, so in flight at the gateway; with the next request that makes
+    # 5 on a worker whose share is 4: 125%, priorities 0-2 shed.
+    assert up.wait_requests(4, timeout=10)
     r = gw.request("GET", "/low")
     harness.assert_gateway_error(r, 503, "gateway_overloaded")
     assert r.header("Retry-After") == "1"
