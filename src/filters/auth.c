@@ -54,7 +54,8 @@ static _Thread_local sl_jwt_cache_t *intro_cache;
 static _Thread_local EVP_MD *sha256_md;
 static _Thread_local EVP_MD_CTX *sha256_ctx;
 
-static void sha256_of(const void *p, size_t n, uint8_t out[SHA256_DIGEST_LENGTH])
+/* SHA-256 of the concatenation of `n` pieces, with the thread's reused context. */
+static void sha256_parts(const sl_str_t *parts, size_t n, uint8_t out[SHA256_DIGEST_LENGTH])
 {
     if (sha256_ctx == NULL) {
         sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
@@ -62,8 +63,10 @@ static void sha256_of(const void *p, size_t n, uint8_t out[SHA256_DIGEST_LENGTH]
         SL_BUG_ON(sha256_md == NULL || sha256_ctx == NULL);
     }
     unsigned int len = 0;
-    SL_BUG_ON(EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) != 1 || EVP_DigestUpdate(sha256_ctx, p, n) != 1 ||
-              EVP_DigestFinal_ex(sha256_ctx, out, &len) != 1);
+    SL_BUG_ON(EVP_DigestInit_ex2(sha256_ctx, sha256_md, NULL) != 1);
+    for (size_t i = 0; i < n; i++)
+        SL_BUG_ON(EVP_DigestUpdate(sha256_ctx, parts[i].ptr, parts[i].len) != 1);
+    SL_BUG_ON(EVP_DigestFinal_ex(sha256_ctx, out, &len) != 1);
 }
 
 static sl_jwt_cache_t *cache_of(sl_jwt_cache_t **slot, uint64_t ttl_s)
@@ -342,7 +345,7 @@ static enum sl_filter_status check_api_key(sl_exchange_t *x, const auth_t *st, s
                                            size_t qe)
 {
     uint8_t d[SHA256_DIGEST_LENGTH];
-    sha256_of(key.ptr, key.len, d);
+    sha256_parts(&key, 1, d);
     const sl_consumer_conf_t *c = sl__consumers_by_key(st->consumers, d);
     if (c == NULL)
         return fail(x, SL_CAUSE_AUTH_INVALID, "api_key_unknown");
@@ -476,17 +479,10 @@ static enum sl_filter_status check_basic(sl_exchange_t *x, const auth_t *st, sl_
         OPENSSL_cleanse(buf, sizeof(buf));
         return fail(x, SL_CAUSE_AUTH_INVALID, c == NULL ? "basic_unknown_user" : "basic_bad_password");
     }
+    /* The cache key: user \0 password \0 stored hash (a changed hash in the config misses). */
     uint8_t key[SHA256_DIGEST_LENGTH];
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    unsigned int kl = 0;
-    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
-    EVP_DigestUpdate(md, user.ptr, user.len);
-    EVP_DigestUpdate(md, "", 1);
-    EVP_DigestUpdate(md, pass.ptr, pass.len);
-    EVP_DigestUpdate(md, "", 1);
-    EVP_DigestUpdate(md, cred_conf->password_hash.ptr, cred_conf->password_hash.len);
-    EVP_DigestFinal_ex(md, key, &kl);
-    EVP_MD_CTX_free(md);
+    const sl_str_t parts[] = {user, {"", 1}, pass, {"", 1}, cred_conf->password_hash};
+    sha256_parts(parts, sizeof(parts) / sizeof(parts[0]), key);
     const void *val;
     size_t vlen;
     sl_jwt_cache_t *cache = cache_of(&basic_cache, BASIC_TTL_S);

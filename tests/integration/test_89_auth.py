@@ -560,3 +560,45 @@ def test_introspection_with_wrong_client_secret(env):
     path.write_text(harness.to_yaml(gw.config))
     res = harness.run_cli(["check", "-c", str(path)])
     assert res.returncode == 1 and "SLUICE_TEST_INTROSPECT_SECRET is not set" in res.stderr
+
+
+@pytest.mark.deadline(60)
+def test_clients_leaving_while_auth_waits(env):
+    """A client that goes away while its Basic hash runs on the thread pool, or while its token
+    is being introspected, cancels that work: no crash, no leak (ASan), later requests served."""
+    slow_hash = crypt.crypt("pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 13))
+    held = threading.Event()
+
+    def introspect(ex):
+        ex.read_body()
+        held.wait(5)  # answers only after the client has left
+        ex.respond(200, b'{"active": true, "sub": "late"}', [("Content-Type", "application/json")])
+
+    idp = env.backend(introspect, name="idp")
+    os.environ["SLUICE_TEST_INTROSPECT_SECRET"] = "s"
+    try:
+        gw, up = gateway(env, consumers={"slow": {"basic_auth": [{"username": "slow", "password_hash": slow_hash}]}},
+                         introspection={"idp": {"url": f"http://127.0.0.1:{idp.port}/i", "client_id": "c",
+                                                "client_secret_env": "SLUICE_TEST_INTROSPECT_SECRET",
+                                                "timeout": "3s"}},
+                         routes=[{"name": "b", "match": {"path_prefix": "/b"}, "upstream": "app", "auth": ["basic"]},
+                                 {"name": "o", "match": {"path_prefix": "/o"}, "upstream": "app",
+                                  "auth": [{"introspection": "idp"}]},
+                                 {"name": "hello", "match": {"path": "/hello"}, "respond": {"status": 200}}])
+    finally:
+        del os.environ["SLUICE_TEST_INTROSPECT_SECRET"]
+    basic = "Basic " + base64.b64encode(b"slow:pw").decode()
+    for _ in range(5):  # each leaves while its hash (~0.5 s at cost 13) is running
+        with harness.RawConn(gw.port) as c:
+            c.send(harness.build_request("GET", "/b", {"Authorization": basic}))
+            time.sleep(0.1)
+    for i in range(5):  # each leaves once its introspection call is at the endpoint
+        with harness.RawConn(gw.port) as c:
+            c.send(harness.build_request("GET", "/o", {"Authorization": f"Bearer t{i}"}))
+            assert len(idp.wait_requests(i + 1)) == i + 1
+    held.set()
+    time.sleep(harness.slack(1.0))  # the hashes and the endpoint finish after their clients left
+    assert gw.request("GET", "/hello").status == 200
+    assert gw.request("GET", "/b", headers={"Authorization": basic}, timeout=20).status == 200
+    assert not up.find(lambda r: r.path.startswith("/o"))  # nothing was forwarded for a gone client
+    assert gw.alive()
