@@ -355,9 +355,9 @@ static uint64_t ceil_s(uint64_t ns)
 
 static void add_u64(sl_exchange_t *x, const char *name, uint64_t v)
 {
-    char *s = sl_arena_alloc(&x->arena, 24);
-    int n = snprintf(s, 24, "%" PRIu64, v);
-    sl_headers_add(&x->arena, &x->resp_headers, sl_str_from_cstr(name), (sl_str_t){s, (size_t)n});
+    char *s = sl_arena_alloc(&x->arena, 20);
+    char *e = sl_put_u64(s, v);
+    sl_headers_add(&x->arena, &x->resp_headers, sl_str_from_cstr(name), (sl_str_t){s, (size_t)(e - s)});
 }
 
 static void rl_on_response_headers(sl_exchange_t *x, void *state)
@@ -388,18 +388,30 @@ static void rl_on_response_headers(sl_exchange_t *x, void *state)
     if (rl->headers == SL_RATE_HEADERS_BOTH || rl->headers == SL_RATE_HEADERS_IETF) {
         /* draft-ietf-httpapi-ratelimit-headers-09: List items keyed by policy name (sf-string),
          * RateLimit-Policy q (quota) per w (window, s); RateLimit r (remaining), t (s to reset). */
-        size_t cap = nitems * 160;
+        /* Formatted by hand: snprintf was three quarters of the filter's cost per request. */
+        size_t cap = 0;
+        for (size_t i = 0; i < d->next + (d->refused >= 0) && i < rl->n; i++)
+            cap += rl->limits[i].label.len + 2 * 20 + 16;
         char *pol = sl_arena_alloc(&x->arena, cap), *cur = sl_arena_alloc(&x->arena, cap);
-        size_t np = 0, nc = 0;
+        char *p = pol, *c = cur;
         for (size_t i = 0; i < d->next + (d->refused >= 0) && i < rl->n; i++) {
             if (!d->item[i].applied)
                 continue;
             const limit_t *l = &rl->limits[i];
-            np += (size_t)snprintf(pol + np, cap - np, "%s\"%.*s\";q=%" PRIu64 ";w=%" PRIu64, np ? ", " : "",
-                                   SL_STR_FMT(l->label), l->conf->rate, l->period_s);
-            nc += (size_t)snprintf(cur + nc, cap - nc, "%s\"%.*s\";r=%" PRIu64 ";t=%" PRIu64, nc ? ", " : "",
-                                   SL_STR_FMT(l->label), d->item[i].r.remaining, ceil_s(d->item[i].r.reset_ns));
+            if (p != pol) {
+                p = sl_put(p, ", ", 2);
+                c = sl_put(c, ", ", 2);
+            }
+            p = sl_put(p, "\"", 1);
+            p = sl_put(p, l->label.ptr, l->label.len);
+            p = sl_put_u64(sl_put(p, "\";q=", 4), l->conf->rate);
+            p = sl_put_u64(sl_put(p, ";w=", 3), l->period_s);
+            c = sl_put(c, "\"", 1);
+            c = sl_put(c, l->label.ptr, l->label.len);
+            c = sl_put_u64(sl_put(c, "\";r=", 4), d->item[i].r.remaining);
+            c = sl_put_u64(sl_put(c, ";t=", 3), ceil_s(d->item[i].r.reset_ns));
         }
+        size_t np = (size_t)(p - pol), nc = (size_t)(c - cur);
         sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("RateLimit-Policy"), (sl_str_t){pol, np});
         sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("RateLimit"), (sl_str_t){cur, nc});
     }

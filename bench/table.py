@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Tables for bench/auth: bench/auth_table.py OUT/results.tsv  (markdown on stdout).
+"""Tables for the bench scripts: bench/table.py OUT/results.tsv [LABEL=A/B ...]  (markdown on stdout).
+
+Ratios to print come as LABEL=A/B arguments (scenario A over scenario B); without any, bench/auth's.
 
 1. Medians per scenario (req/s, p50, p99, proxy CPU %, requests per proxy CPU-second).
 2. Ratios, computed inside each round (the peers of one round ran within ~2 minutes of each
@@ -13,6 +15,7 @@ import statistics as st
 import sys
 
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+ratio_args = [a.rpartition("=") for a in sys.argv[2:]]
 
 
 def num(x):
@@ -68,6 +71,10 @@ RATIOS = [  # label, numerator, denominator
     ("cold RS256 / open-cold", "cold-rs", "open-cold"),
     ("cold ES256 / open-cold", "cold-es", "open-cold"),
 ]
+
+
+if ratio_args:
+    RATIOS = [(label, *spec.split("/", 1)) for label, _, spec in ratio_args]
 
 
 def per_round(a, b, k):
