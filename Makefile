@@ -5,7 +5,7 @@ CONFIG  ?= examples/quickstart.yaml
 PYTHON  ?= $(shell for p in /usr/bin/python3 python3; do $$p -c 'import pytest' 2>/dev/null && { echo $$p; break; }; done)
 FUZZ_SECONDS ?= 20
 
-.PHONY: all setup build run test test-unit test-integration test-asan test-tsan test-browser fuzz fuzz-smoke bench format format-check clean install package test-deploy
+.PHONY: all setup build run test test-unit test-integration test-asan test-tsan test-browser fuzz fuzz-smoke bench soak soak-asan format format-check clean install package test-deploy
 
 all: build
 
@@ -69,6 +69,17 @@ fuzz-smoke:
 
 bench: build
 	bench/compare
+
+# A long mixed load (SOAK_SECONDS, default 600) watching RSS, descriptors and every answer;
+# soak-asan runs it on the ASan+UBSan build. Results under out/soak/.
+SOAK_SECONDS ?= 600
+soak: build
+	$(PYTHON) tests/soak/soak.py --seconds $(SOAK_SECONDS) --bin $(CURDIR)/build/sluice
+
+soak-asan: setup build-asan/Makefile
+	cmake --build build-asan -j $(JOBS) --target sluice
+	SLUICE_SANITIZED=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:quarantine_size_mb=32 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $(PYTHON) tests/soak/soak.py --seconds $(SOAK_SECONDS) --bin $(CURDIR)/build-asan/sluice --rss-bound-mb 64
 
 format:
 	clang-format -i $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')
