@@ -249,7 +249,11 @@ def test_limits_under_a_short_hammer_stay_within_one_request(env):
     for t in threads:
         t.join()
     span = time.monotonic() - start
-    assert 20 * 3 + 5 - 2 <= ok[0] <= 20 * span + 5 + 1, (ok[0], span)
+    assert ok[0] <= 20 * span + 5 + 1, (ok[0], span)
+    # The lower bound needs clients fast enough to keep asking; a sanitizer's or valgrind's slow
+    # process may leave part of the budget unasked for.
+    if not harness.SANITIZED:
+        assert 20 * 3 + 5 - 2 <= ok[0], (ok[0], span)
 
 
 BAD_CASES = [
