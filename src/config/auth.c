@@ -459,11 +459,12 @@ static int parse_url(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl_
     sl_str_t *out = field;
     if (sl__config_read_str(ctx, k->name, v, out) != 0)
         return -1;
-    /* Plain HTTP until TLS to upstreams exists; say so instead of failing at the first fetch. */
-    if (out->len < 8 || strncmp(out->ptr, "http://", 7) != 0) {
+    /* https:// is verified against the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR). */
+    bool http = out->len > 7 && strncmp(out->ptr, "http://", 7) == 0;
+    bool https = out->len > 8 && strncmp(out->ptr, "https://", 8) == 0;
+    if (!http && !https) {
         char q[80];
-        sl__config_error(ctx, sl__config_node_deref(v),
-                         "%s: %s: expected an http:// URL (https:// arrives with upstream TLS)", k->name,
+        sl__config_error(ctx, sl__config_node_deref(v), "%s: %s: expected an http:// or https:// URL", k->name,
                          sl__config_quote(q, sizeof(q), *out));
         return -1;
     }

@@ -776,7 +776,7 @@ static void intro_done(void *arg, int status, const sl_fetch_response_t *res)
     } else if (status < 0) {
         cause = status == SL_EFETCH_BAD_RESPONSE || status == SL_EFETCH_TOO_LARGE ? SL_CAUSE_UPSTREAM_BAD_RESPONSE
                                                                                   : SL_CAUSE_UPSTREAM_CONNECT_FAILED;
-        detail = "introspection_unavailable";
+        detail = status == SL_EFETCH_TLS ? "introspection_tls_failed" : "introspection_unavailable";
     } else if (status == 401 || status == 403) {
         /* The endpoint refused sluice itself: wrong client_id or secret, not the caller's token. */
         cause = SL_CAUSE_UPSTREAM_BAD_RESPONSE;

@@ -27,7 +27,7 @@
 /* Fetch errors: [-10399, -10300]. Names through sl_strerror once the implementation registered
  * them (sl_h1_fetch_register_errors). */
 enum sl_fetch_error {
-    SL_EFETCH_BAD_URL = -10399, /* not http://host[:port][/path] (no TLS yet) */
+    SL_EFETCH_BAD_URL = -10399, /* not http(s)://host[:port][/path] */
     SL_EFETCH_DNS,              /* the host name did not resolve */
     SL_EFETCH_REFUSED,          /* connection refused */
     SL_EFETCH_CONNECT,          /* connect failed otherwise (unreachable, reset, ...) */
@@ -35,6 +35,7 @@ enum sl_fetch_error {
     SL_EFETCH_IO,               /* sending or receiving failed (reset by peer, ...) */
     SL_EFETCH_BAD_RESPONSE,     /* not a strict HTTP/1.1 response, or cut short */
     SL_EFETCH_TOO_LARGE,        /* body over max_body (never truncated), or head over 16 KiB */
+    SL_EFETCH_TLS,              /* https: the handshake failed (untrusted or misnamed certificate, ...) */
     SL_EFETCH__LAST,
 };
 

@@ -17,6 +17,7 @@
 #include "common/bug.h"
 #include "common/error.h"
 #include "http1/parser.h"
+#include "tls/tls.h"
 
 /* Read window past the head: a body is copied out of it after each read, so this bounds the
  * receive buffer, not the body. A partial chunked trailer line (8 KiB at most) fits. */
@@ -59,6 +60,11 @@ struct sl_fetch {
     char *req; /* the serialised request */
     size_t req_len;
 
+    /* https: TLS over the socket; the request goes once the handshake is done, reads land in
+     * tls_in and are decrypted into rbuf. */
+    bool https;
+    sl_tls_conn_t *tls;
+
     /* Response: rbuf holds the final head at [0, head_len) (the headers point into it) and
      * unprocessed body bytes after it. */
     size_t max_body;
@@ -69,13 +75,14 @@ struct sl_fetch {
     char *body;
     size_t body_len, body_cap;
     char rbuf[RBUF_SIZE];
+    char tls_in[16384]; /* https: where the socket's bytes land before decryption */
 };
 
 static const char *error_name(int code)
 {
     switch (code) {
     case SL_EFETCH_BAD_URL:
-        return "unsupported URL (expected http://host[:port]/path; no TLS yet)";
+        return "unsupported URL (expected http:// or https://host[:port]/path)";
     case SL_EFETCH_DNS:
         return "host name not resolved";
     case SL_EFETCH_REFUSED:
@@ -90,6 +97,8 @@ static const char *error_name(int code)
         return "bad HTTP response";
     case SL_EFETCH_TOO_LARGE:
         return "response too large";
+    case SL_EFETCH_TLS:
+        return "TLS handshake failed (certificate not trusted or not for this host, or no common protocol)";
     default:
         return "unknown fetch error";
     }
@@ -109,6 +118,7 @@ static void fetch_free(sl_fetch_t *f)
     free(f->host);
     free(f->req);
     free(f->body);
+    sl_tls_conn_destroy(f->tls); /* after the socket's close: its queued writes are done */
     free(f);
 }
 
@@ -300,29 +310,16 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     sl_fetch_t *f = h->data;
-    *buf = uv_buf_init(f->rbuf + f->rlen, (unsigned)(sizeof(f->rbuf) - f->rlen));
+    if (f->tls != NULL)
+        *buf = uv_buf_init(f->tls_in, sizeof(f->tls_in));
+    else
+        *buf = uv_buf_init(f->rbuf + f->rlen, (unsigned)(sizeof(f->rbuf) - f->rlen));
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* `n` new bytes are in rbuf at rlen: the head, then the body. */
+static void on_data(sl_fetch_t *f, size_t n)
 {
-    (void)buf;
-    sl_fetch_t *f = s->data;
-    if (f->done || nread == 0)
-        return;
-    if (nread == UV_EOF) {
-        if (f->phase == PH_BODY && f->resp.body == SL_H1_BODY_CLOSE)
-            finish(f, 0);
-        else
-            finish(f, SL_EFETCH_BAD_RESPONSE); /* cut short: head, Content-Length or chunks */
-        return;
-    }
-    if (nread < 0) {
-        /* ENOBUFS: the head filled the buffer without the parser deciding; cannot happen with
-         * RBUF_SIZE > max_head_bytes, but it is a too-large head if it does. */
-        finish(f, nread == UV_ENOBUFS ? SL_EFETCH_TOO_LARGE : SL_EFETCH_IO);
-        return;
-    }
-    f->rlen += (size_t)nread;
+    f->rlen += n;
     if (f->phase == PH_HEAD) {
         int rc = parse_head(f);
         if (rc < 0) {
@@ -336,6 +333,75 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (take_body(f))
         finish(f, 0);
+}
+
+static void on_eof(sl_fetch_t *f)
+{
+    if (f->phase == PH_BODY && f->resp.body == SL_H1_BODY_CLOSE)
+        finish(f, 0);
+    else
+        finish(f, SL_EFETCH_BAD_RESPONSE); /* cut short: head, Content-Length or chunks */
+}
+
+/* Ciphertext arrived: advance the handshake (then send the request), decrypt into rbuf. */
+static void on_tls_bytes(sl_fetch_t *f, const char *p, size_t n)
+{
+    sl_tls_conn_feed(f->tls, p, n);
+    if (!sl_tls_conn_handshake_done(f->tls)) {
+        int r = sl_tls_conn_handshake(f->tls);
+        if (sl_tls_conn_flush(f->tls) < 0 || r < 0) {
+            finish(f, r < 0 ? SL_EFETCH_TLS : SL_EFETCH_IO);
+            return;
+        }
+        if (r == 0)
+            return;
+        uv_buf_t b = uv_buf_init(f->req, (unsigned)f->req_len);
+        if (sl_tls_conn_write(f->tls, NULL, &b, 1, NULL) < 0) {
+            finish(f, SL_EFETCH_IO);
+            return;
+        }
+    }
+    while (!f->done) {
+        if (f->rlen == sizeof(f->rbuf)) {
+            finish(f, SL_EFETCH_TOO_LARGE); /* a head larger than the buffer, as without TLS */
+            return;
+        }
+        int r = sl_tls_conn_read(f->tls, f->rbuf + f->rlen, sizeof(f->rbuf) - f->rlen);
+        if (r == 0)
+            break;
+        if (r == SL_ECLOSED) {
+            on_eof(f);
+            return;
+        }
+        if (r < 0) {
+            finish(f, SL_EFETCH_IO);
+            return;
+        }
+        on_data(f, (size_t)r);
+    }
+    if (!f->done && sl_tls_conn_flush(f->tls) < 0)
+        finish(f, SL_EFETCH_IO);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    sl_fetch_t *f = s->data;
+    if (f->done || nread == 0)
+        return;
+    if (nread == UV_EOF) {
+        on_eof(f);
+        return;
+    }
+    if (nread < 0) {
+        /* ENOBUFS: the head filled the buffer without the parser deciding; cannot happen with
+         * RBUF_SIZE > max_head_bytes, but it is a too-large head if it does. */
+        finish(f, nread == UV_ENOBUFS ? SL_EFETCH_TOO_LARGE : SL_EFETCH_IO);
+        return;
+    }
+    if (f->tls != NULL)
+        on_tls_bytes(f, buf->base, (size_t)nread);
+    else
+        on_data(f, (size_t)nread);
 }
 
 /* ---- connect and send ----------------------------------------------------------------------- */
@@ -382,13 +448,23 @@ static void on_connect(uv_connect_t *c, int status)
         return;
     }
     f->phase = PH_HEAD;
-    uv_buf_t b = uv_buf_init(f->req, (unsigned)f->req_len);
-    f->write.data = f;
-    int err = uv_write(&f->write, (uv_stream_t *)&f->tcp, &b, 1, on_write);
-    if (err == 0) {
-        f->pending++;
-        err = uv_read_start((uv_stream_t *)&f->tcp, on_alloc, on_read);
+    int err;
+    if (f->https) {
+        /* The ClientHello now; the request once the handshake is done (on_tls_bytes). */
+        err = sl_tls_client_create((uv_stream_t *)&f->tcp, f->host, &f->tls);
+        if (err == 0) {
+            sl_tls_conn_handshake(f->tls);
+            err = sl_tls_conn_flush(f->tls);
+        }
+    } else {
+        uv_buf_t b = uv_buf_init(f->req, (unsigned)f->req_len);
+        f->write.data = f;
+        err = uv_write(&f->write, (uv_stream_t *)&f->tcp, &b, 1, on_write);
+        if (err == 0)
+            f->pending++;
     }
+    if (err == 0)
+        err = uv_read_start((uv_stream_t *)&f->tcp, on_alloc, on_read);
     if (err != 0)
         finish(f, SL_EFETCH_IO);
     unpend(f);
@@ -439,6 +515,7 @@ typedef struct url {
     sl_str_t path;      /* from '/' (or '?'), without a fragment; empty means "/" */
     unsigned port;
     bool bracketed;
+    bool https;
 } url_t;
 
 static bool is_host_char(char c)
@@ -449,9 +526,15 @@ static bool is_host_char(char c)
 
 static int parse_url(const char *s, url_t *u)
 {
-    if (s == NULL || strncasecmp(s, "http://", 7) != 0)
+    const char *a;
+    if (s != NULL && strncasecmp(s, "http://", 7) == 0) {
+        a = s + 7;
+    } else if (s != NULL && strncasecmp(s, "https://", 8) == 0) {
+        a = s + 8;
+        u->https = true;
+    } else {
         return SL_EFETCH_BAD_URL;
-    const char *a = s + 7;
+    }
     const char *end = a + strcspn(a, "/?#");
     if (end == a)
         return SL_EFETCH_BAD_URL;
@@ -483,7 +566,7 @@ static int parse_url(const char *s, url_t *u)
         if (colon != NULL)
             port = colon + 1;
     }
-    u->port = 80;
+    u->port = u->https ? 443 : 80;
     if (port != NULL) {
         unsigned long long v;
         if (!sl_str_to_u64((sl_str_t){port, (size_t)(end - port)}, &v) || v == 0 || v > 65535)
@@ -594,6 +677,7 @@ int sl_h1_fetch(uv_loop_t *loop, const sl_fetch_request_t *req, sl_fetch_cb cb, 
     /* Capped so that max_body + 1 (the NUL after the body) cannot wrap. */
     f->max_body = SL_MIN(req->max_body, (size_t)SIZE_MAX / 2);
     f->head_request = sl_str_eq(req->method, SL_STR_LIT("HEAD"));
+    f->https = u.https;
     rc = uv_timer_init(loop, &f->timer);
     if (rc != 0) {
         free(f);

@@ -4,8 +4,9 @@
  * whichever libuv loop the caller runs (the main thread's, a worker's). Not the proxy's
  * upstream path (upstream/proxy.c streams and pools); this one buffers a bounded body.
  *
- * What it does: parses `http://host[:port][/path[?query]]` (plain HTTP only: no TLS yet, an
- * https:// URL is SL_EFETCH_BAD_URL), resolves the host with uv_getaddrinfo unless it is an IP
+ * What it does: parses `http://host[:port][/path[?query]]` or `https://...` (TLS 1.2+, the
+ * server's certificate verified against the system trust store or SSL_CERT_FILE, and against
+ * the host name; a failed verification is SL_EFETCH_TLS), resolves the host with uv_getaddrinfo unless it is an IP
  * literal (and tries each resolved address until one connects), sends method + path + Host +
  * the caller's headers + optional body with Content-Length, and reads the response with the
  * strict parser (sl_h1_parse_response; interim 1xx heads skipped) and its body by

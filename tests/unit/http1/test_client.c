@@ -486,18 +486,10 @@ static void test_synchronous_errors_never_call_back(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "https://idp.example.com/jwks",
-        "http://",
-        "http:///x",
-        "ftp://a/b",
-        "http://a:0/",
-        "http://a:65536/",
-        "http://user@host/",
-        "http://a b/",
-        "http://[::1/",
-        "http://[zz]/",
-        "http://h/x y",
-        NULL,
+        "https:///jwks", /* https is supported (tests/unit/tls/test_fetch_https.c); no host is not */
+        "http://",         "http:///x",         "ftp://a/b",   "http://a:0/",
+        "http://a:65536/", "http://user@host/", "http://a b/", "http://[::1/",
+        "http://[zz]/",    "http://h/x y",      NULL,
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         sl_h1_fetch_t *h = NULL;
