@@ -103,6 +103,7 @@ struct sl_exchange {
     bool expect_continue;
     char client_ip[48];
     uint16_t client_port;
+    bool client_tls; /* arrived over TLS: the scheme sent upstream in X-Forwarded-Proto / Forwarded */
     sl_str_t request_id;
 
     /* ---- routing ---- */
