@@ -127,6 +127,21 @@ static json_t *upstreams_json(const sl_admin_stats_source_t *src, sl_metrics_his
 }
 
 /* The route table view (match order) with each route's cumulative counts. */
+static json_t *cache_json(const sl_metrics_route_sum_t *s)
+{
+    json_t *o = checked(json_object());
+    for (size_t k = 0; k < SL_METRICS_CACHE__COUNT; k++) {
+        char name[16];
+        const char *n = sl_metrics_cache_result_name((enum sl_metrics_cache_result)k);
+        size_t j = 0;
+        for (; n[j] && j < sizeof(name) - 1; j++)
+            name[j] = (char)(n[j] | 0x20); /* the dashboard's keys are lower case */
+        name[j] = 0;
+        json_object_set_new(o, name, count(s->cache[k]));
+    }
+    return o;
+}
+
 static json_t *routes_json(const sl_admin_stats_source_t *src, sl_metrics_route_sum_t *total,
                            uint64_t by_failure[SL_FAILURE__COUNT + 1])
 {
@@ -159,9 +174,8 @@ static json_t *routes_json(const sl_admin_stats_source_t *src, sl_metrics_route_
         json_object_set_new(r, "errors_by_cause", by_failure_json(mine));
         json_object_set_new(r, "rate_limited",
                             count(s.causes[SL_CAUSE_RATE_LIMITED] + s.causes[SL_CAUSE_QUOTA_EXCEEDED]));
-        /* Not measured yet: no cache series (sluice_cache_requests_total). null, never a
-         * made-up 0. */
-        json_object_set_new(r, "cache", json_null());
+        /* sluice_cache_requests_total by result; null (never a made-up 0) without a cache. */
+        json_object_set_new(r, "cache", snap->cfg->routes[order[i]].cache.enabled ? cache_json(&s) : json_null());
         json_object_set_new(r, "latency", hist_json(&dur));
     }
     free(order);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/cache.h"
 #include "common/bug.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -143,6 +144,10 @@ typedef struct upstream_rt {
 typedef struct upstreams_rt {
     upstream_rt_t **ups;
     size_t nups;
+    /* The response cache (docs/cache.md), shared with the snapshots before and after this one;
+     * NULL when no route has `cache`. `route_tags[i]` is route i's cache identity. */
+    sl_cache_t *cache;
+    uint64_t *route_tags;
 } upstreams_rt_t;
 
 /* The last reference may go on any thread (a worker ending the last exchange of an old
@@ -166,6 +171,8 @@ static void upstreams_release(void *p)
     for (size_t i = 0; i < u->nups; i++)
         upstream_unref(u->ups[i]);
     free(u->ups);
+    sl_cache_unref(u->cache);
+    free(u->route_tags);
     free(u);
 }
 
@@ -295,6 +302,38 @@ static upstream_rt_t *upstream_rt_reusable(const sl_snapshot_t *prev, const sl_u
 
 static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route);
 
+/* The cache survives reloads: the store is handed from snapshot to snapshot, its budget
+ * follows limits.cache_memory, and entries of routes whose identity changed are dropped. */
+static void cache_attach(upstreams_rt_t *u, const sl_config_t *cfg, const sl_snapshot_t *prev)
+{
+    size_t ncached = 0;
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        ncached += cfg->routes[i].cache.enabled;
+    if (ncached == 0)
+        return;
+    const upstreams_rt_t *pu = prev != NULL && prev->upstreams_release == upstreams_release ? prev->upstreams : NULL;
+    u->cache = pu != NULL && pu->cache != NULL ? sl_cache_ref(pu->cache) : sl_cache_create(cfg->limits.cache_memory);
+    sl_cache_set_budget(u->cache, cfg->limits.cache_memory);
+    u->route_tags = sl_xcalloc(cfg->nroutes, sizeof(*u->route_tags));
+    uint64_t *kept = sl_xcalloc(ncached, sizeof(*kept));
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        if (cfg->routes[i].cache.enabled)
+            kept[n++] = u->route_tags[i] = sl_cache_route_tag(&cfg->routes[i]);
+    if (pu != NULL && pu->cache != NULL) {
+        size_t dropped = sl_cache_retain(u->cache, kept, n);
+        if (dropped)
+            sl_log_info("cache: %zu entries of changed or removed routes dropped", dropped);
+    }
+    free(kept);
+}
+
+sl_cache_t *sl_proxy_cache(const sl_snapshot_t *snap)
+{
+    const upstreams_rt_t *u = snap->upstreams;
+    return u != NULL && snap->upstreams_release == upstreams_release ? u->cache : NULL;
+}
+
 void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop, const sl_snapshot_t *prev)
 {
     sl_config_t *cfg = snap->cfg;
@@ -315,6 +354,7 @@ void sl_proxy_attach(sl_snapshot_t *snap, uv_loop_t *main_loop, const sl_snapsho
     }
     if (prev != NULL)
         sl_log_debug("upstreams: %zu kept their runtime state, %zu start fresh", kept, u->nups - kept);
+    cache_attach(u, cfg, prev);
     snap->upstreams = u;
     snap->upstreams_release = upstreams_release;
     snap->proxy = proxy_start;
@@ -419,6 +459,21 @@ typedef struct proxy {
     bool client_writing;
     bool upstream_eof;
     bool got_response_bytes;
+    /* response cache (docs/cache.md); `cc` NULL: the route has none */
+    const sl_cache_conf_t *cc;
+    sl_cache_t *cache;
+    uint64_t ctag, chash;
+    sl_str_t ckey;
+    sl_cache_obj_t *stale; /* a stored response to revalidate or serve stale; the arena holds a ref */
+    sl_cache_obj_t *fill;  /* the object this response is copied into, or NULL */
+    int64_t creq_time;     /* wall seconds the request went upstream */
+    const char *cresult;   /* the Sluice-Cache value */
+    bool clocked;          /* holds the coalescing lock of ckey */
+    bool cstore;           /* the response may be stored (GET, no request no-store) */
+    bool crevalidate;      /* conditional headers for `stale` go upstream */
+    bool cstrip_cond;      /* the client's own conditional headers do not */
+    bool cinvalidate;      /* unsafe method: invalidate on success (RFC 9111 §4.4) */
+    bool creq_auth;
 } proxy_t;
 
 static void proxy_connect(proxy_t *px);
@@ -450,6 +505,20 @@ static void conn_drop(proxy_t *px)
     }
 }
 
+/* An unfinished fill is dropped (upstream failed mid-body, client left) and the coalescing lock
+ * released, so waiters look again and go upstream themselves. */
+static void cache_abandon(proxy_t *px)
+{
+    if (px->fill != NULL) {
+        sl_cache_obj_unref(px->fill);
+        px->fill = NULL;
+    }
+    if (px->clocked) {
+        px->clocked = false;
+        sl_cache_unlock(px->cache, px->ctag, px->chash, px->ckey, now_ms(), 0);
+    }
+}
+
 static void proxy_cleanup(proxy_t *px)
 {
     if (px->waiting) {
@@ -468,6 +537,7 @@ static void proxy_cleanup(proxy_t *px)
     sl_timeq_cancel(&px->route_timeout);
     px->state = PX_DONE;
     px->x->on_abort = NULL;
+    cache_abandon(px);
 }
 
 /* ---- retries ------------------------------------------------------------------------------ */
@@ -601,6 +671,7 @@ static void report_outcome(proxy_t *px, bool failure)
 }
 
 static void proxy_fail(proxy_t *px, enum sl_cause cause, const char *detail);
+static bool cache_serve_stale(proxy_t *px, enum sl_cause cause);
 
 /* A try failed in a way `retries.on` may cover: try again if allowed, else fail with `cause`. */
 static void try_failed(proxy_t *px, enum sl_cause cause, const char *detail, uint32_t on_bit)
@@ -622,6 +693,9 @@ static void proxy_fail(proxy_t *px, enum sl_cause cause, const char *detail)
     proxy_cleanup(px);
     x->cause = cause;
     x->cause_detail = detail;
+    /* stale-if-error: the cause stays on the exchange for the log and metrics. */
+    if (!x->head_sent && cache_serve_stale(px, cause))
+        return;
     if (!x->head_sent) {
         sl_reply_error(x, cause, NULL);
     } else if (!px->client_writing) {
@@ -723,8 +797,10 @@ static int build_request_head(proxy_t *px)
         return SL_ETOOBIG;
     const sl_headers_t *h = &x->req_headers;
     const sl_header_t *xff = NULL, *fwd = NULL;
-    size_t size = 336 + x->method_token.len + path.len + x->query.len + 2 * x->authority.len + x->request_id.len +
+    size_t size = 340 + x->method_token.len + path.len + x->query.len + 2 * x->authority.len + x->request_id.len +
                   px->target->conf->address.len + 4 * sizeof(x->client_ip);
+    if (px->crevalidate)
+        size += 48 + px->stale->etag.len + px->stale->last_modified.len;
     for (size_t i = 0; i < h->len; i++) {
         size += h->items[i].name.len + h->items[i].value.len + 4;
         if (xff == NULL && sl_str_caseeq(h->items[i].name, SL_STR_LIT("X-Forwarded-For")))
@@ -752,6 +828,11 @@ static int build_request_head(proxy_t *px)
         /* Some backends (CGI-style) read '_' as '-', so "Transfer_Encoding" could smuggle
          * framing past us; such fields are dropped, as nginx does by default. */
         if (memchr(f->name.ptr, '_', f->name.len) != NULL)
+            continue;
+        /* A cacheable fetch asks for the whole response (or its own revalidation), not the
+         * client's: the client's conditions are answered from what comes back. */
+        if ((px->cstrip_cond || px->crevalidate) && (sl_str_caseeq(f->name, SL_STR_LIT("If-None-Match")) ||
+                                                     sl_str_caseeq(f->name, SL_STR_LIT("If-Modified-Since"))))
             continue;
         if (sl_str_caseeq(f->name, SL_STR_LIT("Host"))) {
             /* absolute-form wins over Host (RFC 9112 §3.2.2): send the authority we routed on */
@@ -781,7 +862,8 @@ static int build_request_head(proxy_t *px)
             p = sl_put(p, ", ", 2);
         }
     p = sl_put(p, x->client_ip, strlen(x->client_ip));
-    p = sl_put(p, "\r\nX-Forwarded-Proto: http\r\n", 27);
+    p = x->client_tls ? sl_put(p, "\r\nX-Forwarded-Proto: https\r\n", 28)
+                      : sl_put(p, "\r\nX-Forwarded-Proto: http\r\n", 27);
     if (x->authority.len) {
         p = sl_put(p, "X-Forwarded-Host: ", 18);
         p = sl_put(p, x->authority.ptr, x->authority.len);
@@ -798,16 +880,25 @@ static int build_request_head(proxy_t *px)
     if (memchr(x->client_ip, ':', iplen) != NULL) {
         p = sl_put(p, "for=\"[", 6);
         p = sl_put(p, x->client_ip, iplen);
-        p = sl_put(p, "]\";proto=http", 13);
+        p = sl_put(p, "]\";proto=", 9);
     } else {
         p = sl_put(p, "for=", 4);
         p = sl_put(p, x->client_ip, iplen);
-        p = sl_put(p, ";proto=http", 11);
+        p = sl_put(p, ";proto=", 7);
     }
+    p = x->client_tls ? sl_put(p, "https", 5) : sl_put(p, "http", 4);
     if (x->authority.len) {
         p = sl_put(p, ";host=\"", 7);
         p = sl_put(p, x->authority.ptr, x->authority.len);
         *p++ = '"';
+    }
+    if (px->crevalidate && px->stale->etag.len) {
+        p = sl_put(p, "\r\nIf-None-Match: ", 17);
+        p = sl_put(p, px->stale->etag.ptr, px->stale->etag.len);
+    }
+    if (px->crevalidate && px->stale->last_modified.len) {
+        p = sl_put(p, "\r\nIf-Modified-Since: ", 21);
+        p = sl_put(p, px->stale->last_modified.ptr, px->stale->last_modified.len);
     }
     p = sl_put(p, "\r\nX-Request-Id: ", 16);
     p = sl_put(p, x->request_id.ptr, x->request_id.len);
@@ -994,10 +1085,14 @@ static void proxy_connect(proxy_t *px)
 
 /* ---- the response ------------------------------------------------------------------------ */
 
+static void cache_commit(proxy_t *px);
+
 static void response_done(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
     sl_upconn_t *c = px->conn;
+    if (px->fill != NULL)
+        cache_commit(px);
     px->conn = NULL;
     bool reusable = px->resp_keep_alive && px->resp_kind != SL_H1_BODY_CLOSE && !px->upstream_eof &&
                     (px->req_body_done || !px->req_has_body) && !px->req_writing;
@@ -1039,6 +1134,15 @@ static bool forward_slice(proxy_t *px, const char *data, size_t len)
 {
     sl_exchange_t *x = px->x;
     sl_str_t part = {data, len};
+    if (px->fill != NULL && sl_cache_obj_append(px->fill, data, len, px->cc->max_object_size) != 0) {
+        /* Past max_object_size: it streams on unstored, and waiters stop waiting for it. */
+        sl_cache_obj_unref(px->fill);
+        px->fill = NULL;
+        if (px->clocked) {
+            px->clocked = false;
+            sl_cache_unlock(px->cache, px->ctag, px->chash, px->ckey, now_ms(), px->cc->lock_timeout_ms);
+        }
+    }
     px->client_writing = true;
     px->conn->pinned = true;
     int r = x->down->send_body(x, &part, 1, on_client_written);
@@ -1060,7 +1164,11 @@ static bool forward_slice(proxy_t *px, const char *data, size_t len)
     return false;
 }
 
-static void response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head_len)
+static bool cache_on_response(proxy_t *px, const sl_h1_response_t *resp, size_t head_len);
+
+/* Returns true when the body follows (PX_BODY); false when `px` must not be touched again
+ * (a retry started, or the exchange was answered or aborted, and may be gone already). */
+static bool response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head_len)
 {
     sl_exchange_t *x = px->x;
     uint32_t status_bit = resp->status == 502   ? SL_RETRY_ON_502
@@ -1070,7 +1178,7 @@ static void response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head
     report_outcome(px, resp->status >= 500);
     if (status_bit && retry_allowed(px, status_bit)) {
         retry(px, resp->status == 502 ? "status 502" : resp->status == 503 ? "status 503" : "status 504");
-        return;
+        return false;
     }
     sl_buf_t *b = px->conn->rbuf;
     x->status = resp->status;
@@ -1082,6 +1190,8 @@ static void response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head
             continue;
         sl_headers_add(&x->arena, &x->resp_headers, h->name, h->value);
     }
+    if (px->cc != NULL && cache_on_response(px, resp, head_len))
+        return false;
     px->resp_kind = resp->body;
     px->resp_keep_alive = resp->keep_alive;
     switch (resp->body) {
@@ -1117,10 +1227,11 @@ static void response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head
         conn_drop(px);
         proxy_cleanup(px);
         x->down->abort(x);
-        return;
+        return false;
     }
     b->off += head_len;
     px->state = PX_BODY;
+    return true;
 }
 
 static void response_process(proxy_t *px)
@@ -1169,8 +1280,7 @@ static void response_process(proxy_t *px)
                 b->off += (size_t)r;
                 continue;
             }
-            response_head(px, &resp, (size_t)r);
-            if (px->state != PX_BODY)
+            if (!response_head(px, &resp, (size_t)r))
                 return;
             continue;
         }
@@ -1271,6 +1381,441 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
     }
     if (!px->client_writing)
         response_process(px);
+}
+
+/* ---- the response cache (docs/cache.md) ------------------------------------------------------ */
+
+static void proxy_go(proxy_t *px);
+
+static int64_t wall_s(void)
+{
+    return (int64_t)(sl_time_wall_ms() / 1000);
+}
+
+static const sl_header_t *find_header(const sl_headers_t *h, sl_str_t name)
+{
+    return sl_headers_find(h, name);
+}
+
+static void served_cb(sl_exchange_t *x, int status)
+{
+    if (status < 0)
+        x->down->abort(x);
+    else
+        x->down->finish(x);
+}
+
+/* Sets the Sluice-Cache header and counts the result in sluice_cache_requests_total. */
+static void cache_mark(proxy_t *px, const char *result)
+{
+    sl_exchange_t *x = px->x;
+    px->cresult = result;
+    sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("Sluice-Cache"), sl_str_from_cstr(result));
+    if (x->worker->metrics == NULL || x->snap->metrics == NULL)
+        return;
+    enum sl_metrics_cache_result r = result[0] == 'H'   ? SL_METRICS_CACHE_HIT
+                                     : result[0] == 'M' ? SL_METRICS_CACHE_MISS
+                                     : result[0] == 'S' ? SL_METRICS_CACHE_STALE
+                                     : result[0] == 'E' ? SL_METRICS_CACHE_EXPIRED
+                                                        : SL_METRICS_CACHE_BYPASS;
+    sl_metrics_observe_cache(x->worker->metrics, x->snap->metrics, x, r);
+}
+
+/* Weak comparison of an If-None-Match list with an entity tag (RFC 9110 §13.1.2). */
+static bool etag_listed(sl_str_t list, sl_str_t etag)
+{
+    if (etag.len > 2 && etag.ptr[0] == 'W' && etag.ptr[1] == '/')
+        etag = (sl_str_t){etag.ptr + 2, etag.len - 2};
+    size_t p = 0;
+    while (p < list.len) {
+        while (p < list.len && (list.ptr[p] == ' ' || list.ptr[p] == '\t' || list.ptr[p] == ','))
+            p++;
+        size_t st = p;
+        if (p < list.len && list.ptr[p] == '*')
+            return true;
+        if (p + 1 < list.len && list.ptr[p] == 'W' && list.ptr[p + 1] == '/')
+            st = p += 2;
+        if (p < list.len && list.ptr[p] == '"') {
+            p++;
+            while (p < list.len && list.ptr[p] != '"')
+                p++;
+            if (p < list.len)
+                p++;
+        }
+        if (sl_str_eq((sl_str_t){list.ptr + st, p - st}, etag))
+            return true;
+        while (p < list.len && list.ptr[p] != ',')
+            p++;
+    }
+    return false;
+}
+
+/* Whether the client's own conditions say its copy is current (RFC 9110 §13.2.2). */
+static bool client_not_modified(const sl_exchange_t *x, const sl_cache_obj_t *o)
+{
+    if (o->meta.status != 200)
+        return false; /* RFC 9110 §13.2.1: preconditions apply to a 2xx selected representation */
+    const sl_header_t *inm = find_header(&x->req_headers, SL_STR_LIT("If-None-Match"));
+    if (inm != NULL)
+        return o->etag.len > 0 && etag_listed(inm->value, o->etag);
+    const sl_header_t *ims = find_header(&x->req_headers, SL_STR_LIT("If-Modified-Since"));
+    int64_t since, modified;
+    return ims != NULL && o->last_modified.len > 0 && sl_http_date_parse(ims->value, &since) &&
+           sl_http_date_parse(o->last_modified, &modified) && modified <= since;
+}
+
+/* RFC 9110 §15.4.5: what a 304 carries of the stored response. */
+static bool kept_in_304(sl_str_t name)
+{
+    static const sl_str_t keep[] = {SL_STR_LIT("Cache-Control"), SL_STR_LIT("Content-Location"), SL_STR_LIT("Date"),
+                                    SL_STR_LIT("ETag"),          SL_STR_LIT("Expires"),          SL_STR_LIT("Vary"),
+                                    SL_STR_LIT("Last-Modified")};
+    for (size_t i = 0; i < SL_ARRAY_SIZE(keep); i++)
+        if (sl_str_caseeq(name, keep[i]))
+            return true;
+    return false;
+}
+
+/* Answers the exchange from `o` (a reference the arena holds): a conditional request of the
+ * client may get 304. The bytes go to the client straight from the object. */
+static void cache_serve(proxy_t *px, sl_cache_obj_t *o, const char *result)
+{
+    sl_exchange_t *x = px->x;
+    proxy_cleanup(px);
+    x->on_abort = NULL;
+    bool not_modified = client_not_modified(x, o);
+    x->status = not_modified ? 304 : o->meta.status;
+    for (size_t i = 0; i < o->nheaders; i++)
+        if (!not_modified || kept_in_304(o->headers[i].name))
+            sl_headers_add(&x->arena, &x->resp_headers, o->headers[i].name, o->headers[i].value);
+    char *age = sl_arena_alloc(&x->arena, 24);
+    char *e = sl_put_u64(age, (uint64_t)sl_cache_current_age(&o->meta, wall_s()));
+    sl_headers_add(&x->arena, &x->resp_headers, SL_STR_LIT("Age"), (sl_str_t){age, (size_t)(e - age)});
+    cache_mark(px, result);
+    x->resp_body_kind = not_modified ? SL_BODY_NONE : SL_BODY_LENGTH;
+    x->resp_content_length = not_modified ? 0 : o->body_len;
+    if (x->down->send_head(x) != 0) {
+        x->down->abort(x);
+        return;
+    }
+    if (not_modified || x->method == SL_METHOD_HEAD || o->body_len == 0) {
+        x->down->finish(x);
+        return;
+    }
+    sl_str_t part = {o->body, o->body_len};
+    int r = x->down->send_body(x, &part, 1, served_cb);
+    if (r == 1)
+        x->down->finish(x);
+    else if (r < 0)
+        x->down->abort(x);
+}
+
+/* A stale object may stand in for a failed fetch (stale-if-error, RFC 5861 §4). */
+static bool stale_usable_on_error(const proxy_t *px)
+{
+    if (px->stale == NULL)
+        return false;
+    const sl_cache_meta_t *m = &px->stale->meta;
+    int64_t past = sl_cache_current_age(m, wall_s()) - m->lifetime;
+    return !m->no_stale && past <= m->stale_if_error && m->stale_if_error > 0;
+}
+
+/* The access log and metrics carry every stale answer's cause; the error log says it at most
+ * once a second per worker, so an outage does not flood it. */
+static void log_stale(proxy_t *px, const char *why)
+{
+    static _Thread_local uint64_t last_ms;
+    uint64_t now = now_ms();
+    if (last_ms != 0 && now - last_ms < 1000)
+        return;
+    last_ms = now;
+    sl_log_info("route %.*s: upstream failed (%s), serving a stale response", SL_STR_FMT(px->x->route_name), why);
+}
+
+static bool cache_serve_stale(proxy_t *px, enum sl_cause cause)
+{
+    switch (cause) {
+    case SL_CAUSE_UPSTREAM_CONNECT_FAILED:
+    case SL_CAUSE_UPSTREAM_RESET:
+    case SL_CAUSE_UPSTREAM_BAD_RESPONSE:
+    case SL_CAUSE_UPSTREAM_TIMEOUT:
+    case SL_CAUSE_NO_HEALTHY_UPSTREAM:
+    case SL_CAUSE_CIRCUIT_OPEN:
+    case SL_CAUSE_UPSTREAM_OVERLOADED:
+        break;
+    default:
+        return false;
+    }
+    if (!stale_usable_on_error(px))
+        return false;
+    /* The error's own headers (Retry-After of an open circuit) do not belong on a 200. */
+    px->x->resp_headers.len = 0;
+    log_stale(px, sl_cause_info(cause)->name);
+    cache_serve(px, px->stale, "STALE");
+    return true;
+}
+
+static void cache_unlock(proxy_t *px, uint64_t pass_ms)
+{
+    if (px->clocked) {
+        px->clocked = false;
+        sl_cache_unlock(px->cache, px->ctag, px->chash, px->ckey, now_ms(), pass_ms);
+    }
+}
+
+/* RFC 9111 §4.4: a successful unsafe request invalidates the URL and its Location and
+ * Content-Location when they name the same host. */
+static void cache_invalidate(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    sl_cache_invalidate(px->cache, px->ctag, px->chash, px->ckey);
+    static const sl_str_t fields[] = {SL_STR_LIT("Location"), SL_STR_LIT("Content-Location")};
+    for (size_t i = 0; i < SL_ARRAY_SIZE(fields); i++) {
+        const sl_header_t *h = find_header(&x->resp_headers, fields[i]);
+        if (h == NULL || h->value.len == 0)
+            continue;
+        sl_str_t v = h->value, host = x->host, target;
+        if (v.ptr[0] == '/' && (v.len < 2 || v.ptr[1] != '/')) {
+            target = v;
+        } else {
+            size_t skip = sl_str_has_prefix(v, SL_STR_LIT("http://"))    ? 7
+                          : sl_str_has_prefix(v, SL_STR_LIT("https://")) ? 8
+                                                                         : 0;
+            if (skip == 0)
+                continue;
+            const char *slash = memchr(v.ptr + skip, '/', v.len - skip);
+            sl_str_t auth = {v.ptr + skip, (slash ? (size_t)(slash - v.ptr) : v.len) - skip};
+            const char *colon = memchr(auth.ptr, ':', auth.len);
+            if (colon)
+                auth.len = (size_t)(colon - auth.ptr);
+            if (!sl_str_caseeq(auth, host))
+                continue;
+            target = slash ? (sl_str_t){slash, v.len - (size_t)(slash - v.ptr)} : SL_STR_LIT("/");
+        }
+        const char *q = memchr(target.ptr, '?', target.len);
+        sl_str_t path = q ? (sl_str_t){target.ptr, (size_t)(q - target.ptr)} : target;
+        sl_str_t query = q ? (sl_str_t){q + 1, target.len - (size_t)(q + 1 - target.ptr)} : SL_STR_NULL;
+        sl_str_t key = sl_cache_key(&x->arena, host, path, query);
+        sl_cache_invalidate(px->cache, px->ctag, sl_cache_hash(px->ctag, key), key);
+    }
+}
+
+/* The upstream's response head is in x->resp_headers. Returns true when the cache took the
+ * exchange over (a 304 refreshed the stored response, or a 5xx made way for a stale one). */
+static bool cache_on_response(proxy_t *px, const sl_h1_response_t *resp, size_t head_len)
+{
+    sl_exchange_t *x = px->x;
+    if (px->cinvalidate) {
+        if (resp->status < 400)
+            cache_invalidate(px);
+        cache_mark(px, "BYPASS");
+        return false;
+    }
+    int64_t now = wall_s();
+    if (resp->status == 304 && px->crevalidate) {
+        /* RFC 9111 §4.3.4: the stored response, its headers updated by the 304's. */
+        sl_cache_meta_t meta;
+        sl_cache_obj_t *fresh =
+            sl_cache_obj_refresh(px->stale, x->resp_headers.items, x->resp_headers.len, &px->stale->meta);
+        sl_headers_t merged = {fresh->headers, fresh->nheaders, fresh->nheaders};
+        enum sl_cache_verdict v = sl_cache_response_analyze(px->cc, px->stale->meta.status, &merged, px->creq_auth,
+                                                            px->creq_time, now, &meta);
+        fresh->meta = meta;
+        if (v == SL_CACHE_STORE)
+            sl_cache_insert(px->cache, fresh, px->cc->max_variants);
+        else
+            sl_cache_invalidate(px->cache, px->ctag, px->chash, px->ckey);
+        cache_unlock(px, 0);
+        sl_arena_on_dispose(&x->arena, sl_cache_obj_release, fresh);
+        /* The 304 has no body: the connection goes back to the pool. */
+        px->conn->rbuf->off += head_len;
+        px->resp_kind = SL_H1_BODY_NONE;
+        px->resp_keep_alive = resp->keep_alive;
+        sl_upconn_t *c = px->conn;
+        px->conn = NULL;
+        c->pinned = false;
+        if (px->resp_keep_alive && !px->upstream_eof && !px->req_writing)
+            sl_connpool_release(c, px->up->conf->keepalive_max_idle, px->up->conf->keepalive_idle_timeout_ms);
+        else
+            sl_upconn_close(c);
+        x->resp_headers.len = 0;
+        cache_serve(px, fresh, "EXPIRED");
+        return true;
+    }
+    if (resp->status >= 500 && stale_usable_on_error(px)) {
+        conn_drop(px);
+        x->cause_detail = "upstream 5xx; stale response served";
+        x->resp_headers.len = 0;
+        log_stale(px, "upstream 5xx");
+        cache_serve(px, px->stale, "STALE");
+        return true;
+    }
+    if (px->cstore) {
+        sl_cache_meta_t meta;
+        enum sl_cache_verdict v =
+            sl_cache_response_analyze(px->cc, resp->status, &x->resp_headers, px->creq_auth, px->creq_time, now, &meta);
+        bool star = false;
+        sl_str_t names = sl_cache_vary_names(&x->arena, &x->resp_headers, &star);
+        bool fits = resp->body != SL_H1_BODY_LENGTH || resp->content_length <= px->cc->max_object_size;
+        if (v == SL_CACHE_STORE && fits && !star) {
+            sl_str_t values = sl_cache_vary_values(&x->arena, names, &x->req_headers);
+            size_t hint = resp->body == SL_H1_BODY_LENGTH ? (size_t)resp->content_length : 0;
+            px->fill = sl_cache_obj_create(x->route_name, px->ctag, px->ckey, names, values, &meta,
+                                           x->resp_headers.items, x->resp_headers.len, hint);
+            if (resp->body == SL_H1_BODY_NONE || (resp->body == SL_H1_BODY_LENGTH && resp->content_length == 0))
+                cache_commit(px);
+        } else {
+            /* Not storable: whoever waits for it goes upstream now, and so does the next one
+             * for a while, instead of queueing behind one fetch at a time. */
+            if (px->stale != NULL && v != SL_CACHE_STORE)
+                sl_cache_invalidate(px->cache, px->ctag, px->chash, px->ckey);
+            cache_unlock(px, px->cc->lock_timeout_ms);
+        }
+    }
+    cache_mark(px, px->cresult);
+    return false;
+}
+
+static void cache_commit(proxy_t *px)
+{
+    sl_cache_obj_t *o = px->fill;
+    px->fill = NULL;
+    sl_cache_obj_trim(o);
+    if (sl_cache_insert(px->cache, o, px->cc->max_variants) != 0)
+        sl_log_debug("cache: %.*s not stored: larger than a quarter of a shard's budget",
+                     SL_STR_FMT(px->x->route_name));
+    sl_cache_obj_unref(o);
+    cache_unlock(px, 0);
+}
+
+/* Looks the request up: a fresh object answers it; otherwise one exchange per key goes
+ * upstream (revalidating a stale object when it can) while the others wait a bounded time. */
+enum cache_step {
+    CACHE_GO = 1, /* go upstream */
+    CACHE_WAIT,   /* another exchange is fetching the key: look again later */
+    CACHE_DONE,   /* answered from the cache: `px` and the exchange may be gone */
+};
+
+static enum cache_step cache_try(proxy_t *px, bool first)
+{
+    sl_exchange_t *x = px->x;
+    sl_cache_control_t rcc = {0};
+    sl_cache_control_of(&x->req_headers, &rcc);
+    sl_cache_obj_t *o = sl_cache_lookup(px->cache, px->ctag, px->chash, px->ckey, &x->req_headers, &x->arena);
+    if (o != NULL && px->creq_auth && !o->meta.auth_ok) {
+        /* RFC 9111 §3.5: not to be shared with a request that carries credentials. */
+        sl_cache_obj_unref(o);
+        o = NULL;
+    }
+    if (o != NULL) {
+        sl_arena_on_dispose(&x->arena, sl_cache_obj_release, o);
+        int64_t age = sl_cache_current_age(&o->meta, wall_s());
+        bool fresh = o->meta.lifetime > age && !(rcc.flags & SL_CC_NO_CACHE) &&
+                     !((rcc.flags & SL_CC_MAX_AGE) && age > rcc.max_age);
+        if (fresh) {
+            cache_serve(px, o, "HIT");
+            return CACHE_DONE;
+        }
+        px->stale = o;
+        px->cresult = "EXPIRED";
+        px->crevalidate = o->etag.len > 0 || o->last_modified.len > 0;
+    } else if (first) {
+        px->cresult = "MISS";
+    }
+    if (!px->cstore)
+        return CACHE_GO; /* HEAD: straight upstream */
+    enum sl_cache_lock_result lr =
+        sl_cache_lock(px->cache, px->ctag, px->chash, px->ckey, now_ms(), px->cc->lock_timeout_ms);
+    if (lr == SL_CACHE_LOCK_TAKEN) {
+        px->clocked = true;
+        return CACHE_GO;
+    }
+    if (lr == SL_CACHE_LOCK_PASS)
+        return CACHE_GO;
+    /* Someone is fetching it. stale-while-revalidate: a stale object within its window answers
+     * at once; otherwise wait for the fetch. */
+    if (px->stale != NULL && !(rcc.flags & SL_CC_NO_CACHE) && !px->stale->meta.no_stale &&
+        px->stale->meta.stale_while_revalidate > 0 &&
+        sl_cache_current_age(&px->stale->meta, wall_s()) - px->stale->meta.lifetime <=
+            px->stale->meta.stale_while_revalidate) {
+        cache_serve(px, px->stale, "STALE");
+        return CACHE_DONE;
+    }
+    if (first)
+        px->wait_deadline_ms = now_ms() + px->cc->lock_timeout_ms;
+    else if (now_ms() >= px->wait_deadline_ms)
+        return CACHE_GO; /* waited long enough: go upstream unlocked */
+    return CACHE_WAIT;
+}
+
+#define CACHE_POLL_MS 5
+
+static void on_cache_poll(sl_timeq_entry_t *e);
+
+static void cache_wait_or_go(proxy_t *px, bool first)
+{
+    switch (cache_try(px, first)) {
+    case CACHE_GO:
+        px->creq_time = wall_s();
+        proxy_go(px);
+        return;
+    case CACHE_WAIT: /* look again soon (the fetch may run on another worker) */
+        sl_timeq_add_at(timeqs_of(px), &px->phase_timeout, CACHE_POLL_MS, on_cache_poll);
+        return;
+    case CACHE_DONE:
+        return;
+    }
+}
+
+static void on_cache_poll(sl_timeq_entry_t *e)
+{
+    cache_wait_or_go(SL_CONTAINER_OF(e, proxy_t, phase_timeout), false);
+}
+
+static void cache_start(proxy_t *px, upstreams_rt_t *u)
+{
+    sl_exchange_t *x = px->x;
+    px->cc = &px->route->cache;
+    px->cache = u->cache;
+    px->ctag = u->route_tags[x->route_index];
+    px->ckey = sl_cache_key(&x->arena, x->host, x->path, x->query);
+    /* RFC 9111 §3.5 covers Authorization; an identified consumer is the same case even when its
+     * credential was an API key or was hidden from the upstream (which sees X-Consumer-Id). */
+    px->creq_auth = sl_headers_find(&x->req_headers, SL_STR_LIT("Authorization")) != NULL || x->consumer.len > 0;
+    if (px->cc->per_consumer && x->consumer.len > 0) {
+        /* The route's opt-in: each consumer's entries are its own, so they may be stored. */
+        size_t n = px->ckey.len + 2 + x->consumer.len;
+        char *k = sl_arena_alloc(&x->arena, n + 1);
+        char *e = sl_put(k, px->ckey.ptr, px->ckey.len);
+        e = sl_put(e, "\n@", 2);
+        e = sl_put(e, x->consumer.ptr, x->consumer.len);
+        *e = 0;
+        px->ckey = (sl_str_t){k, n};
+        px->creq_auth = false;
+    }
+    px->chash = sl_cache_hash(px->ctag, px->ckey);
+    px->cresult = "BYPASS";
+    px->creq_time = wall_s();
+    px->state = PX_CONNECTING;
+    bool safe = x->method == SL_METHOD_GET || x->method == SL_METHOD_HEAD;
+    if (!safe) {
+        px->cinvalidate = x->method == SL_METHOD_POST || x->method == SL_METHOD_PUT || x->method == SL_METHOD_DELETE ||
+                          x->method == SL_METHOD_PATCH;
+        if (!px->cinvalidate)
+            px->cc = NULL;
+        proxy_go(px);
+        return;
+    }
+    sl_cache_control_t rcc = {0};
+    sl_cache_control_of(&x->req_headers, &rcc);
+    if ((rcc.flags & SL_CC_NO_STORE) || sl_headers_find(&x->req_headers, SL_STR_LIT("Range")) != NULL) {
+        /* Ranges are not cached (206 is never stored); no-store asks for no copy at all. */
+        proxy_go(px);
+        return;
+    }
+    px->cstore = x->method == SL_METHOD_GET;
+    px->cstrip_cond = px->cstore;
+    cache_wait_or_go(px, true);
 }
 
 /* ---- entry --------------------------------------------------------------------------------- */
@@ -1388,6 +1933,9 @@ static void proxy_begin(proxy_t *px)
     proxy_connect(px);
 }
 
+static void cache_start(proxy_t *px, upstreams_rt_t *u);
+static void proxy_go(proxy_t *px);
+
 static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
 {
     upstreams_rt_t *u = x->snap->upstreams;
@@ -1408,6 +1956,17 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
     x->handler_data = px;
     x->on_abort = proxy_on_abort;
     x->upstream_name = px->up->conf->name;
+    if (route->cache.enabled && u->cache != NULL && x->route_index >= 0) {
+        cache_start(px, u);
+        return;
+    }
+    proxy_go(px);
+}
+
+/* Goes upstream: the route timeout, a connection slot, then a target. */
+static void proxy_go(proxy_t *px)
+{
+    const sl_route_conf_t *route = px->route;
     if (px->up->ntargets == 0) {
         proxy_fail(px, SL_CAUSE_NO_HEALTHY_UPSTREAM, "no targets");
         return;

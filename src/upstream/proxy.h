@@ -40,6 +40,10 @@ struct sl_target_state *sl_proxy_target_states(const sl_snapshot_t *snap, size_t
  *  thread), or NULL. Lives as long as `snap`. */
 struct sl_breaker *sl_proxy_breaker(const sl_snapshot_t *snap, size_t upstream_index);
 
+/** The response cache of `snap` (shared with the snapshots around it; see docs/cache.md), or
+ *  NULL when no route has `cache`. Lives as long as `snap`. Any thread. */
+struct sl_cache *sl_proxy_cache(const sl_snapshot_t *snap);
+
 /** Re-resolves the host-name targets of `snap` whose last resolution is dns_refresh old, on
  *  `loop`. Main thread, periodically (the server calls it every second for the current
  *  snapshot only: a state shared with older snapshots is refreshed once, through it); a name

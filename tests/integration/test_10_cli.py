@@ -5,7 +5,6 @@ import signal
 import textwrap
 import time
 
-import pytest
 
 import harness
 from harness import free_port, port_is_free, run_cli
@@ -122,7 +121,7 @@ routes:
   - name: b
     match: {{ path_prefix: /b }}
     upstream: users
-    cache: {{ ttl: 30s }}
+    cache: {{ ttl: 30 }}
   - name: c
     match: {{ path_prefix: /c }}
     upstream: users
@@ -141,7 +140,7 @@ def test_check_reports_every_error_with_position(tmp_path, sluice_bin):
     errs = errors_of(r.stderr, cfg)
     assert_error_at(errs, lines, 5)  # bad duration
     assert_error_at(errs, lines, 12, "nope")  # unknown upstream, named
-    assert_error_at(errs, lines, 16, "not supported yet")  # a later feature's key
+    assert_error_at(errs, lines, 16, "expected a duration")  # a bad value in a nested mapping
     assert_error_at(errs, lines, 20, "stirp_prefix")  # a typo, named
     assert len(errs) >= 4
     assert port_is_free(port) and port_is_free(admin)
@@ -159,26 +158,9 @@ def test_run_with_bad_config_exits_1_without_listening(tmp_path, sluice_bin):
     assert port_is_free(port) and port_is_free(admin)
 
 
-LATER_FEATURES = {
-    "cache": ("    cache: { ttl: 30s }\n", 1),
-}
-
-
-@pytest.mark.parametrize("feature", sorted(LATER_FEATURES))
-def test_check_rejects_later_feature_keys(tmp_path, sluice_bin, feature):
-    snippet, where = LATER_FEATURES[feature]
-    head = f"listen:\n  - address: 127.0.0.1:{free_port()}\nadmin: {{ address: 127.0.0.1:{free_port()} }}\n"
-    ups = f"upstreams:\n  users:\n    targets: [ {{ address: 127.0.0.1:{free_port()} }} ]\n"
-    routes = "routes:\n  - name: r\n    match: { path_prefix: / }\n    upstream: users\n"
-    # where: 0 a top-level key, 1 a key of the route, 2 a key of the upstream
-    text = head + ups + snippet + routes if where == 2 else head + ups + routes + snippet
-    lines = text.splitlines()
-    line = lines.index(snippet.splitlines()[0]) + 1
-    cfg = tmp_path / f"{feature}.yaml"
-    cfg.write_text(text)
-    r = run_cli(["check", "-c", str(cfg)])
-    assert r.returncode == 1, f"{feature} accepted:\n{r.stdout}{r.stderr}"
-    assert_error_at(errors_of(r.stderr, cfg), lines, line, "not supported yet")
+# Keys of features not built yet were rejected as "not supported yet" (SL__CT_UNSUPPORTED in
+# src/config/keys.c); `cache` was the last one. When the design names a key before its code
+# exists again, its table row gets that type and a test here checks the error.
 
 
 def test_check_reports_yaml_syntax_error_with_position(tmp_path, sluice_bin):
