@@ -55,6 +55,18 @@ size_t sl__rate_key_text(sl_str_t id, const uint8_t *value, size_t len, char *bu
 bool sl__rate_key_value(const sl_exchange_t *x, const sl__ip_trust_t *trust, const sl_rate_limit_conf_t *l,
                         uint8_t *buf, size_t *len);
 
+/* ---- usage reads (filters/usage.h; rate_limit.c, quota.c) ---- */
+
+/** Records the process's limiter table for usage reads (rate and quota creates call it). */
+void sl__rate_note_table(struct sl_gcra_table *t);
+/** The key value a request identified as `consumer` on `route` has for `l` (the bytes
+ *  sl__rate_key_value would build); false when the key has an ip or header part. */
+bool sl__rate_usage_key(const sl_rate_limit_conf_t *l, sl_str_t consumer, sl_str_t route, uint8_t *buf, size_t *len);
+struct sl_filters_usage_item;
+/** Fills `it` (figures only) with the quota of `route` for the key value `val` (quota.c). */
+void sl__quota_usage(const sl_route_conf_t *route, const struct sl_gcra_table *t, const uint8_t *val, size_t len,
+                     uint64_t now_mono_ns, uint64_t now_wall_ns, struct sl_filters_usage_item *it);
+
 /* ---- consumer index (consumers.c) ---- */
 sl__consumers_t *sl__consumers_create(const sl_config_t *cfg);
 void sl__consumers_destroy(sl__consumers_t *c);

@@ -22,6 +22,7 @@
 #include "common/time.h"
 #include "filters/filters.h"
 #include "filters/internal.h"
+#include "filters/usage.h"
 #include "pipeline/filter.h"
 #include "store/gcra.h"
 #include "store/store.h"
@@ -49,6 +50,19 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
     return h;
 }
 
+/* The quota's identity (route, fingerprint of its limit, period and key): kept across reloads
+ * while the definition is unchanged, like a rate limit's. */
+static sl_str_t quota_id(const sl_route_conf_t *route, char *buf, size_t size)
+{
+    const sl_rate_limit_conf_t *l = &route->quota.l;
+    uint64_t fp = 1469598103934665603ull;
+    fp = fnv(fp, &l->rate, sizeof(l->rate));
+    fp = fnv(fp, &route->quota.period, sizeof(route->quota.period));
+    fp = fnv(fp, l->key.ptr, l->key.len);
+    int n = snprintf(buf, size, "%.*s%cquota%c%016" PRIx64, SL_STR_FMT(route->name), 0, 0, fp);
+    return (sl_str_t){buf, (size_t)n};
+}
+
 static int quota_create(const struct sl_snapshot *snap, const sl_route_conf_t *route, void *shared, void **state,
                         sl_config_errors_t *errs)
 {
@@ -69,12 +83,8 @@ static int quota_create(const struct sl_snapshot *snap, const sl_route_conf_t *r
     q->conf = &route->quota;
     q->wall_minus_mono_ns = (int64_t)(sl_time_wall_ms() * 1000000ull) - (int64_t)sl_time_mono_ns();
     const sl_rate_limit_conf_t *l = &route->quota.l;
-    uint64_t fp = 1469598103934665603ull;
-    fp = fnv(fp, &l->rate, sizeof(l->rate));
-    fp = fnv(fp, &route->quota.period, sizeof(route->quota.period));
-    fp = fnv(fp, l->key.ptr, l->key.len);
-    int n = snprintf(q->id_buf, sizeof(q->id_buf), "%.*s%cquota%c%016" PRIx64, SL_STR_FMT(route->name), 0, 0, fp);
-    q->id = (sl_str_t){q->id_buf, (size_t)n};
+    q->id = quota_id(route, q->id_buf, sizeof(q->id_buf));
+    sl__rate_note_table(table);
     snprintf(q->detail_buf, sizeof(q->detail_buf), "quota:%s", l->name.len ? l->name.ptr : "0");
     *state = q;
     return 0;
@@ -155,6 +165,39 @@ static enum sl_filter_status local_decide(sl_exchange_t *x, const quota_t *q, sl
     if (sl_gcra_admit(q->table, key, &p, pinned, 1, &r) != 0 || r.allowed)
         return SL_FILTER_CONTINUE; /* a full table admits (and is counted), as for rate limits */
     return refuse(x, q, ceil_s(end - wall_ns));
+}
+
+void sl__quota_usage(const sl_route_conf_t *route, const sl_gcra_table_t *t, const uint8_t *val, size_t len,
+                     uint64_t now_mono_ns, uint64_t now_wall_ns, sl_filters_usage_item_t *it)
+{
+    const sl_rate_limit_conf_t *l = &route->quota.l;
+    uint64_t start, end;
+    window_of(route->quota.period, now_wall_ns, &start, &end);
+    it->window_start_ms = start / 1000000;
+    it->window_end_ms = end / 1000000;
+    it->r = (sl_gcra_result_t){.allowed = true, .limit = l->rate, .remaining = l->rate, .reset_ns = end - now_wall_ns};
+    if (val == NULL)
+        return;
+    char idb[176];
+    sl_str_t id = quota_id(route, idb, sizeof(idb));
+    sl_gcra_key_t key = sl_gcra_key_digest(id, (sl_str_t){(const char *)val, len});
+    uint64_t T = (end - start) / l->rate;
+    sl_gcra_params_t p = {.emission_ns = T, .tolerance_ns = (l->rate - 1) * T};
+    /* The filter pins its clock to the window's start (see the top); so does this read. Its
+     * wall-to-monotonic offset was taken at its create, this one now: they may differ by a clock
+     * step, far below T (a window over its limit), hence the rounding of the count. */
+    int64_t wall_minus_mono = (int64_t)now_wall_ns - (int64_t)now_mono_ns;
+    uint64_t pinned = (uint64_t)((int64_t)start - wall_minus_mono) + SL__TABLE_TIME_BIAS;
+    sl_gcra_result_t r;
+    it->tracked = sl_gcra_peek(t, key, &p, pinned, &r) == 0;
+    if (!it->tracked)
+        return;
+    uint64_t used = (r.reset_ns + T / 2) / T;
+    it->used = used < l->rate ? used : l->rate;
+    it->r.remaining = l->rate - it->used;
+    it->r.allowed = it->r.remaining > 0;
+    /* Exhausted: the next request is admitted when the next window starts. */
+    it->r.retry_after_ns = it->r.allowed ? 0 : end - now_wall_ns;
 }
 
 /* A paused exchange's wait for Redis (x->handler_data until the answer). */

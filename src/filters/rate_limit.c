@@ -16,6 +16,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 #include "common/time.h"
 #include "filters/filters.h"
 #include "filters/internal.h"
+#include "filters/usage.h"
 #include "pipeline/filter.h"
 #include "store/gcra.h"
 #include "store/store.h"
@@ -37,10 +39,11 @@ _Static_assert(SL__RATE_KEY_BUF >= SL_RATE_KEY_MAX_PARTS * (VALUE_INLINE_MAX + 3
 typedef struct limit {
     const sl_rate_limit_conf_t *conf;
     sl_gcra_params_t params;
-    sl_str_t id;        /* identity: scope, index, fingerprint (in `id_buf`) */
-    sl_str_t label;     /* name, or index: RateLimit item keys */
-    const char *detail; /* "rate_limit:<label>" for the log and metrics */
-    uint64_t period_s;  /* policy window */
+    sl_str_t id;                    /* identity: scope, index, fingerprint (in `id_buf`) */
+    sl_gcra_key_prefix_t id_prefix; /* the key digest's state after `id` */
+    sl_str_t label;                 /* name, or index: RateLimit item keys */
+    const char *detail;             /* "rate_limit:<label>" for the log and metrics */
+    uint64_t period_s;              /* policy window */
     char id_buf[176];
     char label_buf[136];
     char detail_buf[148];
@@ -104,6 +107,7 @@ static void limit_init(limit_t *l, const sl_rate_limit_conf_t *c, sl_str_t scope
     fp = fnv(fp, c->key.ptr, c->key.len);
     int n = snprintf(l->id_buf, sizeof(l->id_buf), "%.*s%c%zu%c%016" PRIx64, SL_STR_FMT(scope), 0, index, 0, fp);
     l->id = (sl_str_t){l->id_buf, (size_t)n};
+    sl_gcra_key_prefix(l->id, &l->id_prefix);
     l->label = sl_str_from_cstr(sl_rate_limit_label(c, index, global, l->label_buf, sizeof(l->label_buf)));
     snprintf(l->detail_buf, sizeof(l->detail_buf), "rate_limit:%s", l->label_buf);
     l->detail = l->detail_buf;
@@ -130,6 +134,7 @@ static int rl_create(const struct sl_snapshot *snap, const sl_route_conf_t *rout
                              MAX_LIMITS);
         return SL_ECONFIG;
     }
+    sl__rate_note_table(table);
     rl_t *rl = sl_xcalloc(1, sizeof(*rl) + n * sizeof(limit_t));
     rl->table = table;
     rl->store = snap->cfg->stores.redis.enabled ? sl__filters_shared_store(shared) : NULL;
@@ -247,7 +252,7 @@ static enum verdict admit(sl_exchange_t *x, decisions_t *d, size_t i)
     size_t len;
     if (!sl__rate_key_value(x, rl->trust, l->conf, buf, &len))
         return VERDICT_SKIPPED;
-    sl_gcra_key_t key = sl_gcra_key_digest(l->id, (sl_str_t){(const char *)buf, len});
+    sl_gcra_key_t key = sl_gcra_key_digest_prefixed(&l->id_prefix, (sl_str_t){(const char *)buf, len});
     sl_store_worker_t *sw = rl->store != NULL ? thread_store : NULL;
     if (sw != NULL) {
         char text[SL__RATE_KEY_TEXT_BUF];
@@ -421,6 +426,100 @@ static void rl_on_response_headers(sl_exchange_t *x, void *state)
         add_u64(x, "X-RateLimit-Remaining", r->remaining);
         add_u64(x, "X-RateLimit-Reset", ceil_s(r->reset_ns));
     }
+}
+
+/* ---- usage reads (filters/usage.h) ------------------------------------------------------------ */
+
+/* The table every route's limits use (one per process, it outlives every snapshot); set at the
+ * first create, read by the admin API. */
+static _Atomic(sl_gcra_table_t *) usage_table;
+
+void sl__rate_note_table(sl_gcra_table_t *t)
+{
+    atomic_store_explicit(&usage_table, t, memory_order_release);
+}
+
+bool sl__rate_usage_key(const sl_rate_limit_conf_t *l, sl_str_t consumer, sl_str_t route, uint8_t *buf, size_t *len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < l->nparts; i++) {
+        switch (l->parts[i]) {
+        case SL_RATE_KEY_CONSUMER:
+            n = put_part(buf, n, 'c', consumer.ptr, consumer.len);
+            break;
+        case SL_RATE_KEY_ROUTE:
+            n = put_part(buf, n, 'r', route.ptr, route.len);
+            break;
+        case SL_RATE_KEY_IP:
+        case SL_RATE_KEY_HEADER:
+            return false;
+        }
+    }
+    *len = n;
+    return true;
+}
+
+static bool key_has(const sl_rate_limit_conf_t *c, enum sl_rate_key_part part)
+{
+    for (size_t i = 0; i < c->nparts; i++)
+        if (c->parts[i] == part)
+            return true;
+    return false;
+}
+
+/* One rate limit's item for `consumer` on `route` (the scope is "*" for a global limit). */
+static void usage_limit(const sl_rate_limit_conf_t *c, sl_str_t scope, size_t index, bool global, sl_str_t route,
+                        sl_str_t consumer, sl_gcra_table_t *t, uint64_t now_ns, sl_filters_usage_cb cb, void *arg)
+{
+    limit_t l;
+    limit_init(&l, c, scope, index, global);
+    sl_filters_usage_item_t it = {.global = global, .route = route, .label = l.label_buf, .conf = c};
+    uint8_t buf[SL__RATE_KEY_BUF];
+    size_t len = 0;
+    it.per_consumer = sl__rate_usage_key(c, consumer, route, buf, &len);
+    if (it.per_consumer) {
+        /* Peek with the filter's clock base, so the TAT compares with the same "now". */
+        sl_gcra_key_t key = sl_gcra_key_digest(l.id, (sl_str_t){(const char *)buf, len});
+        it.tracked = sl_gcra_peek(t, key, &l.params, now_ns + SL__TABLE_TIME_BIAS, &it.r) == 0;
+    }
+    cb(arg, &it);
+}
+
+int sl_filters_usage(const sl_config_t *cfg, sl_str_t consumer, uint64_t now_mono_ns, uint64_t now_wall_ns,
+                     sl_filters_usage_cb cb, void *arg)
+{
+    sl_gcra_table_t *t = atomic_load_explicit(&usage_table, memory_order_acquire);
+    int n = 0;
+    for (size_t i = 0; i < cfg->nrate_limits; i++) {
+        const sl_rate_limit_conf_t *c = &cfg->rate_limits[i];
+        if (!key_has(c, SL_RATE_KEY_ROUTE)) {
+            usage_limit(c, SL_STR_LIT("*"), i, true, SL_STR_LIT("*"), consumer, t, now_mono_ns, cb, arg);
+            n++;
+            continue;
+        }
+        for (size_t r = 0; r < cfg->nroutes; r++, n++)
+            usage_limit(c, SL_STR_LIT("*"), i, true, cfg->routes[r].name, consumer, t, now_mono_ns, cb, arg);
+    }
+    for (size_t r = 0; r < cfg->nroutes; r++) {
+        const sl_route_conf_t *route = &cfg->routes[r];
+        for (size_t i = 0; i < route->nrate_limits; i++, n++)
+            usage_limit(&route->rate_limits[i], route->name, i, false, route->name, consumer, t, now_mono_ns, cb, arg);
+        if (!route->quota.enabled)
+            continue;
+        const sl_rate_limit_conf_t *c = &route->quota.l;
+        sl_filters_usage_item_t it = {.quota = true,
+                                      .route = route->name,
+                                      .label = c->name.len ? c->name.ptr : "0",
+                                      .conf = c,
+                                      .period = route->quota.period};
+        uint8_t buf[SL__RATE_KEY_BUF];
+        size_t len = 0;
+        it.per_consumer = sl__rate_usage_key(c, consumer, route->name, buf, &len);
+        sl__quota_usage(route, t, it.per_consumer ? buf : NULL, len, now_mono_ns, now_wall_ns, &it);
+        cb(arg, &it);
+        n++;
+    }
+    return t != NULL ? n : SL_ENOTFOUND;
 }
 
 const sl_filter_type_t sl_filter_rate_limit = {

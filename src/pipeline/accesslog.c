@@ -1,15 +1,34 @@
 /*
  * The log phase: one JSON line per exchange, written with a single write(2) so lines from
- * several workers never interleave (O_APPEND files; pipes for lines under PIPE_BUF). The
- * destination is an fd swapped atomically, so a reload can change it without a lock.
+ * several workers never interleave (O_APPEND files; pipes for lines under PIPE_BUF).
+ *
+ * The destination never blocks a worker: files and FIFOs are opened O_NONBLOCK, a pipe on
+ * stdout is reopened (through /proc/self/fd/1) as a non-blocking description of its own, so the
+ * flag does not leak into the stdout the process shares, and a socket on stdout (journald) is
+ * written with send(MSG_DONTWAIT). A reader that stalls costs lines, never the gateway's time.
+ *
+ * A write that fails (ENOSPC on a full disk, EIO, EAGAIN on a full pipe) or is short drops the
+ * line: the request was served already and must not wait for or fail on its log. The drops are
+ * counted, and the error log gets one line when writes start failing and one when they succeed
+ * again (with the count), never one per request: a full disk under load would otherwise turn
+ * the error log into a second disk filler.
+ *
+ * A reload swaps the destination without a lock and without a window where a worker could write
+ * into a closed or reused fd number: the number workers write to is allocated once and the new
+ * destination is dup3()'d onto it (an atomic replacement of what the number refers to); `off`
+ * points it at /dev/null for writers that loaded it just before.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/time.h"
 #include "http/reply.h"
 #include "metrics/metrics.h"
@@ -18,34 +37,114 @@
 #include "pipeline/internal.h"
 #include "pipeline/snapshot.h"
 
-static atomic_int log_fd = -1;
+/* What workers write to: (fd << 1) | is_socket, or -1 when the access log is off. */
+static atomic_int log_dest = -1;
+/* The fd number behind log_dest, kept once allocated (main thread). */
+static int log_fd_num = -1;
+/* Lines dropped by failed or short writes, since start; and whether the last write failed. */
+static atomic_ullong dropped_total;
+static atomic_ullong dropped_at_failure; /* dropped_total when the current failing spell began */
+static atomic_bool failing;
+
+uint64_t sl_accesslog_dropped_total(void)
+{
+    return atomic_load_explicit(&dropped_total, memory_order_relaxed);
+}
+
+/* A new non-blocking fd for stdout; `*sock` when it is a socket (written with MSG_DONTWAIT). */
+static int open_stdout(bool *sock)
+{
+    struct stat st;
+    if (fstat(STDOUT_FILENO, &st) != 0)
+        return -errno;
+    if (S_ISFIFO(st.st_mode)) {
+        /* O_NONBLOCK belongs to the open file description: set on a dup it would reach every
+         * other user of this stdout. A fresh open of the pipe is a description of our own. */
+        int fd = open("/proc/self/fd/1", O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0)
+            return fd;
+    }
+    *sock = S_ISSOCK(st.st_mode);
+    int fd = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0);
+    return fd >= 0 ? fd : -errno;
+}
 
 int sl_accesslog_open(sl_str_t path)
 {
     int fd = -1;
+    bool sock = false;
+    if (sl_str_eq(path, SL_STR_LIT("off"))) {
+        atomic_store(&log_dest, -1);
+        if (log_fd_num >= 0) {
+            int nul = open("/dev/null", O_WRONLY | O_CLOEXEC);
+            if (nul >= 0) {
+                (void)dup3(nul, log_fd_num, O_CLOEXEC);
+                close(nul);
+            }
+        }
+        return 0;
+    }
     if (sl_str_eq(path, SL_STR_LIT("stdout")) || path.len == 0) {
-        fd = dup(STDOUT_FILENO);
-    } else if (!sl_str_eq(path, SL_STR_LIT("off"))) {
+        fd = open_stdout(&sock);
+        if (fd < 0)
+            return fd;
+    } else {
         char p[4096];
         if (path.len >= sizeof(p))
             return -ENAMETOOLONG;
         memcpy(p, path.ptr, path.len);
         p[path.len] = '\0';
-        fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        /* O_NONBLOCK: no effect on a regular file; a FIFO without a reader fails (ENXIO) rather
+         * than blocking the start, and a full one drops lines rather than blocking a worker. */
+        fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NONBLOCK, 0640);
         if (fd < 0)
             return -errno;
     }
-    int old = atomic_exchange(&log_fd, fd);
-    if (old >= 0)
-        close(old);
+    if (log_fd_num < 0) {
+        log_fd_num = fd;
+    } else if (fd != log_fd_num) {
+        if (dup3(fd, log_fd_num, O_CLOEXEC) < 0) {
+            int err = -errno;
+            close(fd);
+            return err;
+        }
+        close(fd);
+    }
+    atomic_store(&log_dest, (log_fd_num << 1) | (int)sock);
     return 0;
 }
 
 void sl_accesslog_close(void)
 {
-    int old = atomic_exchange(&log_fd, -1);
-    if (old >= 0)
-        close(old);
+    atomic_store(&log_dest, -1);
+    if (log_fd_num >= 0)
+        close(log_fd_num);
+    log_fd_num = -1;
+}
+
+/* One line's write result: counts drops and logs the changes of state (any worker thread; the
+ * exchange on `failing` makes exactly one thread log each change). */
+static void account(ssize_t w, size_t n, int err)
+{
+    if (w == (ssize_t)n) {
+        if (atomic_load_explicit(&failing, memory_order_relaxed) && atomic_exchange(&failing, false)) {
+            unsigned long long lost =
+                atomic_load_explicit(&dropped_total, memory_order_relaxed) - atomic_load(&dropped_at_failure);
+            sl_log_info("access log: writes succeed again; %llu lines were lost", lost);
+        }
+        return;
+    }
+    unsigned long long before = atomic_fetch_add_explicit(&dropped_total, 1, memory_order_relaxed);
+    if (!atomic_load_explicit(&failing, memory_order_relaxed) && !atomic_exchange(&failing, true)) {
+        atomic_store(&dropped_at_failure, before);
+        if (w < 0)
+            sl_log_warn("access log: write failed (%s); lines are dropped (and counted) until writes succeed",
+                        strerror(err));
+        else
+            sl_log_warn("access log: short write (%zd of %zu bytes, disk full?); lines are dropped (and counted) "
+                        "until writes succeed",
+                        w, n);
+    }
 }
 
 static size_t put_str(char *out, size_t n, const char *key, sl_str_t v)
@@ -74,9 +173,10 @@ void sl_pipeline_log(sl_exchange_t *x)
         sl_metrics_observe_exchange(x->worker->metrics, x->snap->metrics, x, sl_time_mono_ns());
         sl_metrics_observe_auth_failure(x->worker->metrics, x->snap->metrics, x);
     }
-    int fd = atomic_load_explicit(&log_fd, memory_order_relaxed);
-    if (fd < 0)
+    int dest = atomic_load_explicit(&log_dest, memory_order_relaxed);
+    if (dest < 0)
         return;
+    int fd = dest >> 1;
     /* Every variable field is escaped (6x worst case) and bounded by the request limits, so the
      * line is sized from them rather than truncated. */
     sl_str_t path = x->path.len > 2048 ? (sl_str_t){x->path.ptr, 2048} : x->path;
@@ -109,6 +209,9 @@ void sl_pipeline_log(sl_exchange_t *x)
                           x->status, sl_cause_info(x->cause)->name, (unsigned long long)x->bytes_in,
                           (unsigned long long)x->bytes_out, (double)(sl_time_mono_ns() - x->start_ns) / 1e6,
                           ns_to_ms(x->upstream_connect_ns), ns_to_ms(x->upstream_first_byte_ns));
-    ssize_t w = write(fd, out, n);
-    (void)w;
+    ssize_t w;
+    do
+        w = (dest & 1) ? send(fd, out, n, MSG_DONTWAIT | MSG_NOSIGNAL) : write(fd, out, n);
+    while (w < 0 && errno == EINTR);
+    account(w, n, w < 0 ? errno : 0);
 }

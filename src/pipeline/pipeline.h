@@ -23,6 +23,8 @@ void sl_pipeline_log(sl_exchange_t *x);
  *  Main thread, before workers start or while they run (the switch is atomic). 0 or -errno. */
 int sl_accesslog_open(sl_str_t path);
 void sl_accesslog_close(void);
+/** Lines lost to failed or short writes since start (sluice_access_log_dropped_total). Any thread. */
+uint64_t sl_accesslog_dropped_total(void);
 
 /** The event loop of the exchange's worker, for filters that start asynchronous work (thread
  *  pool jobs, timers, fetches) on it. The exchange's worker thread. */

@@ -75,11 +75,7 @@ static void sip_init(void)
 
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 
-typedef struct sip {
-    uint64_t v0, v1, v2, v3;
-    uint64_t tail;
-    size_t ntail, total;
-} sip_t;
+typedef struct sl_gcra_key_prefix sip_t;
 
 static void sip_round(sip_t *s)
 {
@@ -110,7 +106,15 @@ static void sip_word(sip_t *s, uint64_t m)
 static void sip_update(sip_t *s, const void *data, size_t len)
 {
     const uint8_t *p = data;
-    for (size_t i = 0; i < len; i++) {
+    size_t i = 0;
+    if (s->ntail == 0) /* aligned to a word of the message: whole words at once */
+        for (; i + 8 <= len; i += 8) {
+            uint64_t m = 0;
+            for (int b = 0; b < 8; b++) /* little-endian, as SipHash reads its input */
+                m |= (uint64_t)p[i + (size_t)b] << (8 * b);
+            sip_word(s, m);
+        }
+    for (; i < len; i++) {
         s->tail |= (uint64_t)p[i] << (8 * s->ntail);
         if (++s->ntail == 8) {
             sip_word(s, s->tail);
@@ -121,7 +125,7 @@ static void sip_update(sip_t *s, const void *data, size_t len)
     s->total += len;
 }
 
-sl_gcra_key_t sl_gcra_key_digest(sl_str_t limit_id, sl_str_t value)
+void sl_gcra_key_prefix(sl_str_t limit_id, sl_gcra_key_prefix_t *out)
 {
     pthread_once(&sip_once, sip_init);
     sip_t s = {.v0 = sip_key[0] ^ UINT64_C(0x736f6d6570736575),
@@ -132,6 +136,12 @@ sl_gcra_key_t sl_gcra_key_digest(sl_str_t limit_id, sl_str_t value)
     uint64_t idlen = limit_id.len;
     sip_update(&s, &idlen, sizeof(idlen));
     sip_update(&s, limit_id.ptr, limit_id.len);
+    *out = s;
+}
+
+sl_gcra_key_t sl_gcra_key_digest_prefixed(const sl_gcra_key_prefix_t *prefix, sl_str_t value)
+{
+    sip_t s = *prefix;
     sip_update(&s, value.ptr, value.len);
     sip_word(&s, s.tail | ((uint64_t)(s.total & 0xff) << 56));
     s.v2 ^= 0xee;
@@ -146,6 +156,13 @@ sl_gcra_key_t sl_gcra_key_digest(sl_str_t limit_id, sl_str_t value)
     if (k.hi == 0 && k.lo == 0) /* (0,0) marks a never-used slot */
         k.lo = 1;
     return k;
+}
+
+sl_gcra_key_t sl_gcra_key_digest(sl_str_t limit_id, sl_str_t value)
+{
+    sl_gcra_key_prefix_t prefix;
+    sl_gcra_key_prefix(limit_id, &prefix);
+    return sl_gcra_key_digest_prefixed(&prefix, value);
 }
 
 /* ---- the arithmetic ----------------------------------------------------------------------- */
@@ -305,6 +322,30 @@ int sl_gcra_admit(sl_gcra_table_t *t, sl_gcra_key_t key, const sl_gcra_params_t 
         }
         return rc;
     }
+}
+
+int sl_gcra_peek(const sl_gcra_table_t *t, sl_gcra_key_t key, const sl_gcra_params_t *p, uint64_t now_ns,
+                 sl_gcra_result_t *out)
+{
+    uint64_t w = 0;
+    slot_t *s = NULL;
+    if (t != NULL) {
+        size_t bi = (size_t)(key.lo ^ (key.hi >> 17)) & (t->nbuckets - 1);
+        /* lookup() only reads; the cast drops const for its atomics' signature. */
+        s = lookup(&((sl_gcra_table_t *)t)->slots[bi * BUCKET_SLOTS], key, &w);
+    }
+    uint64_t tat = s != NULL ? (w & TAT_MASK) : 0;
+    uint64_t T = p->emission_ns ? p->emission_ns : 1;
+    uint64_t window = add_sat(p->tolerance_ns, T);
+    /* The figures admit's refusal branch gives (sl_gcra_decide), without a decision. */
+    uint64_t used = tat > now_ns ? tat - now_ns : 0;
+    uint64_t need = add_sat(used, T);
+    *out = (sl_gcra_result_t){.allowed = need <= window,
+                              .limit = p->tolerance_ns / T + 1,
+                              .remaining = used <= window ? (window - used) / T : 0,
+                              .retry_after_ns = need > window ? need - window : 0,
+                              .reset_ns = used};
+    return s != NULL && used > 0 ? 0 : SL_ENOTFOUND;
 }
 
 size_t sl_gcra_table_live(const sl_gcra_table_t *t, uint64_t now_ns)

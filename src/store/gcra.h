@@ -52,6 +52,15 @@ typedef struct sl_gcra_key {
 /** Digest of a limit identity and a key value (SipHash-2-4 or similar, keyed per process). */
 sl_gcra_key_t sl_gcra_key_digest(sl_str_t limit_id, sl_str_t value);
 
+/** The digest's state after the identity: computed once per limit, so a request hashes only its
+ *  key value. sl_gcra_key_digest_prefixed(prefix of ID, V) == sl_gcra_key_digest(ID, V). */
+typedef struct sl_gcra_key_prefix {
+    uint64_t v0, v1, v2, v3, tail;
+    size_t ntail, total;
+} sl_gcra_key_prefix_t;
+void sl_gcra_key_prefix(sl_str_t limit_id, sl_gcra_key_prefix_t *out);
+sl_gcra_key_t sl_gcra_key_digest_prefixed(const sl_gcra_key_prefix_t *prefix, sl_str_t value);
+
 /** The pure decision, for tests and for the Redis script's twin: given the key's TAT (0 = none),
  *  whether a request of `cost` at `now_ns` is admitted, the new TAT, and the result figures. */
 bool sl_gcra_decide(const sl_gcra_params_t *p, uint64_t tat_ns, uint64_t now_ns, uint32_t cost, uint64_t *new_tat_ns,
@@ -74,6 +83,18 @@ void sl_gcra_table_destroy(sl_gcra_table_t *t);
  */
 int sl_gcra_admit(sl_gcra_table_t *t, sl_gcra_key_t key, const sl_gcra_params_t *p, uint64_t now_ns, uint32_t cost,
                   sl_gcra_result_t *out);
+
+/**
+ * Reads `key`'s state at `now_ns` without changing it (the admin API's usage view): `*out` says
+ * what the key has left right now, as the admit of a request of cost 1 would see it before
+ * deciding (`allowed`: one more would be admitted; `remaining`: requests admissible at once;
+ * `retry_after_ns`: the wait until one more is; `reset_ns`: until a full budget). Returns 0, or
+ * SL_ENOTFOUND when the key holds no live state (never seen, or expired): `*out` is then a full
+ * budget (so is every key of a NULL table). Any thread; lock-free; a reader racing an admit
+ * sees the state before or after it.
+ */
+int sl_gcra_peek(const sl_gcra_table_t *t, sl_gcra_key_t key, const sl_gcra_params_t *p, uint64_t now_ns,
+                 sl_gcra_result_t *out);
 
 /** Live keys (TAT in the future) counted by a sweep of the table; O(slots). Main thread. */
 size_t sl_gcra_table_live(const sl_gcra_table_t *t, uint64_t now_ns);

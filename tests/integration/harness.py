@@ -577,6 +577,11 @@ class Gateway:
         self.shared = False  # one gateway for a whole module (restarted after a failing test)
         self.restarts = 0
         self._files = []
+        # Optional, for fault injection: a callable run in the child before exec (e.g. lowering
+        # RLIMIT_NOFILE with resource.setrlimit), and variables added to its environment.
+        self.preexec_fn = None
+        self.extra_env = {}
+        self.stdout_override = None  # e.g. subprocess.PIPE: the test then owns proc.stdout
 
     def complete(self, config):
         cfg = copy.deepcopy(config)
@@ -600,13 +605,17 @@ class Gateway:
         """`write=False` starts on the file as it is (e.g. as the admin API left it)."""
         if write:
             self.write_config()
-        out = open(self.stdout_path, "ab")
+        out = open(self.stdout_path, "ab") if self.stdout_override is None else self.stdout_override
         err = open(self.stderr_path, "ab")
-        self._files = [out, err]
+        self._files = [out, err] if self.stdout_override is None else [err]
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        env.update(self.extra_env)
+        # preexec_fn only when set: a test may have wrapped Popen with its own (test_96_doctor.py).
+        extra = {"preexec_fn": self.preexec_fn} if self.preexec_fn is not None else {}
         self.proc = subprocess.Popen([sluice_bin(), "run", "-c", str(self.config_path)], stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=err, cwd=str(self.dir), env=env, start_new_session=True)
+                                     stdout=out, stderr=err, cwd=str(self.dir), env=env, start_new_session=True,
+                                     **extra)
         self.signalled = False
         if self not in ACTIVE:
             ACTIVE.append(self)

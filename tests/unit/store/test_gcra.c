@@ -143,6 +143,27 @@ static void test_digest(void **state)
     assert_true(a.hi != 0 || a.lo != 0);
 }
 
+/* The per-limit prefix gives the digest of the whole, for identities and values of every length
+ * around the 8-byte word boundaries (the word-at-a-time and byte paths of the hash meet there);
+ * and a value moved across the identity/value boundary never collides. */
+static void test_digest_prefixed(void **state)
+{
+    (void)state;
+    char text[41] = "0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    for (size_t n = 0; n <= 24; n++)
+        for (size_t m = 0; m <= 16; m++) {
+            sl_str_t id = {text, n}, value = {text + n, m};
+            sl_gcra_key_prefix_t p;
+            sl_gcra_key_prefix(id, &p);
+            sl_gcra_key_t a = sl_gcra_key_digest(id, value), b = sl_gcra_key_digest_prefixed(&p, value);
+            assert_true(a.hi == b.hi && a.lo == b.lo);
+            if (n > 0) {
+                sl_gcra_key_t c = sl_gcra_key_digest((sl_str_t){text, n - 1}, (sl_str_t){text + n - 1, m + 1});
+                assert_true(a.hi != c.hi || a.lo != c.lo);
+            }
+        }
+}
+
 static void test_table_full_and_reuse(void **state)
 {
     (void)state;
@@ -172,6 +193,52 @@ static void test_table_full_and_reuse(void **state)
     assert_false(r.allowed);
     assert_int_equal(sl_gcra_admit(t, key_of(3), &p, now, 1, &r), 0);
     assert_true(r.allowed);
+    sl_gcra_table_destroy(t);
+}
+
+/* sl_gcra_peek (the admin API's usage read): the figures admit gives, and no change of state. */
+static void test_peek(void **state)
+{
+    (void)state;
+    sl_gcra_table_t *t;
+    assert_int_equal(sl_gcra_table_create(64, &t), 0);
+    sl_gcra_params_t p = params(10 * MS, 5);
+    sl_gcra_result_t r, a;
+    uint64_t now = SEC;
+    /* Unknown key (and a NULL table): a full budget, SL_ENOTFOUND. */
+    assert_int_equal(sl_gcra_peek(t, key_of(1), &p, now, &r), SL_ENOTFOUND);
+    assert_true(r.allowed);
+    assert_int_equal(r.limit, 5);
+    assert_int_equal(r.remaining, 5);
+    assert_int_equal(r.reset_ns, 0);
+    assert_int_equal(sl_gcra_peek(NULL, key_of(1), &p, now, &r), SL_ENOTFOUND);
+    assert_int_equal(r.remaining, 5);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sl_gcra_admit(t, key_of(1), &p, now, 1, &a), 0);
+    assert_int_equal(sl_gcra_peek(t, key_of(1), &p, now, &r), 0);
+    assert_int_equal(r.remaining, a.remaining); /* what the last admit said was left */
+    assert_int_equal(r.remaining, 2);
+    assert_int_equal(r.reset_ns, a.reset_ns);
+    assert_int_equal(r.retry_after_ns, 0);
+    /* Peeking changes nothing: two more are admitted, then a refusal whose retry_after the
+     * peek announced. */
+    assert_int_equal(sl_gcra_peek(t, key_of(1), &p, now, &r), 0);
+    assert_int_equal(sl_gcra_admit(t, key_of(1), &p, now, 1, &a), 0);
+    assert_int_equal(sl_gcra_admit(t, key_of(1), &p, now, 1, &a), 0);
+    assert_true(a.allowed);
+    assert_int_equal(sl_gcra_peek(t, key_of(1), &p, now, &r), 0);
+    assert_false(r.allowed);
+    assert_int_equal(r.remaining, 0);
+    assert_int_equal(sl_gcra_admit(t, key_of(1), &p, now, 1, &a), 0);
+    assert_false(a.allowed);
+    assert_int_equal(r.retry_after_ns, a.retry_after_ns);
+    /* Earned back over time, and expired entirely after reset_ns. */
+    assert_int_equal(sl_gcra_peek(t, key_of(1), &p, now + 10 * MS, &r), 0);
+    assert_int_equal(r.remaining, 1);
+    assert_int_equal(sl_gcra_peek(t, key_of(1), &p, now + 50 * MS, &r), SL_ENOTFOUND);
+    assert_int_equal(r.remaining, 5);
+    /* Another key is untouched. */
+    assert_int_equal(sl_gcra_peek(t, key_of(2), &p, now, &r), SL_ENOTFOUND);
     sl_gcra_table_destroy(t);
 }
 
@@ -327,12 +394,19 @@ static void test_threads_reuse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_burst),         cmocka_unit_test(test_steady),
-        cmocka_unit_test(test_cost),          cmocka_unit_test(test_clock_edges),
-        cmocka_unit_test(test_rate_per_day),  cmocka_unit_test(test_rate_million),
-        cmocka_unit_test(test_digest),        cmocka_unit_test(test_table_full_and_reuse),
-        cmocka_unit_test(test_many_keys),     cmocka_unit_test(test_threads_one_key_exact),
+        cmocka_unit_test(test_burst),
+        cmocka_unit_test(test_steady),
+        cmocka_unit_test(test_cost),
+        cmocka_unit_test(test_clock_edges),
+        cmocka_unit_test(test_rate_per_day),
+        cmocka_unit_test(test_rate_million),
+        cmocka_unit_test(test_digest),
+        cmocka_unit_test(test_digest_prefixed),
+        cmocka_unit_test(test_table_full_and_reuse),
+        cmocka_unit_test(test_many_keys),
+        cmocka_unit_test(test_threads_one_key_exact),
         cmocka_unit_test(test_threads_reuse),
+        cmocka_unit_test(test_peek),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
