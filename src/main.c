@@ -15,7 +15,8 @@ static void usage(FILE *fp)
     fputs("usage: sluice <command> [options]\n"
           "\n"
           "commands:\n"
-          "  run    [-c sluice.yaml]   start in the foreground (SIGHUP reloads, SIGTERM drains, then exits)\n"
+          "  run    [-c sluice.yaml]   start in the foreground (SIGHUP reloads, SIGTERM drains, then exits;\n"
+          "                            with --handoff, SIGUSR2 starts a successor: a zero-downtime upgrade)\n"
           "  check  [-c sluice.yaml]   validate the config; print file:line:col: message for each error\n"
           "  reload                    ask the running gateway to reload its config file\n"
           "  health                    gateway status, each upstream target's health and circuit state\n"
@@ -25,6 +26,11 @@ static void usage(FILE *fp)
           "                            exits 1 when any finding is critical or a warning\n"
           "  version                   print the version\n"
           "  help                      this text\n"
+          "\n"
+          "options of run:\n"
+          "  --handoff PATH  take over the listening sockets of the gateway serving the Unix socket PATH\n"
+          "                  (it drains and exits), then serve PATH for the next one (default: the\n"
+          "                  SLUICE_HANDOFF environment variable); see docs/deploy.md\n"
           "\n"
           "options of reload, health, routes, probe and doctor:\n"
           "  --admin URL    the admin API, e.g. http://127.0.0.1:8001 (default: admin.address of the\n"
@@ -108,8 +114,26 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     int bad = 0;
     if (strcmp(cmd, "run") == 0) {
-        const char *path = config_arg(argc, argv, &bad);
-        return bad ? 2 : sl_gateway_run(path);
+        sl_gateway_opts_t go = {.config_path = "sluice.yaml"};
+        const char *v;
+        for (int i = 2; i < argc && !bad; i++) {
+            if ((v = opt_value(argc, argv, &i, "--config", &bad)) != NULL ||
+                (v = opt_value(argc, argv, &i, "-c", &bad)) != NULL)
+                go.config_path = v;
+            else if ((v = opt_value(argc, argv, &i, "--handoff", &bad)) != NULL)
+                go.handoff_path = v;
+            else if (!bad) {
+                fprintf(stderr, "sluice: unknown option '%s' (see 'sluice help')\n", argv[i]);
+                bad = 1;
+            }
+        }
+        if (!bad && go.handoff_path == NULL)
+            go.handoff_path = getenv("SLUICE_HANDOFF"); /* what the systemd unit sets */
+        if (!bad && go.handoff_path != NULL && go.handoff_path[0] == '\0') {
+            fprintf(stderr, "sluice: --handoff needs a path, e.g. /run/sluice/handoff.sock\n");
+            bad = 1;
+        }
+        return bad ? 2 : sl_gateway_run_opts(&go);
     }
     if (strcmp(cmd, "check") == 0) {
         const char *path = config_arg(argc, argv, &bad);

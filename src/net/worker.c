@@ -7,6 +7,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <sys/resource.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -37,11 +40,55 @@ fail:;
     return err;
 }
 
+/* Within this many of the open-files limit the process is short of descriptors; it is back
+ * once accepted fds are FD_MARGIN * 2 below the limit again. */
+#define FD_MARGIN 16
+
+static int open_files_limit(void)
+{
+    static atomic_int limit; /* 0: not read yet */
+    int v = atomic_load_explicit(&limit, memory_order_relaxed);
+    if (v == 0) {
+        struct rlimit rl;
+        v = INT_MAX;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)INT_MAX)
+            v = (int)rl.rlim_cur;
+        atomic_store_explicit(&limit, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+static void fds_short(sl_worker_t *w, int fd, int limit)
+{
+    if (w->fds_short)
+        return;
+    w->fds_short = true;
+    sl_log_warn("worker %u: file descriptors nearly exhausted (fd %d, open files limit %d): new connections are "
+                "dropped until some close; raise the limit (LimitNOFILE=, ulimit -n) or lower "
+                "limits.max_connections",
+                w->id, fd, limit);
+}
+
+void sl_worker_note_accepted_fd(sl_worker_t *w, int fd)
+{
+    int limit = open_files_limit();
+    if (!w->fds_short && fd >= limit - FD_MARGIN) {
+        fds_short(w, fd, limit);
+    } else if (w->fds_short && fd < limit - 2 * FD_MARGIN) {
+        w->fds_short = false;
+        sl_log_info("worker %u: file descriptors available again (fd %d, open files limit %d)", w->id, fd, limit);
+    }
+}
+
 static void on_listener_connection(uv_stream_t *server, int status)
 {
     sl_listener_t *l = server->data;
+    if (status == UV_EMFILE || status == UV_ENFILE) {
+        /* libuv calls back only when its own EMFILE handling could not drain the backlog. */
+        fds_short(l->worker, -1, open_files_limit());
+        return;
+    }
     if (status < 0) {
-        /* EMFILE and friends: log and keep listening; the backlog holds the rest. */
         sl_log_warn("worker %u: accept failed: %s", l->worker->id, uv_strerror(status));
         return;
     }
@@ -90,6 +137,11 @@ static void on_async(uv_async_t *a)
 
 int sl_worker_init(sl_worker_t *w, unsigned id, const int *fds, size_t nfds)
 {
+    return sl_worker_init_indexed(w, id, fds, NULL, nfds);
+}
+
+int sl_worker_init_indexed(sl_worker_t *w, unsigned id, const int *fds, const unsigned *index, size_t nfds)
+{
     int err = uv_loop_init(&w->loop);
     if (err) {
         for (size_t i = 0; i < nfds; i++)
@@ -113,7 +165,7 @@ int sl_worker_init(sl_worker_t *w, unsigned id, const int *fds, size_t nfds)
         uv_tcp_init(&w->loop, &l->tcp);
         l->tcp.data = l;
         l->worker = w;
-        l->index = (unsigned)i;
+        l->index = index != NULL ? index[i] : (unsigned)i;
         err = uv_tcp_open(&l->tcp, fds[i]);
         if (err) {
             sl_log_error("worker %u: cannot adopt listening socket: %s", id, uv_strerror(err));

@@ -40,6 +40,7 @@ struct sl_worker {
     sl_listener_t *listeners;
     size_t nlisteners;
     bool listening;
+    bool fds_short;     /* the last accepted fd was near RLIMIT_NOFILE (logged once per change) */
     sl_buf_pool_t bufs; /* read and body buffers, SL_WORKER_BUF_SIZE each */
     sl_timeqs_t timeqs;
     /* set by the owner before sl_worker_start */
@@ -78,6 +79,11 @@ int sl_listen_socket(const struct sockaddr *addr, socklen_t addrlen, int backlog
  */
 int sl_worker_init(sl_worker_t *w, unsigned id, const int *fds, size_t nfds);
 
+/** sl_worker_init where listener i serves the config's listen entry `index[i]` rather than i:
+ *  after an upgrade a worker may adopt more than one socket of an address (listeners of old
+ *  workers beyond the new worker count; net/handoff.h). */
+int sl_worker_init_indexed(sl_worker_t *w, unsigned id, const int *fds, const unsigned *index, size_t nfds);
+
 /** Starts the worker thread: listens and runs the loop until it has no active handles left. */
 int sl_worker_start(sl_worker_t *w);
 
@@ -90,6 +96,15 @@ void sl_worker_stop_listening(sl_worker_t *w);
 /** Worker thread: closes the wakeup handle and timers so the loop can end once connections are
  *  gone. Call after sl_worker_stop_listening, when the owner has nothing left to do. */
 void sl_worker_close(sl_worker_t *w);
+
+/**
+ * Worker thread: notes the fd of a connection just accepted. Running out of descriptors is
+ * otherwise silent: libuv's EMFILE handling accepts and closes the excess connections without
+ * calling back. fds are allocated lowest first, so an accepted fd near the open-files limit
+ * means the process is nearly out: logged once when it gets there, once when it is back.
+ * No syscall (the limit is read once per process).
+ */
+void sl_worker_note_accepted_fd(sl_worker_t *w, int fd);
 
 /** Worker thread: counts a connection refused at the gateway-wide connection limit. */
 void sl_worker_count_refused(sl_worker_t *w);

@@ -10,7 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <spawn.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <linux/close_range.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -35,6 +39,7 @@
 #include "http1/parser.h"
 #include "http1/server.h"
 #include "metrics/metrics.h"
+#include "net/handoff.h"
 #include "net/worker.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/snapshot.h"
@@ -46,7 +51,13 @@ enum worker_cmd {
     CMD_NONE = 0,
     CMD_DRAIN = 1 << 0,
     CMD_CLOSE_ALL = 1 << 1,
+    CMD_STOP_LISTENING = 1 << 2, /* a successor took the sockets over: accept no more, drain later */
 };
+
+/* After a handoff the old process stops accepting at once but starts draining only this much
+ * later: a connection it accepted just before has time to send its first request, which then
+ * completes, instead of being closed as idle (its client would see a reset new connection). */
+#define UPGRADE_DRAIN_GRACE_MS 1000
 
 typedef struct worker_slot {
     sl_worker_t w;
@@ -89,6 +100,14 @@ typedef struct gateway {
     size_t config_len;
     json_t *last_reload; /* {result, time[, errors]} of the last reload attempt; NULL before one */
     uint64_t started_ms;
+    /* Upgrades (net/handoff.h): the socket a successor takes the listeners from. */
+    const char *handoff_path;     /* --handoff; NULL: no upgrades */
+    sl_handoff_server_t *handoff; /* NULL when not serving it (none, draining, handed over) */
+    uv_signal_t sigusr2;          /* starts a successor: this binary's path, the same arguments */
+    uv_timer_t grace_timer;       /* handed over: drain after UPGRADE_DRAIN_GRACE_MS */
+    uv_signal_t sigchld;          /* watches the successor until it is ready or gone */
+    pid_t successor_pid;          /* > 0 while a successor of ours may still fail */
+    char exe[4096];
 } gateway_t;
 
 /* ---- building snapshots ------------------------------------------------------------------ */
@@ -251,6 +270,8 @@ static void worker_on_wakeup(sl_worker_t *w)
         sl_snapshot_unref(old);
     }
     int cmds = atomic_exchange(&slot->cmds, 0);
+    if (cmds & CMD_STOP_LISTENING)
+        sl_worker_stop_listening(w);
     if ((cmds & CMD_DRAIN) && !slot->draining) {
         slot->draining = true;
         sl_worker_stop_listening(w);
@@ -489,6 +510,8 @@ static void start_drain(gateway_t *gw)
     if (gw->draining)
         return;
     gw->draining = true;
+    sl_handoff_server_stop(gw->handoff); /* a draining process has nothing left to hand over */
+    gw->handoff = NULL;
     sl_log_info("draining: no new connections; waiting up to %llums for in-flight requests",
                 (unsigned long long)gw->current->cfg->timeouts.drain_ms);
     if (gw->admin)
@@ -500,11 +523,96 @@ static void start_drain(gateway_t *gw)
     uv_timer_start(&gw->drain_timer, on_drain_deadline, gw->current->cfg->timeouts.drain_ms, 0);
 }
 
+static void on_grace_over(uv_timer_t *t)
+{
+    start_drain(t->data);
+}
+
+/* The old process's side of an upgrade: a successor accepts on our sockets now. */
+static void on_handed_over(void *ctx, pid_t pid, size_t adopted, size_t total)
+{
+    gateway_t *gw = ctx;
+    gw->handoff = NULL; /* it stops itself */
+    sl_log_info("upgrade: process %d took over %zu of %zu listening socket%s; draining", (int)pid, adopted, total,
+                total == 1 ? "" : "s");
+    int err = sl_handoff_notify(pid, false); /* systemd follows the successor */
+    if (err != 0)
+        sl_log_warn("cannot notify the service manager ($NOTIFY_SOCKET): %s", strerror(-err));
+    if (gw->admin != NULL) { /* frees the admin address for the successor, which binds it after DONE */
+        sl_admin_stop(gw->admin);
+        gw->admin = NULL;
+    }
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        atomic_fetch_or(&gw->slots[i].cmds, CMD_STOP_LISTENING);
+        sl_worker_wakeup(&gw->slots[i].w);
+    }
+    uv_timer_start(&gw->grace_timer, on_grace_over, UPGRADE_DRAIN_GRACE_MS, 0);
+}
+
+/* SIGCHLD: the successor ended. After a handoff that is its own business (it is not our
+ * child for long: we exit), before one it means the upgrade failed. */
+static void on_sigchld(uv_signal_t *h, int signum)
+{
+    gateway_t *gw = h->data;
+    int status = 0;
+    if (gw->successor_pid <= 0 || waitpid(gw->successor_pid, &status, WNOHANG) != gw->successor_pid)
+        return;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        sl_log_warn("upgrade: the new process %d %s %d%s", (int)gw->successor_pid,
+                    WIFEXITED(status) ? "exited with status" : "was killed by signal",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+                    gw->draining ? "" : "; this one keeps serving");
+    gw->successor_pid = 0;
+    uv_signal_stop(h);
+}
+
+/* SIGUSR2: starts this binary's file (a new version once it was replaced) as the successor; it
+ * takes the listeners over the handoff socket and this process drains when it is ready.
+ * posix_spawn rather than uv_spawn: no helper pipe, and nothing runs in the child before exec. */
+static void spawn_successor(gateway_t *gw)
+{
+    if (gw->handoff == NULL || gw->successor_pid > 0) {
+        sl_log_warn("SIGUSR2: no upgrade started: %s", gw->handoff_path == NULL ? "it needs 'sluice run --handoff PATH'"
+                                                       : gw->draining           ? "this process is draining"
+                                                       : gw->successor_pid > 0  ? "a new process is starting already"
+                                                                                : "the handoff socket is not served");
+        return;
+    }
+    /* Only stdio is the successor's: whatever a library opened without O_CLOEXEC (a Redis
+     * connection, say) must not outlive us in it. This process never execs anything else. */
+    (void)syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC);
+    char *args[] = {gw->exe, "run", "-c", (char *)gw->config_path, "--handoff", (char *)gw->handoff_path, NULL};
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none, dflt;
+    sigemptyset(&none);
+    sigemptyset(&dflt);
+    int sigs[] = {SIGPIPE, SIGHUP, SIGINT, SIGTERM, SIGUSR2, SIGCHLD};
+    for (size_t i = 0; i < SL_ARRAY_SIZE(sigs); i++)
+        sigaddset(&dflt, sigs[i]);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &dflt);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    uv_signal_start(&gw->sigchld, on_sigchld, SIGCHLD); /* before: it may exit at once */
+    pid_t pid;
+    int err = posix_spawn(&pid, gw->exe, NULL, &attr, args, environ);
+    posix_spawnattr_destroy(&attr);
+    if (err != 0) {
+        uv_signal_stop(&gw->sigchld);
+        sl_log_error("SIGUSR2: cannot start %s: %s; this process keeps serving", gw->exe, strerror(err));
+        return;
+    }
+    gw->successor_pid = pid;
+    sl_log_info("SIGUSR2: started %s as process %d to take over", gw->exe, (int)pid);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     gateway_t *gw = s->data;
     if (signum == SIGHUP)
         reload_on_signal(gw);
+    else if (signum == SIGUSR2)
+        spawn_successor(gw);
     else
         start_drain(gw);
 }
@@ -517,6 +625,9 @@ static void on_worker_exited(uv_async_t *a)
     uv_close((uv_handle_t *)&gw->sigterm, NULL);
     uv_close((uv_handle_t *)&gw->sigint, NULL);
     uv_close((uv_handle_t *)&gw->sighup, NULL);
+    uv_close((uv_handle_t *)&gw->sigusr2, NULL);
+    uv_close((uv_handle_t *)&gw->grace_timer, NULL);
+    uv_close((uv_handle_t *)&gw->sigchld, NULL);
     uv_close((uv_handle_t *)&gw->worker_exited, NULL);
     uv_timer_stop(&gw->drain_timer);
     uv_close((uv_handle_t *)&gw->drain_timer, NULL);
@@ -565,6 +676,11 @@ static json_t *hook_doctor(void *ctx, unsigned window_s)
 {
     gateway_t *gw = ctx;
     return sl_doctor_report(gw->doctor, gw->current, window_s);
+}
+
+static sl_snapshot_t *hook_current(void *ctx)
+{
+    return ((gateway_t *)ctx)->current;
 }
 
 static json_t *hook_stats(void *ctx)
@@ -624,12 +740,181 @@ static void store_figures(const void *store, sl_metrics_store_figures_t *out)
                                         .lease_admits = h.lease_admits};
 }
 
+/* ---- listeners and upgrades ------------------------------------------------------------- */
+
+/* Each worker's listening sockets and the listen entry each serves. */
+typedef struct worker_fds {
+    int *fd;
+    unsigned *index;
+    size_t n;
+} worker_fds_t;
+
+static void worker_fds_free(worker_fds_t *wf, size_t nworkers, bool close_fds)
+{
+    if (wf == NULL)
+        return;
+    for (size_t i = 0; i < nworkers; i++) {
+        for (size_t k = 0; close_fds && k < wf[i].n; k++)
+            close(wf[i].fd[k]);
+        free(wf[i].fd);
+        free(wf[i].index);
+    }
+    free(wf);
+}
+
+/* --handoff PATH at start: takes the listeners of the gateway serving PATH. False (and a line
+ * saying why) when there is none or it cannot hand over: this process then binds its own. */
+static bool upgrade_fetch(const char *path, sl_handoff_client_t *hc)
+{
+    char why[512];
+    int err = sl_handoff_fetch(path, SL_HANDOFF_TIMEOUT_MS, hc, why, sizeof(why));
+    if (err == 0) {
+        sl_log_info("upgrade: process %d handed over %zu listening socket%s", (int)hc->peer, hc->nls,
+                    hc->nls == 1 ? "" : "s");
+        return true;
+    }
+    if (err == -ENOENT)
+        sl_log_info("handoff: no gateway serves %s yet; binding the listeners", path);
+    else
+        fprintf(stderr, "sluice: cannot take over the listeners: %s; binding them instead\n", why);
+    return false;
+}
+
+/* Every worker's sockets: with `hc` (an upgrade), worker i adopts the old worker i's socket of
+ * each listen address it still has; old sockets of addresses kept but of workers beyond our
+ * count are adopted too, spread over our workers, so no accept backlog is lost; what is still
+ * missing is bound. Old sockets of addresses no longer configured are left to close with the
+ * old process. */
+static int worker_fds(gateway_t *gw, const sl_config_t *cfg, sl_handoff_client_t *hc, worker_fds_t **out)
+{
+    size_t cap = cfg->nlistens + (hc != NULL ? hc->nls : 0) + 1;
+    worker_fds_t *wf = sl_xcalloc(gw->nworkers, sizeof(*wf));
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        wf[i].fd = sl_xcalloc(cap, sizeof(int));
+        wf[i].index = sl_xcalloc(cap, sizeof(unsigned));
+    }
+    for (size_t i = 0; i < gw->nworkers; i++) {
+        for (size_t l = 0; l < cfg->nlistens; l++) {
+            const struct sockaddr *sa = (const struct sockaddr *)&cfg->listens[l].addr;
+            int fd = hc != NULL ? sl_handoff_take(hc, sa, cfg->listens[l].addrlen, (unsigned)i, false) : -1;
+            if (fd < 0) {
+                int err = sl_listen_socket(sa, cfg->listens[l].addrlen, 4096, &fd);
+                if (err) {
+                    fprintf(stderr, "sluice: cannot listen on %.*s: %s\n", SL_STR_FMT(cfg->listens[l].address),
+                            sl_strerror(err));
+                    worker_fds_free(wf, gw->nworkers, true);
+                    return err;
+                }
+            }
+            wf[i].fd[wf[i].n] = fd;
+            wf[i].index[wf[i].n++] = (unsigned)l;
+        }
+    }
+    size_t next = 0;
+    for (size_t l = 0; hc != NULL && l < cfg->nlistens; l++) {
+        int fd;
+        while ((fd = sl_handoff_take(hc, (const struct sockaddr *)&cfg->listens[l].addr, cfg->listens[l].addrlen, 0,
+                                     true)) >= 0) {
+            worker_fds_t *w = &wf[next++ % gw->nworkers];
+            w->fd[w->n] = fd;
+            w->index[w->n++] = (unsigned)l;
+        }
+    }
+    if (hc != NULL && hc->adopted < hc->nls)
+        sl_log_warn("upgrade: %zu of the old process's %zu listening sockets are on addresses no longer configured; "
+                    "they close when it stops listening",
+                    hc->nls - hc->adopted, hc->nls);
+    *out = wf;
+    return 0;
+}
+
+/* The admin token of `cfg` (NULL: none needed); an error line when admin.token_env names an
+ * unset variable. */
+static int admin_token(const sl_config_t *cfg, const char **token)
+{
+    *token = NULL;
+    if (cfg->admin.token_env.len == 0)
+        return 0;
+    const char *t = getenv(cfg->admin.token_env.ptr);
+    if (t == NULL || t[0] == '\0') {
+        fprintf(stderr, "sluice: admin.token_env names %.*s, which is not set or empty; refusing to start\n",
+                SL_STR_FMT(cfg->admin.token_env));
+        return SL_ECONFIG;
+    }
+    *token = t;
+    return 0;
+}
+
+static int admin_begin(gateway_t *gw, const sl_config_t *cfg)
+{
+    sl_admin_hooks_t hooks = {.ctx = gw,
+                              .render_metrics = render_metrics,
+                              .config_text = hook_config_text,
+                              .apply = hook_apply,
+                              .reload = hook_reload,
+                              .status = hook_status,
+                              .upstream_health = hook_upstream_health,
+                              .routes_table = hook_routes_table,
+                              .doctor = hook_doctor,
+                              .stats = hook_stats,
+                              .current = hook_current};
+    const char *token = NULL;
+    int err = admin_token(cfg, &token);
+    if (err == 0)
+        err = sl_admin_start(&gw->loop, (const struct sockaddr *)&cfg->admin.addr, &hooks, token, &gw->admin);
+    if (err != 0 && err != SL_ECONFIG)
+        fprintf(stderr, "sluice: cannot listen on admin address %.*s: %s\n", SL_STR_FMT(cfg->admin.address),
+                sl_strerror(err));
+    return err;
+}
+
+/* Serves the handoff socket, offering every worker's sockets (still open: the workers listen). */
+static void handoff_serve(gateway_t *gw, const worker_fds_t *wf)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < gw->nworkers; i++)
+        n += wf[i].n;
+    sl_handoff_listener_t *ls = sl_xcalloc(n + 1, sizeof(*ls));
+    size_t k = 0;
+    for (size_t i = 0; i < gw->nworkers; i++)
+        for (size_t j = 0; j < wf[i].n; j++) {
+            sl_handoff_listener_t *l = &ls[k];
+            l->addrlen = sizeof(l->addr);
+            if (getsockname(wf[i].fd[j], (struct sockaddr *)&l->addr, &l->addrlen) != 0)
+                continue;
+            l->worker = (unsigned)i;
+            l->index = wf[i].index[j];
+            l->fd = wf[i].fd[j];
+            k++;
+        }
+    int err = sl_handoff_listen(&gw->loop, gw->handoff_path, ls, k, on_handed_over, gw, &gw->handoff);
+    free(ls);
+    if (err != 0)
+        fprintf(stderr, "sluice: cannot serve the handoff socket %s: %s; upgrades are off for this process\n",
+                gw->handoff_path,
+                err == -EEXIST ? "it exists and is not a socket (is --handoff the right path?)" : strerror(-err));
+    else
+        sl_log_info("handoff: %s serves upgrades (sluice run --handoff %s, or SIGUSR2)", gw->handoff_path,
+                    gw->handoff_path);
+}
+
 int sl_gateway_run(const char *config_path)
 {
+    sl_gateway_opts_t o = {.config_path = config_path};
+    return sl_gateway_run_opts(&o);
+}
+
+int sl_gateway_run_opts(const sl_gateway_opts_t *o)
+{
+    const char *config_path = o->config_path;
     sl_h1_register_errors();
     sl_h1_fetch_register_errors();
     gateway_t *gw = sl_xcalloc(1, sizeof(*gw));
     gw->config_path = config_path;
+    gw->handoff_path = o->handoff_path;
+    size_t exe_len = sizeof(gw->exe);
+    if (uv_exepath(gw->exe, &exe_len) != 0)
+        snprintf(gw->exe, sizeof(gw->exe), "/proc/self/exe");
     gw->generation = 1;
     uv_loop_init(&gw->loop);
     sl_metrics_create(&gw->metrics);
@@ -648,6 +933,7 @@ int sl_gateway_run(const char *config_path)
         if (err != 0)
             goto out_loop;
         sl_metrics_set_rate_limit_source(gw->metrics, rate_table_full_total, gw->rate_table);
+        sl_metrics_set_access_log_source(gw->metrics, sl_accesslog_dropped_total);
         if (gw->store != NULL) {
             const sl_redis_store_conf_t *r = &gw->current->cfg->stores.redis;
             size_t al = r->address.len, pl = r->key_prefix.len;
@@ -670,56 +956,27 @@ int sl_gateway_run(const char *config_path)
         goto out_snap;
     }
 
-    /* Bind everything before starting anything, so a taken port fails the start cleanly. */
+    /* Bind everything before starting anything, so a taken port fails the start cleanly. With
+     * --handoff, first take what a running gateway offers (upgrade_listeners). */
     gw->nworkers = cfg->workers ? cfg->workers : 1;
     gw->slots = sl_xcalloc(gw->nworkers, sizeof(*gw->slots));
-    int *fds = sl_xcalloc(gw->nworkers * cfg->nlistens + 1, sizeof(int));
-    size_t nfds = 0;
-    for (size_t i = 0; i < gw->nworkers; i++) {
-        for (size_t l = 0; l < cfg->nlistens; l++) {
-            err = sl_listen_socket((const struct sockaddr *)&cfg->listens[l].addr, cfg->listens[l].addrlen, 4096,
-                                   &fds[nfds]);
-            if (err) {
-                fprintf(stderr, "sluice: cannot listen on %.*s: %s\n", SL_STR_FMT(cfg->listens[l].address),
-                        sl_strerror(err));
-                for (size_t k = 0; k < nfds; k++)
-                    close(fds[k]);
-                free(fds);
-                goto out_slots;
-            }
-            nfds++;
-        }
+    sl_handoff_client_t hc = {.fd = -1};
+    bool upgrading = o->handoff_path != NULL && upgrade_fetch(o->handoff_path, &hc);
+    worker_fds_t *wf = NULL;
+    err = worker_fds(gw, cfg, upgrading ? &hc : NULL, &wf);
+    if (err != 0) {
+        sl_handoff_abort(&hc);
+        goto out_slots;
     }
     if (cfg->admin.enabled) {
-        sl_admin_hooks_t hooks = {.ctx = gw,
-                                  .render_metrics = render_metrics,
-                                  .config_text = hook_config_text,
-                                  .apply = hook_apply,
-                                  .reload = hook_reload,
-                                  .status = hook_status,
-                                  .upstream_health = hook_upstream_health,
-                                  .routes_table = hook_routes_table,
-                                  .doctor = hook_doctor,
-                                  .stats = hook_stats};
         const char *token = NULL;
-        if (cfg->admin.token_env.len > 0) {
-            token = getenv(cfg->admin.token_env.ptr);
-            if (token == NULL || token[0] == '\0') {
-                fprintf(stderr, "sluice: admin.token_env names %.*s, which is not set or empty; refusing to start\n",
-                        SL_STR_FMT(cfg->admin.token_env));
-                for (size_t k = 0; k < nfds; k++)
-                    close(fds[k]);
-                free(fds);
-                goto out_slots;
-            }
-        }
-        err = sl_admin_start(&gw->loop, (const struct sockaddr *)&cfg->admin.addr, &hooks, token, &gw->admin);
-        if (err) {
-            fprintf(stderr, "sluice: cannot listen on admin address %.*s: %s\n", SL_STR_FMT(cfg->admin.address),
-                    sl_strerror(err));
-            for (size_t k = 0; k < nfds; k++)
-                close(fds[k]);
-            free(fds);
+        /* Checked before a successor says READY: an unset variable fails it while the old one serves. */
+        err = admin_token(cfg, &token);
+        if (err == 0 && !upgrading)
+            err = admin_begin(gw, cfg);
+        if (err != 0) {
+            sl_handoff_abort(&hc);
+            worker_fds_free(wf, gw->nworkers, true);
             goto out_slots;
         }
     }
@@ -731,6 +988,13 @@ int sl_gateway_run(const char *config_path)
     uv_signal_start(&gw->sigterm, on_signal, SIGTERM);
     uv_signal_start(&gw->sigint, on_signal, SIGINT);
     uv_signal_start(&gw->sighup, on_signal, SIGHUP);
+    uv_signal_init(&gw->loop, &gw->sigusr2);
+    gw->sigusr2.data = gw;
+    uv_signal_start(&gw->sigusr2, on_signal, SIGUSR2);
+    uv_signal_init(&gw->loop, &gw->sigchld);
+    gw->sigchld.data = gw;
+    uv_timer_init(&gw->loop, &gw->grace_timer);
+    gw->grace_timer.data = gw;
     signal(SIGPIPE, SIG_IGN);
     uv_async_init(&gw->loop, &gw->worker_exited, on_worker_exited);
     gw->worker_exited.data = gw;
@@ -752,7 +1016,7 @@ int sl_gateway_run(const char *config_path)
         worker_slot_t *slot = &gw->slots[i];
         slot->gw = gw;
         sl_worker_t *w = &slot->w;
-        err = sl_worker_init(w, (unsigned)i, fds + i * cfg->nlistens, cfg->nlistens);
+        err = sl_worker_init_indexed(w, (unsigned)i, wf[i].fd, wf[i].index, wf[i].n);
         SL_BUG_ON(err != 0); /* adopting an fd we just created cannot fail but for OOM */
         w->snap = sl_snapshot_ref(gw->current);
         sl_metrics_worker_create(gw->metrics, &w->metrics);
@@ -765,9 +1029,25 @@ int sl_gateway_run(const char *config_path)
         if (gw->store != NULL)
             sl_worker_wakeup(w); /* starts its Redis connection (worker_on_wakeup) */
     }
-    free(fds);
+    if (upgrading) {
+        pid_t old = hc.peer;
+        err = sl_handoff_ready(&hc, SL_HANDOFF_TIMEOUT_MS);
+        if (err != 0)
+            sl_log_warn("upgrade: process %d did not confirm the handoff (%s); it may still hold the admin address",
+                        (int)old, sl_strerror(err));
+        else
+            sl_log_info("upgrade: serving; process %d drains", (int)old);
+        if (cfg->admin.enabled && admin_begin(gw, cfg) != 0)
+            sl_log_error("upgrade: running without the admin listener");
+    }
+    if (o->handoff_path != NULL)
+        handoff_serve(gw, wf);
+    worker_fds_free(wf, gw->nworkers, false);
     if (gw->admin)
         sl_admin_set_ready(gw->admin, true);
+    err = sl_handoff_notify(getpid(), true);
+    if (err != 0)
+        sl_log_warn("cannot notify the service manager ($NOTIFY_SOCKET): %s", strerror(-err));
     sl_log_info("sluice %s: %zu worker%s, %zu listener%s, %zu route%s (config %s, generation %llu)", SLUICE_VERSION,
                 gw->nworkers, gw->nworkers == 1 ? "" : "s", cfg->nlistens, cfg->nlistens == 1 ? "" : "s", cfg->nroutes,
                 cfg->nroutes == 1 ? "" : "s", config_path, (unsigned long long)gw->generation);
