@@ -737,6 +737,18 @@ static void handle(admin_conn_t *c)
             return;
         }
     }
+    if (nseg == 1 && strcmp(seg[0], "cache") == 0) {
+        int st = 500;
+        json_t *j = sl_admin_cache(h, req->query, method_is(c, SL_METHOD_DELETE), &st);
+        respond_json_extra(c, st, j, st == 405 ? "Allow: DELETE\r\n" : NULL);
+        return;
+    }
+    if (nseg == 3 && strcmp(seg[0], "consumers") == 0 && strcmp(seg[2], "usage") == 0) {
+        int st = 500;
+        json_t *j = sl_admin_usage(h, seg[1], is_get(c), &st);
+        respond_json_extra(c, st, j, st == 405 ? "Allow: GET, HEAD\r\n" : NULL);
+        return;
+    }
     for (size_t i = 0; i < sizeof(collections) / sizeof(collections[0]); i++) {
         if ((nseg == 1 || nseg == 2) && strcmp(seg[0], collections[i].key) == 0) {
             handle_collection(c, &collections[i], nseg == 2 ? seg[1] : NULL);

@@ -49,6 +49,8 @@ typedef struct sl_admin_hooks {
     json_t *(*doctor)(void *ctx, unsigned window_s);
     /* The /stats document of the dashboard (src/admin/stats.h); NULL: /stats answers 404. */
     json_t *(*stats)(void *ctx);
+    /* The current snapshot (DELETE /cache reaches the response cache through it); NULL: none. */
+    struct sl_snapshot *(*current)(void *ctx);
 } sl_admin_hooks_t;
 
 /**
@@ -68,6 +70,14 @@ void sl_admin_stop(sl_admin_t *a);
 
 /** The errors of a load as the API's JSON array [{file,line,col,path,message}] (new reference). */
 json_t *sl_admin_errors_json(const sl_config_errors_t *errs);
+
+/** GET /consumers/NAME/usage (src/admin/usage.c): `*status` and the JSON body to answer with
+ *  (new reference); `get` is false for any method but GET/HEAD (405). */
+json_t *sl_admin_usage(const sl_admin_hooks_t *h, const char *consumer, bool get, int *status);
+
+/** DELETE /cache[?route=NAME&path=TARGET] (src/admin/cache_api.c): `*status` and the JSON body
+ *  (`{"purged": N}`, or an error) to answer with. `del`: the method was DELETE. */
+json_t *sl_admin_cache(const sl_admin_hooks_t *h, sl_str_t query, bool del, int *status);
 
 /**
  * Replaces the file at `path` with `data` atomically: a temporary file in the same directory,

@@ -17,6 +17,7 @@
 
 #include "common/bug.h"
 #include "http1/server.h"
+#include "tls/tls.h"
 #include "upstream/balancer.h"
 #include "upstream/breaker.h"
 #include "upstream/proxy.h"
@@ -45,7 +46,9 @@
 #define REJECTED_PCT         20
 #define MIN_FORBIDDEN        20
 #define FORBIDDEN_PCT        25
-#define MAX_ISSUERS          256 /* key-store views kept per tick */
+#define MAX_ISSUERS          256          /* key-store views kept per tick */
+#define TLS_EXPIRY_WARN_S    (14 * 86400) /* a certificate this close to its end is a finding */
+#define TLS_EXPIRY_CRIT_S    (2 * 86400)
 
 enum severity {
     SEV_CRITICAL = 0,
@@ -1298,6 +1301,44 @@ static void rule_store_down(eval_t *e)
         now->store_address);
 }
 
+/* A TLS listener's certificate near (or past) its end: every client will refuse the listener.
+ * Configuration state, not a window: read from the current contexts at evaluation. */
+static void rule_tls_expiry(eval_t *e)
+{
+    sl_tls_listener_stats_t ls[1];
+    sl_tls_cert_stats_t cs[SL_TLS_MAX_EXPORTED_CERTS];
+    size_t nl, nc;
+    sl_tls_stats_read(ls, 0, &nl, cs, SL_ARRAY_SIZE(cs), &nc);
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < nc; i++) {
+        int64_t left = cs[i].not_after - now;
+        if (left >= TLS_EXPIRY_WARN_S)
+            continue;
+        char key[256], when[32];
+        fmt(key, sizeof(key), "tls_expiry:%s:%s", cs[i].listener, cs[i].name);
+        iso8601((uint64_t)(cs[i].not_after > 0 ? cs[i].not_after : 0) * 1000u, when);
+        json_t *where = json_object();
+        json_object_set_new(where, "listener", json_string(cs[i].listener));
+        json_t *ev = json_object();
+        json_object_set_new(ev, "certificate", json_string(cs[i].name));
+        json_object_set_new(ev, "not_after", json_string(when));
+        json_object_set_new(ev, "seconds_left", json_integer((json_int_t)left));
+        finding_t *f = add_finding(e, left < TLS_EXPIRY_CRIT_S ? SEV_CRITICAL : SEV_WARNING, SL_FAILURE_CONNECTIVITY,
+                                   key, where, ev, (uint64_t)(left > 0 ? TLS_EXPIRY_WARN_S - left : TLS_EXPIRY_WARN_S));
+        if (f == NULL)
+            continue;
+        if (left <= 0)
+            fmt(f->summary, sizeof(f->summary), "the TLS certificate for %s on %s expired at %s: clients refuse it",
+                cs[i].name, cs[i].listener, when);
+        else
+            fmt(f->summary, sizeof(f->summary), "the TLS certificate for %s on %s expires in %" PRId64 " h (%s)",
+                cs[i].name, cs[i].listener, left / 3600, when);
+        fmt(f->action, sizeof(f->action),
+            "renew the certificate, write it over the files in listen[].tls.certificates and reload (sluice reload); "
+            "open connections are kept");
+    }
+}
+
 /* The rule table, in evaluation order: the upstream rule first, so the rules after it stay
  * silent about the targets of an upstream that is down as a whole. */
 typedef struct rule {
@@ -1317,6 +1358,7 @@ static const rule_t rules[] = {
     {"loop_lag", rule_loop_lag},
     {"connection_limit", rule_connection_limit},
     {"store_down", rule_store_down},
+    {"tls_expiry", rule_tls_expiry},
 };
 
 static int cmp_finding(const void *pa, const void *pb)

@@ -29,10 +29,31 @@ typedef struct sl_config_pos {
 
 /* ---- listeners ---------------------------------------------------------------------------- */
 
+/* A listener's `tls` (docs/tls.md). The certificates are loaded and checked at load time;
+ * `ctx` is the runtime context built from them, owned by the generation (released with it;
+ * connections hold their own reference). */
+typedef struct sl_tls_cert_conf {
+    sl_str_t cert, key; /* paths as written (NUL-terminated); relative ones are to the config file */
+    sl_config_pos_t pos, cert_pos, key_pos;
+} sl_tls_cert_conf_t;
+
+typedef struct sl_listen_tls_conf {
+    bool enabled;
+    sl_tls_cert_conf_t *certificates; /* the first is the default for clients without SNI */
+    size_t ncertificates;
+    int min_version;    /* 12 (default) or 13 */
+    sl_str_t ciphers;   /* TLS 1.2 cipher list; empty: ECDHE with AEAD */
+    sl_str_t client_ca; /* mTLS: PEM CA bundle client certificates must chain to; empty: off */
+    int client_auth;    /* 1 required (default with client_ca), 2 optional */
+    sl_config_pos_t pos, ciphers_pos, client_ca_pos;
+    struct sl_tls_ctx *ctx;
+} sl_listen_tls_conf_t;
+
 typedef struct sl_listen_conf {
     sl_str_t address; /* as written, e.g. "0.0.0.0:8080" or "[::1]:8080" */
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    sl_listen_tls_conf_t tls;
     sl_config_pos_t pos;
 } sl_listen_conf_t;
 
@@ -400,6 +421,19 @@ typedef struct sl_route_split_conf {
 
 #define SL_ROUTE_SPLIT_MAX 16
 
+/* A route's `cache` (docs/cache.md): an RFC 9111 shared cache in front of its upstream. */
+typedef struct sl_cache_conf {
+    bool enabled;                       /* the key is present */
+    uint64_t ttl_ms;                    /* freshness when the origin gives none; 0 = store only what it says */
+    uint64_t max_object_size;           /* bytes of body; larger responses stream through unstored (1mb) */
+    uint64_t stale_if_error_ms;         /* serve stale this long past expiry when the upstream fails (0) */
+    uint64_t stale_while_revalidate_ms; /* serve stale while one request revalidates (0) */
+    uint32_t max_variants;              /* Vary variants kept per URL (8) */
+    uint64_t lock_timeout_ms;           /* how long a coalesced miss waits for the first one (5s) */
+    bool per_consumer;                  /* identified consumers get entries of their own (false) */
+    sl_config_pos_t pos;
+} sl_cache_conf_t;
+
 typedef struct sl_route_conf {
     sl_str_t name;
     sl_route_match_conf_t match;
@@ -432,6 +466,7 @@ typedef struct sl_route_conf {
     size_t nrate_limits;
     int rate_limit_headers; /* enum sl_rate_limit_headers; default both */
     sl_quota_conf_t quota;
+    sl_cache_conf_t cache;
     sl_config_pos_t pos;
 } sl_route_conf_t;
 
@@ -481,6 +516,7 @@ typedef struct sl_config {
          * event-loop lag past which low-priority routes are refused; 0 = off. */
         uint64_t max_inflight;
         uint64_t max_loop_lag_ms;
+        uint64_t cache_memory; /* bytes every route's response cache shares (default 64mb) */
     } limits;
     struct {
         uint64_t client_header_ms; /* default 10s: from first byte to end of headers */

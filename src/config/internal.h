@@ -207,6 +207,16 @@ int sl__config_parse_route_quota(sl__config_ctx_t *ctx, const sl__config_key_t *
 int sl__config_parse_global_rate_limits(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
                                         void *field);
 
+/* src/config/tls.c: a listener's `tls` mapping; loads the certificates and builds the context. */
+int sl__config_parse_listen_tls(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                void *field);
+/** Loads every TLS listener's certificates and builds its context (after the listen list). */
+void sl__config_build_tls(sl__config_ctx_t *ctx);
+
+/* src/config/cache.c */
+int sl__config_parse_route_cache(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                 void *field);
+
 /** Cross-checks over the whole generation: upstream references, duplicate route names,
  * unreachable routes, duplicate listeners. */
 void sl__config_validate(sl__config_ctx_t *ctx);

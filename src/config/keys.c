@@ -54,7 +54,10 @@ static int parse_listen_address(sl__config_ctx_t *ctx, const sl__config_key_t *k
 
 static const sl__config_key_t listen_keys[] = {
     {.name = "address", .type = SL__CT_CUSTOM, .required = true, .parse = parse_listen_address},
-    {.name = "tls", .type = SL__CT_UNSUPPORTED},
+    {.name = "tls",
+     .type = SL__CT_CUSTOM,
+     .offset = offsetof(sl_listen_conf_t, tls),
+     .parse = sl__config_parse_listen_tls},
 };
 
 static const sl__config_section_t listen_section = {
@@ -242,6 +245,12 @@ static const sl__config_key_t limits_keys[] = {
      .offset = offsetof(sl_config_t, limits.max_loop_lag_ms),
      .min = 0,
      .max = 60000},
+    {.name = "cache_memory",
+     .type = SL__CT_SIZE,
+     .offset = offsetof(sl_config_t, limits.cache_memory),
+     .dflt = "64mb",
+     .min = 0,
+     .max = 1ull << 40},
 };
 
 static const sl__config_section_t limits_section = {

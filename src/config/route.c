@@ -674,6 +674,9 @@ static void route_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, voi
             sl__config_error(ctx, strip, "strip_prefix only applies to routes with an upstream");
         if (rewrite != NULL)
             sl__config_error(ctx, rewrite, "rewrite only applies to routes with an upstream");
+        const sl__config_node_t *cache = sl__config_node_map_key(map, "cache");
+        if (cache != NULL)
+            sl__config_error(ctx, cache, "cache only applies to routes with an upstream");
     }
     ctx->route_aux[ctx->nroute_aux++] = (sl__config_route_aux_t){r, map, clean && ctx->nerrors == before};
 }
@@ -743,7 +746,7 @@ static const sl__config_key_t route_keys[] = {
      .dflt = "both",
      .enums = sl__config_rate_limit_headers},
     {.name = "quota", .type = SL__CT_CUSTOM, .parse = sl__config_parse_route_quota},
-    {.name = "cache", .type = SL__CT_UNSUPPORTED},
+    {.name = "cache", .type = SL__CT_CUSTOM, .parse = sl__config_parse_route_cache},
 };
 
 static const sl__config_section_t route_section = {

@@ -302,6 +302,7 @@ static void check_unreachable(sl__config_ctx_t *ctx)
 void sl__config_validate(sl__config_ctx_t *ctx)
 {
     check_listeners(ctx);
+    sl__config_build_tls(ctx);
     check_upstream_refs(ctx);
     check_route_names(ctx);
     check_unreachable(ctx);

@@ -88,6 +88,7 @@ typedef struct sl__metrics_route {
     sl__metrics_hist_t duration;
     _Atomic uint64_t auth[SL_METRICS_AUTH__COUNT];         /* sluice_auth_failures_total by detail */
     _Atomic uint64_t rate_limited[SL_METRICS_RATE_LIMITS]; /* sluice_rate_limited_total by limit index */
+    _Atomic uint64_t cache[SL_METRICS_CACHE__COUNT];       /* sluice_cache_requests_total by result */
 } sl__metrics_route_t;
 
 struct sl_metrics_worker {
@@ -122,7 +123,8 @@ struct sl_metrics {
     void (*store_get)(const void *ctx, sl_metrics_store_figures_t *out); /* NULL: no Redis store */
     const void *store_ctx;
     const void *rate_full_ctx;
-    uint64_t start_time_s; /* 0 when /proc could not tell */
+    uint64_t (*access_log_dropped)(void); /* NULL: not wired */
+    uint64_t start_time_s;                /* 0 when /proc could not tell */
 };
 
 struct sl_metrics_schema {

@@ -132,6 +132,17 @@ enum sl_metrics_auth_detail {
  * (top-level limits first); refusals by later limits share the last counter. */
 #define SL_METRICS_RATE_LIMITS 16
 
+/* Results of the response cache, the `result` label of sluice_cache_requests_total, in label
+ * order (docs/cache.md). */
+enum sl_metrics_cache_result {
+    SL_METRICS_CACHE_BYPASS = 0,
+    SL_METRICS_CACHE_EXPIRED,
+    SL_METRICS_CACHE_HIT,
+    SL_METRICS_CACHE_MISS,
+    SL_METRICS_CACHE_STALE,
+    SL_METRICS_CACHE__COUNT,
+};
+
 typedef struct sl_metrics sl_metrics_t;
 typedef struct sl_metrics_schema sl_metrics_schema_t;
 typedef struct sl_metrics_worker sl_metrics_worker_t;
@@ -156,6 +167,10 @@ int sl_metrics_schema_create(sl_metrics_t *m, const sl_config_t *cfg, sl_metrics
 /** Where sluice_rate_limit_table_full_total comes from: `full_total(ctx)` is read at each
  *  scrape (the process-wide limiter table's counter). Control thread. */
 void sl_metrics_set_rate_limit_source(sl_metrics_t *m, uint64_t (*full_total)(const void *ctx), const void *ctx);
+
+/** Where sluice_access_log_dropped_total comes from: `dropped_total()` is read at each scrape
+ *  (the access log's process-wide count of lines lost to failed writes). Control thread. */
+void sl_metrics_set_access_log_source(sl_metrics_t *m, uint64_t (*dropped_total)(void));
 
 /* The Redis store's figures (cluster mode), read at each scrape: sluice_store_*. */
 typedef struct sl_metrics_store_figures {
@@ -243,6 +258,11 @@ void sl_metrics_observe_upstream_failure(sl_metrics_worker_t *w, const sl_metric
  */
 void sl_metrics_observe_auth_failure(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_exchange_t *x);
 
+/** Counts one response of a cached route in sluice_cache_requests_total{route,result}. Schema
+ *  as in sl_metrics_observe_exchange; the exchange's worker only. Never allocates. */
+void sl_metrics_observe_cache(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_exchange_t *x,
+                              enum sl_metrics_cache_result result);
+
 /**
  * Samples a request that matched no route (route_not_found) into the worker's top-k table of
  * (host, first path segment), for `sluice doctor`. The key is cut to SL_METRICS_UNMATCHED_KEY,
@@ -273,10 +293,11 @@ typedef struct sl_metrics_hist_sum {
 } sl_metrics_hist_sum_t;
 
 typedef struct sl_metrics_route_sum {
-    uint64_t requests;                     /* finished exchanges */
-    uint64_t causes[SL_CAUSE__COUNT];      /* by gateway cause; [SL_CAUSE_NONE]: upstream or respond answers */
-    uint64_t status_5xx;                   /* of causes[SL_CAUSE_NONE], those with a status >= 500 */
-    uint64_t auth[SL_METRICS_AUTH__COUNT]; /* refusals (auth_* and forbidden) by detail */
+    uint64_t requests;                       /* finished exchanges */
+    uint64_t causes[SL_CAUSE__COUNT];        /* by gateway cause; [SL_CAUSE_NONE]: upstream or respond answers */
+    uint64_t status_5xx;                     /* of causes[SL_CAUSE_NONE], those with a status >= 500 */
+    uint64_t auth[SL_METRICS_AUTH__COUNT];   /* refusals (auth_* and forbidden) by detail */
+    uint64_t cache[SL_METRICS_CACHE__COUNT]; /* cache results (sluice_cache_requests_total) */
 } sl_metrics_route_sum_t;
 
 typedef struct sl_metrics_target_sum {
@@ -295,6 +316,9 @@ uint64_t sl_metrics_hist_bound_ns(size_t b);
 
 /** The `cause` label of an error kind ("upstream_connect_failed", ..., "upstream_5xx", "other"). */
 const char *sl_metrics_upstream_error_name(enum sl_metrics_upstream_error e);
+
+/** The `result` label of a cache result ("BYPASS", "EXPIRED", "HIT", "MISS", "STALE"). */
+const char *sl_metrics_cache_result_name(enum sl_metrics_cache_result r);
 
 /** The `detail` label of a kind ("jwt_unknown_kid", ..., "other"). */
 const char *sl_metrics_auth_detail_name(enum sl_metrics_auth_detail d);

@@ -116,6 +116,20 @@ void sl_metrics_observe_exchange(sl_metrics_worker_t *w, const sl_metrics_schema
     sl__metrics_add(&w->bytes_out, x->bytes_out);
 }
 
+void sl_metrics_observe_cache(sl_metrics_worker_t *w, const sl_metrics_schema_t *s, const sl_exchange_t *x,
+                              enum sl_metrics_cache_result result)
+{
+    sl__metrics_route_t *r = atomic_load_explicit(&w->routes[route_slot(s, x)], memory_order_acquire);
+    if (r != NULL && (unsigned)result < SL_METRICS_CACHE__COUNT)
+        sl__metrics_add(&r->cache[result], 1);
+}
+
+const char *sl_metrics_cache_result_name(enum sl_metrics_cache_result r)
+{
+    static const char *const names[SL_METRICS_CACHE__COUNT] = {"BYPASS", "EXPIRED", "HIT", "MISS", "STALE"};
+    return (unsigned)r < SL_METRICS_CACHE__COUNT ? names[r] : "BYPASS";
+}
+
 const char *const sl__metrics_auth_names[SL_METRICS_AUTH__COUNT] = {
     [SL_METRICS_AUTH_ACL_ANONYMOUS] = "acl_anonymous",
     [SL_METRICS_AUTH_ACL_DENIED_GROUP] = "acl_denied_group",

@@ -92,6 +92,8 @@ void sl_metrics_read_route(sl_metrics_t *m, uint32_t route_id, sl_metrics_route_
         out->requests += sl__metrics_load(&r->overflow);
         for (size_t k = 0; k < SL_METRICS_AUTH__COUNT; k++)
             out->auth[k] += sl__metrics_load(&r->auth[k]);
+        for (size_t k = 0; k < SL_METRICS_CACHE__COUNT; k++)
+            out->cache[k] += sl__metrics_load(&r->cache[k]);
     }
 }
 

@@ -143,6 +143,8 @@ static void worker_fold(sl_metrics_worker_t *dst, sl_metrics_worker_t *src, cons
             sl__metrics_add(&d->auth[k], sl__metrics_load(&s->auth[k]));
         for (size_t k = 0; k < SL_METRICS_RATE_LIMITS; k++)
             sl__metrics_add(&d->rate_limited[k], sl__metrics_load(&s->rate_limited[k]));
+        for (size_t k = 0; k < SL_METRICS_CACHE__COUNT; k++)
+            sl__metrics_add(&d->cache[k], sl__metrics_load(&s->cache[k]));
     }
     for (size_t i = 0; i < m->targets_allocated; i++) {
         sl__metrics_target_t *d = atomic_load_explicit(&dst->targets[i], memory_order_relaxed);
@@ -331,6 +333,11 @@ void sl_metrics_set_rate_limit_source(sl_metrics_t *m, uint64_t (*full_total)(co
 {
     m->rate_full_total = full_total;
     m->rate_full_ctx = ctx;
+}
+
+void sl_metrics_set_access_log_source(sl_metrics_t *m, uint64_t (*dropped_total)(void))
+{
+    m->access_log_dropped = dropped_total;
 }
 
 void sl_metrics_set_store_source(sl_metrics_t *m, void (*get)(const void *ctx, sl_metrics_store_figures_t *out),

@@ -13,12 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/bug.h"
 #include "http/cause.h"
 #include "http/method.h"
 #include "metrics/internal.h"
+#include "tls/tls.h"
 
 /* Not a (method,status,cause) key: the per-route table's overflow counter while merging. */
 #define OVERFLOW_KEY UINT32_MAX
@@ -404,6 +406,34 @@ static void emit_rate_limited(render_t *r, const family_t *f)
     }
 }
 
+/* Only the (route, result) pairs that happened. */
+static void emit_cache_requests(render_t *r, const family_t *f)
+{
+    for (size_t i = 0; i < r->nroute_order; i++) {
+        uint32_t slot = r->route_order[i];
+        for (size_t k = 0; k < SL_METRICS_CACHE__COUNT; k++) {
+            uint64_t n = 0;
+            for (size_t w = 0; w < r->m->nworkers; w++) {
+                sl__metrics_route_t *rt = worker_route(r->m->workers[w], slot);
+                n += rt != NULL ? sl__metrics_load(&rt->cache[k]) : 0;
+            }
+            if (n == 0)
+                continue;
+            label_t l[2] = {
+                {"route", r->m->routes.names[slot]},
+                {"result", sl_str_from_cstr(sl_metrics_cache_result_name((enum sl_metrics_cache_result)k))},
+            };
+            sample_u64(r, f->name, l, 2, n);
+        }
+    }
+}
+
+static void emit_access_log_dropped(render_t *r, const family_t *f)
+{
+    if (r->m->access_log_dropped != NULL)
+        sample_u64(r, f->name, NULL, 0, r->m->access_log_dropped());
+}
+
 static void emit_rate_table_full(render_t *r, const family_t *f)
 {
     if (r->m->rate_full_total != NULL)
@@ -516,6 +546,48 @@ static void emit_target_healthy(render_t *r, const family_t *f)
     emit_target_state(r, f, false);
 }
 
+/* ---- TLS (src/tls: process-wide counters, the current certificates) ----------------------- */
+
+static void emit_tls_expiry(render_t *r, const family_t *f)
+{
+    sl_tls_listener_stats_t ls[SL_TLS_MAX_LISTENERS];
+    sl_tls_cert_stats_t cs[SL_TLS_MAX_EXPORTED_CERTS];
+    size_t nl, nc;
+    sl_tls_stats_read(ls, SL_ARRAY_SIZE(ls), &nl, cs, SL_ARRAY_SIZE(cs), &nc);
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < nc; i++) {
+        label_t l[2] = {{"listener", sl_str_from_cstr(cs[i].listener)}, {"name", sl_str_from_cstr(cs[i].name)}};
+        sample_head(r, f->name, "", l, 2);
+        putf(r, "%" PRId64 "\n", cs[i].not_after - now);
+    }
+}
+
+static void emit_tls_failures(render_t *r, const family_t *f)
+{
+    sl_tls_listener_stats_t ls[SL_TLS_MAX_LISTENERS];
+    size_t nl, nc;
+    sl_tls_stats_read(ls, SL_ARRAY_SIZE(ls), &nl, NULL, 0, &nc);
+    for (size_t i = 0; i < nl; i++)
+        for (size_t k = 0; k < SL_TLS_FAIL__COUNT; k++) {
+            label_t l[2] = {{"listener", sl_str_from_cstr(ls[i].name)},
+                            {"reason", sl_str_from_cstr(sl_tls_failure_name((enum sl_tls_failure)k))}};
+            sample_u64(r, f->name, l, 2, ls[i].failures[k]);
+        }
+}
+
+static void emit_tls_handshakes(render_t *r, const family_t *f)
+{
+    sl_tls_listener_stats_t ls[SL_TLS_MAX_LISTENERS];
+    size_t nl, nc;
+    sl_tls_stats_read(ls, SL_ARRAY_SIZE(ls), &nl, NULL, 0, &nc);
+    for (size_t i = 0; i < nl; i++) {
+        label_t l[2] = {{"listener", sl_str_from_cstr(ls[i].name)}, {"resumed", SL_STR_LIT("false")}};
+        sample_u64(r, f->name, l, 2, ls[i].handshakes - ls[i].resumed);
+        l[1].value = SL_STR_LIT("true");
+        sample_u64(r, f->name, l, 2, ls[i].resumed);
+    }
+}
+
 /* Sorted by name. Later features add their row here (sluice_cache_requests_total). */
 static const family_t families[] = {
     {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", emit_cpu},
@@ -523,11 +595,16 @@ static const family_t families[] = {
     {"process_open_fds", "gauge", "Number of open file descriptors.", emit_open_fds},
     {"process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", emit_rss},
     {"process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", emit_start_time},
+    {"sluice_access_log_dropped_total", "counter",
+     "Access log lines lost because the write failed (disk full, I/O error, a reader that stopped reading).",
+     emit_access_log_dropped},
     {"sluice_auth_failures_total", "counter",
      "Requests refused by authentication or authorisation (auth_missing, auth_invalid, auth_expired, forbidden), by "
      "route and detail code.",
      emit_auth_failures},
     {"sluice_bytes_total", "counter", "Body and head bytes received from (in) and sent to (out) clients.", emit_bytes},
+    {"sluice_cache_requests_total", "counter",
+     "Responses of routes with a cache, by route and result (HIT, MISS, STALE, BYPASS, EXPIRED).", emit_cache_requests},
     {"sluice_circuit_state", "gauge", "Circuit breaker state of each target: 0 closed, 1 half-open, 2 open.",
      emit_circuit_state},
     {"sluice_config_last_reload_timestamp_seconds", "gauge",
@@ -556,6 +633,12 @@ static const family_t families[] = {
      "Requests refused with gateway_overloaded because Redis was down (on_failure deny).", emit_store},
     {"sluice_store_timeouts_total", "counter", "Redis store commands past the command timeout.", emit_store},
     {"sluice_store_up", "gauge", "1 when every worker has a ready connection to the Redis store; else 0.", emit_store},
+    {"sluice_tls_certificate_expiry_seconds", "gauge",
+     "Seconds until each certificate of each TLS listener expires (negative: expired).", emit_tls_expiry},
+    {"sluice_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by listener and reason.",
+     emit_tls_failures},
+    {"sluice_tls_handshakes_total", "counter", "TLS handshakes completed, by listener and session resumption.",
+     emit_tls_handshakes},
     {"sluice_upstream_duration_seconds", "histogram",
      "Time from sending a request upstream to the first byte of its response, by target.", emit_upstream_duration},
     {"sluice_upstream_errors_total", "counter",
