@@ -44,12 +44,12 @@ const char *sl_tls_failure_name(enum sl_tls_failure f)
     return (unsigned)f < SL_TLS_FAIL__COUNT ? names[f] : "other";
 }
 
-void sl_tls_conn_create(sl_tls_ctx_t *ctx, uv_stream_t *stream, sl_tls_conn_t **out)
+/* A connection's SSL over two memory BIOs: the socket's bytes are fed in, its output drained. */
+static sl_tls_conn_t *conn_new(SSL_CTX *ssl_ctx, uv_stream_t *stream)
 {
     sl_tls_conn_t *t = sl_xcalloc(1, sizeof(*t));
-    t->ctx = sl_tls_ctx_ref(ctx);
     t->stream = stream;
-    t->ssl = SSL_new(ctx->ssl);
+    t->ssl = SSL_new(ssl_ctx);
     SL_BUG_ON(t->ssl == NULL);
     t->rbio = BIO_new(BIO_s_mem());
     t->wbio = BIO_new(BIO_s_mem());
@@ -58,6 +58,13 @@ void sl_tls_conn_create(sl_tls_ctx_t *ctx, uv_stream_t *stream, sl_tls_conn_t **
     BIO_set_mem_eof_return(t->rbio, -1);
     BIO_set_mem_eof_return(t->wbio, -1);
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    return t;
+}
+
+void sl_tls_conn_create(sl_tls_ctx_t *ctx, uv_stream_t *stream, sl_tls_conn_t **out)
+{
+    sl_tls_conn_t *t = conn_new(ctx->ssl, stream);
+    t->ctx = sl_tls_ctx_ref(ctx);
     SSL_set_accept_state(t->ssl);
     t->failure = SL_TLS_FAIL_OTHER;
     t->wreq.data = t;
@@ -89,16 +96,7 @@ int sl_tls_client_create(uv_stream_t *stream, const char *host, sl_tls_conn_t **
     pthread_once(&client_once, client_ctx_init);
     if (client_ctx == NULL)
         return SL_EINVALID;
-    sl_tls_conn_t *t = sl_xcalloc(1, sizeof(*t));
-    t->stream = stream;
-    t->ssl = SSL_new(client_ctx);
-    SL_BUG_ON(t->ssl == NULL);
-    t->rbio = BIO_new(BIO_s_mem());
-    t->wbio = BIO_new(BIO_s_mem());
-    SL_BUG_ON(t->rbio == NULL || t->wbio == NULL);
-    BIO_set_mem_eof_return(t->rbio, -1);
-    BIO_set_mem_eof_return(t->wbio, -1);
-    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    sl_tls_conn_t *t = conn_new(client_ctx, stream);
     SSL_set_connect_state(t->ssl);
     unsigned char ip[16];
     bool literal = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
