@@ -61,9 +61,11 @@ def test_four_clients_for_ten_seconds_admit_rate_times_time_plus_burst(env):
     ready = threading.Barrier(4)
     clock = {}
     last = [0.0]
+    answered = []  # when each answer arrived, all clients
 
     def client():
         ok = lim = other = 0
+        times = []
         with harness.RawConn(gw.port, timeout=10) as c:
             if ready.wait() == 0:
                 clock["start"] = time.monotonic()
@@ -75,6 +77,7 @@ def test_four_clients_for_ten_seconds_admit_rate_times_time_plus_burst(env):
                 if now >= stop_at:
                     break
                 r = c.roundtrip("GET", "/api/x")
+                times.append(time.monotonic())
                 if r.status == 200:
                     ok += 1
                 elif r.status == 429 and r.header("Sluice-Error") == "rate_limited":
@@ -83,6 +86,7 @@ def test_four_clients_for_ten_seconds_admit_rate_times_time_plus_burst(env):
                     other += 1
             with lock:
                 last[0] = max(last[0], now)
+                answered.extend(times)
         with lock:
             counts["ok"] += ok
             counts["limited"] += lim
@@ -106,7 +110,13 @@ def test_four_clients_for_ten_seconds_admit_rate_times_time_plus_burst(env):
     # The issue's ±1%: below it only when the clients could not keep up (a sanitizer build on a
     # loaded machine can stall them for whole periods); above it, never.
     assert counts["ok"] <= expected * 1.01
-    assert counts["ok"] >= expected * (0.9 if harness.SANITIZED else 0.99), counts
+    # A stretch with no answer at all longer than the burst lasts (10 at 100/s: 0.1 s) means the
+    # gateway or every client was not running (a loaded machine); budget beyond the burst that
+    # accrues meanwhile is lost by design. The lower bound discounts exactly that.
+    marks = [start] + sorted(t for t in answered if t <= start + duration) + [start + duration]
+    stalled = sum(max(0.0, b - a - 0.1) for a, b in zip(marks, marks[1:]))
+    floor = (expected - 100 * stalled) * (0.9 if harness.SANITIZED else 0.99)
+    assert counts["ok"] >= floor, (counts, f"stalled {stalled:.3f} s, floor {floor:.1f}")
 
 
 def test_two_keys_do_not_interfere_and_a_missing_header_is_not_limited(env):
