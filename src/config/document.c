@@ -6,6 +6,8 @@
  */
 #include "config/document.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,10 +90,19 @@ static json_t *scalar_to_json(const sl__config_node_t *n)
         int b = bool_word(n->text);
         if (b >= 0)
             return json_boolean(b);
-        if (is_int_word(n->text))
-            return json_integer(strtoll(n->text.ptr, NULL, 10));
-        if (is_float_word(n->text))
-            return json_real(strtod(n->text.ptr, NULL));
+        /* A number the JSON side cannot hold (an integer past 64 bits, a float that overflows to
+         * infinity, which jansson refuses) stays the text it was: the key's own reader then says
+         * what it expected, and a round trip keeps the user's digits. */
+        if (is_int_word(n->text)) {
+            errno = 0;
+            long long v = strtoll(n->text.ptr, NULL, 10);
+            if (errno != ERANGE)
+                return json_integer(v);
+        } else if (is_float_word(n->text)) {
+            double d = strtod(n->text.ptr, NULL);
+            if (isfinite(d))
+                return json_real(d);
+        }
     }
     return json_stringn_nocheck(n->text.ptr, n->text.len);
 }
