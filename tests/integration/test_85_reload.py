@@ -90,9 +90,13 @@ def test_reloads_under_load_lose_nothing(env):
         time.sleep(0.05)
     assert gw.request("GET", "/l/x").body == f"gen {RELOADS}\n".encode()
     assert gw.request("GET", "/p/x").header("X-Gen") == str(RELOADS)
-    # every reload was logged as applied, none refused
+    # Reloads were applied, none refused. Two SIGHUPs that arrive before the first is handled
+    # are one pending signal (POSIX does not queue them), and that reload reads the newest file:
+    # on a loaded machine (a sanitizer build) fewer reloads than signals is right, as long as the
+    # last file is the one in force (checked above).
     log = gw.stderr_path.read_text()
-    assert log.count("config reloaded") == RELOADS, log[-2000:]
+    assert "reload of" not in log, log[-2000:]
+    assert RELOADS * 3 // 4 <= log.count("config reloaded") <= RELOADS, log[-2000:]
     # No descriptor leaked by 40 snapshots coming and going: once the pools' idle timeout (1s)
     # has passed, the process holds no more than before the load (the pool grew with it).
     # Polled rather than slept: the idle sweep runs on its own timer, late under a sanitizer.

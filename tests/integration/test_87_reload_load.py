@@ -167,7 +167,8 @@ def test_fifty_reloads_under_load(env):
     failures = clients.failures + ([f"wrk: {wrk_errors} errors\n{wrk_out}"] if wrk_errors else [])
     assert not failures, "\n".join(failures[:10])
     log = gw.stderr_path.read_text()
-    assert log.count("config reloaded") == WARM_RELOADS + RELOADS, log[-2000:]
+    # SIGHUPs that arrive before the previous one is handled coalesce (see test_85_reload.py)
+    assert (WARM_RELOADS + RELOADS) * 3 // 4 <= log.count("config reloaded") <= WARM_RELOADS + RELOADS, log[-2000:]
     assert log.count("reload of") == 1, log[-2000:]
     # The last config is the one in force.
     want = f"variant {variant}\n".encode()
