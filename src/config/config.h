@@ -523,6 +523,7 @@ typedef struct sl_config {
         uint64_t client_idle_ms;   /* default 60s: keep-alive idle */
         uint64_t client_body_ms;   /* default 60s: between body bytes from the client */
         uint64_t drain_ms;         /* default 30s */
+        uint64_t tunnel_idle_ms;   /* default 1h: an upgraded (WebSocket) tunnel with no bytes either way */
     } timeouts;
 
     sl_upstream_conf_t *upstreams;

@@ -286,6 +286,12 @@ static const sl__config_key_t timeouts_keys[] = {
      .dflt = "30s",
      .min = 0,
      .max = DURATION_MAX},
+    {.name = "tunnel_idle",
+     .type = SL__CT_DURATION,
+     .offset = offsetof(sl_config_t, timeouts.tunnel_idle_ms),
+     .dflt = "1h",
+     .min = 1,
+     .max = DURATION_MAX},
 };
 
 static const sl__config_section_t timeouts_section = {

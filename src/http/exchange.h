@@ -77,6 +77,15 @@ typedef struct sl_downstream_ops {
     void (*body_resume)(sl_exchange_t *x);
     /* Sends an interim 1xx response (status, headers) before the final one. */
     int (*send_informational)(sl_exchange_t *x, int status, const sl_header_t *h, size_t n);
+    /* Protocol upgrade (101, docs/websocket.md); NULL when the codec cannot tunnel. tunnel_start
+     * turns the connection into a byte tunnel: it prepares the 101 head from x->resp_headers
+     * (sent with the first send_body, which from then on writes bytes unframed), and makes
+     * body_start/body_resume deliver the client's tunnel bytes (status 0 with len 0: the client
+     * half-closed; < 0: it failed). No codec timeout runs in a tunnel: the handler keeps the
+     * idle timeout. The connection closes when the exchange ends. Returns 0 or an error. */
+    int (*tunnel_start)(sl_exchange_t *x);
+    /* Half-closes the client side (no more bytes to it); no send_body may be pending. */
+    int (*tunnel_shutdown)(sl_exchange_t *x);
 } sl_downstream_ops_t;
 
 struct sl_exchange {

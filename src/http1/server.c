@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "common/bug.h"
 #include "common/error.h"
@@ -109,6 +110,9 @@ struct sl_h1_active {
     uint64_t max_body;
     sl_h1_chunked_t chunked;
     bool continue_sent;
+    /* After a 101 the connection is a byte tunnel: the body path delivers the client's bytes
+     * (after the request head, which the log still reads) and send_body writes unframed. */
+    bool tunnel;
 };
 
 static void conn_close(sl_h1_conn_t *c);
@@ -420,6 +424,7 @@ static void on_buffer_full(sl_h1_conn_t *c)
 }
 
 static void on_peer_eof(sl_h1_conn_t *c);
+static bool tunnel_half_close(sl_h1_conn_t *c);
 static void tls_on_read(sl_h1_conn_t *c, const char *p, size_t n);
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -442,7 +447,24 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (c->tls != NULL && !(c->flags & CONN_TLS_READY))
         sl_tls_conn_set_failure(c->tls, SL_TLS_FAIL_CLOSED);
+    if (nread == UV_EOF && tunnel_half_close(c))
+        return;
     on_peer_eof(c);
+}
+
+/* A clean EOF in a tunnel is a half-close: the other direction goes on, and the handler hears
+ * of it once the bytes before it were delivered. False when not in a tunnel. */
+static bool tunnel_half_close(sl_h1_conn_t *c)
+{
+    sl_h1_active_t *a = c->act;
+    if (a == NULL || !a->tunnel)
+        return false;
+    c->flags |= CONN_PEER_EOF;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->flags &= ~CONN_READING;
+    if (a->body_started && !a->body_done && !a->body_wait_ack)
+        body_deliver(c);
+    return true;
 }
 
 static void on_peer_eof(sl_h1_conn_t *c)
@@ -525,7 +547,8 @@ static void tls_on_read(sl_h1_conn_t *c, const char *p, size_t n)
             return;
         }
         if (added == SL_ECLOSED) {
-            on_peer_eof(c);
+            if (!tunnel_half_close(c))
+                on_peer_eof(c);
             return;
         }
         if (added < 0) {
@@ -556,6 +579,13 @@ static size_t start_reading(sl_h1_conn_t *c)
     if (c->tls == NULL || !(c->flags & CONN_TLS_READY))
         return 0;
     ssize_t added = tls_fill(c);
+    if (added == SL_ECLOSED && c->act != NULL && c->act->tunnel) {
+        /* A close_notify TLS held while the tunnel waited: the client's half-close. */
+        c->flags |= CONN_PEER_EOF;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->flags &= ~CONN_READING;
+        return 0;
+    }
     if (added < 0) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->flags &= ~CONN_READING;
@@ -798,12 +828,62 @@ static void body_fail(sl_h1_conn_t *c, enum sl_cause cause, int err)
     a->body_cb(&a->x, err, NULL, 0);
 }
 
+/* Tunnel bytes, one slice per ack like a body; the space after the request head is reused once
+ * a slice is acked, so a client writing faster than the upstream reads fills one buffer and
+ * then is not read (backpressure). No timeout here: the handler has the tunnel's idle one. */
+static void tunnel_deliver(sl_h1_conn_t *c)
+{
+    sl_h1_active_t *a = c->act;
+    while (c->act == a && !a->body_wait_ack && !a->body_done && !(c->flags & CONN_CLOSING)) {
+        sl_buf_t *b = c->rbuf;
+        size_t avail = b->len - b->off;
+        if (avail == 0) {
+            b->off = b->len = a->head_end;
+            if (!(c->flags & CONN_PEER_EOF) && c->tls != NULL && (c->flags & CONN_TLS_READY)) {
+                /* tls_fill stops when TLS holds no input, so a close_notify that came with the
+                 * last bytes is already consumed: ask TLS directly, or the half-close would wait
+                 * for a TCP FIN that a TLS half-close does not send. */
+                int n = sl_tls_conn_read(c->tls, b->data + b->len, b->cap - b->len);
+                if (n > 0) {
+                    b->len += (size_t)n;
+                    continue;
+                }
+                if (n == SL_ECLOSED) {
+                    c->flags |= CONN_PEER_EOF;
+                    uv_read_stop((uv_stream_t *)&c->tcp);
+                    c->flags &= ~CONN_READING;
+                } else if (n < 0) {
+                    sl_timeq_add_at(&c->worker->timeqs, &c->timeout, 0, on_tls_dead);
+                    break;
+                }
+            }
+            if (!(c->flags & CONN_PEER_EOF) && start_reading(c) > 0)
+                continue;
+            if (c->flags & CONN_PEER_EOF) {
+                a->body_done = true;
+                a->body_cb(&a->x, 0, NULL, 0);
+            }
+            break;
+        }
+        a->x.bytes_in += avail;
+        a->body_ack_to = b->off + avail;
+        a->body_wait_ack = true;
+        a->body_cb(&a->x, 0, b->data + b->off, avail);
+    }
+}
+
 static void body_deliver(sl_h1_conn_t *c)
 {
     sl_h1_active_t *a = c->act;
     if (a->body_delivering)
         return; /* a resume from inside the callback: the loop below continues */
     a->body_delivering = true;
+    if (a->tunnel) {
+        tunnel_deliver(c);
+        if (c->act == a)
+            a->body_delivering = false;
+        return;
+    }
     while (c->act == a && !a->body_wait_ack && !a->body_done && !(c->flags & CONN_CLOSING)) {
         sl_buf_t *b = c->rbuf;
         size_t avail = b->len - b->off;
@@ -891,6 +971,10 @@ static void h1_body_start(sl_exchange_t *x, sl_body_cb cb)
     sl_h1_conn_t *c = a->conn;
     a->body_cb = cb;
     a->body_started = true;
+    if (a->tunnel) {
+        body_deliver(c);
+        return;
+    }
     if (x->req_body_kind == SL_BODY_NONE) {
         a->body_done = true;
         cb(x, 0, NULL, 0);
@@ -1073,7 +1157,9 @@ static int h1_send_head(sl_exchange_t *x)
         p = sl_put(p, x->request_id.ptr, x->request_id.len);
         p = sl_put(p, "\r\n", 2);
     }
-    if (close_after)
+    if (a->tunnel)
+        p = sl_put(p, "Connection: upgrade\r\n", 21);
+    else if (close_after)
         p = sl_put(p, "Connection: close\r\n", 19);
     else if (x->minor_version == 0)
         p = sl_put(p, "Connection: keep-alive\r\n", 24);
@@ -1104,8 +1190,9 @@ static int conn_write(sl_h1_conn_t *c, uv_buf_t *iov, unsigned n)
                            : sl_stream_write((uv_stream_t *)&c->tcp, &a->wreq, iov, n, on_write_done);
     if (r == 0) {
         a->writing = true;
-        sl_timeq_add(&c->worker->timeqs, timeq_for(c, a->x.snap->cfg->timeouts.client_idle_ms), &c->timeout,
-                     on_send_timeout);
+        if (!a->tunnel)
+            sl_timeq_add(&c->worker->timeqs, timeq_for(c, a->x.snap->cfg->timeouts.client_idle_ms), &c->timeout,
+                         on_send_timeout);
     }
     return r;
 }
@@ -1122,7 +1209,7 @@ static int h1_send_body(sl_exchange_t *x, const sl_str_t *parts, size_t nparts, 
         a->iov[n++] = uv_buf_init(a->head, (unsigned)a->head_len);
         a->head_pending = false;
     }
-    if (!a->resp_no_body) {
+    if (!a->resp_no_body || a->tunnel) {
         size_t total = 0;
         for (size_t i = 0; i < nparts; i++)
             total += parts[i].len;
@@ -1265,6 +1352,37 @@ static int h1_send_informational(sl_exchange_t *x, int status, const sl_header_t
     return w < 0 && w != UV_EAGAIN ? w : 0;
 }
 
+static int h1_tunnel_start(sl_exchange_t *x)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    if (c->flags & CONN_CLOSING)
+        return SL_ECLOSED;
+    /* Tunnel bytes use the buffer after the request head: a head filling it leaves no room. */
+    if (x->head_sent || c->rbuf == NULL || c->rbuf->cap - a->head_end < 4096)
+        return SL_ETOOBIG;
+    a->tunnel = true;
+    c->flags |= CONN_CLOSE_AFTER;
+    return h1_send_head(x);
+}
+
+static int h1_tunnel_shutdown(sl_exchange_t *x)
+{
+    sl_h1_active_t *a = x->down_ctx;
+    sl_h1_conn_t *c = a->conn;
+    SL_BUG_ON(a->writing || !a->tunnel);
+    if (c->flags & CONN_CLOSING)
+        return SL_ECLOSED;
+    if (c->tls != NULL) {
+        sl_tls_conn_shutdown(c->tls); /* close_notify: TLS's own half-close */
+        return 0;
+    }
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 || shutdown(fd, SHUT_WR) != 0)
+        return SL_ECLOSED;
+    return 0;
+}
+
 static const sl_downstream_ops_t h1_ops = {
     .send_head = h1_send_head,
     .send_body = h1_send_body,
@@ -1273,6 +1391,8 @@ static const sl_downstream_ops_t h1_ops = {
     .body_start = h1_body_start,
     .body_resume = h1_body_resume,
     .send_informational = h1_send_informational,
+    .tunnel_start = h1_tunnel_start,
+    .tunnel_shutdown = h1_tunnel_shutdown,
 };
 
 /* ---- end of an exchange: keep-alive or close ------------------------------------------- */

@@ -3,7 +3,9 @@
  * pooled buffer, parses heads with the strict parser, turns each request into an exchange for
  * the pipeline, implements the exchange's downstream ops (response framing, body streaming with
  * backpressure, 100-continue), answers pipelined requests in order, and enforces the client
- * timeouts and limits of the current snapshot. All functions run on the owning worker's thread.
+ * timeouts and limits of the current snapshot. After a 101 (tunnel_start) the connection carries
+ * opaque bytes both ways for the handler, through the TLS engine on TLS listeners, until the
+ * exchange ends and the connection closes. All functions run on the owning worker's thread.
  *
  * Memory (docs/internals/memory.md): an idle keep-alive connection holds only sl_h1_conn_t
  * (socket + timeout entry + a few pointers); the read buffer and the exchange (with its arena)

@@ -4,7 +4,9 @@
  * up, parse the response head, stream the body down. Backpressure: upstream reads pause while
  * a slice is being written to the client; client body reads pause while a slice is being
  * written upstream. Every failure before the response head reaches the client becomes a
- * gateway error with its cause; after that, the client connection is closed.
+ * gateway error with its cause; after that, the client connection is closed. After a 101 to an
+ * upgrade request the exchange becomes a tunnel (PX_TUNNEL): bytes both ways with the same
+ * one-write-at-a-time backpressure, half-close, and an idle timeout (docs/websocket.md).
  */
 #include "upstream/proxy.h"
 
@@ -13,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "cache/cache.h"
 #include "common/bug.h"
@@ -419,6 +422,7 @@ enum proxy_state {
     PX_CONNECTING = 1,
     PX_AWAIT_HEAD,
     PX_BODY,
+    PX_TUNNEL, /* after a 101: bytes both ways until both sides are done (docs/websocket.md) */
     PX_DONE,
 };
 
@@ -474,6 +478,13 @@ typedef struct proxy {
     bool cstrip_cond;      /* the client's own conditional headers do not */
     bool cinvalidate;      /* unsafe method: invalidate on success (RFC 9111 §4.4) */
     bool creq_auth;
+    /* protocol upgrade (docs/websocket.md) */
+    bool upgrade;            /* the client asked for one that is forwarded */
+    sl_str_t upgrade_value;  /* its Upgrade tokens, h2c removed */
+    bool tunnel_head_unsent; /* the 101 head goes out with the first tunnel write */
+    bool client_eof;         /* the client half-closed ... */
+    bool up_shut;            /* ... and the upstream was told so (SHUT_WR) */
+    bool down_shut;          /* the upstream's EOF was passed on to the client */
 } proxy_t;
 
 static void proxy_connect(proxy_t *px);
@@ -801,6 +812,8 @@ static int build_request_head(proxy_t *px)
                   px->target->conf->address.len + 4 * sizeof(x->client_ip);
     if (px->crevalidate)
         size += 48 + px->stale->etag.len + px->stale->last_modified.len;
+    if (px->upgrade)
+        size += 48 + px->upgrade_value.len;
     for (size_t i = 0; i < h->len; i++) {
         size += h->items[i].name.len + h->items[i].value.len + 4;
         if (xff == NULL && sl_str_caseeq(h->items[i].name, SL_STR_LIT("X-Forwarded-For")))
@@ -907,6 +920,11 @@ static int build_request_head(proxy_t *px)
     sl_trace_format(&x->trace, p);
     p += 55;
     p = sl_put(p, "\r\n", 2);
+    if (px->upgrade) {
+        p = sl_put(p, "Upgrade: ", 9);
+        p = sl_put(p, px->upgrade_value.ptr, px->upgrade_value.len);
+        p = sl_put(p, "\r\nConnection: upgrade\r\n", 23);
+    }
     if (x->req_body_kind == SL_BODY_LENGTH) {
         p = sl_put(p, "Content-Length: ", 16);
         p = sl_put_u64(p, x->req_content_length);
@@ -925,6 +943,7 @@ static int build_request_head(proxy_t *px)
 /* ---- writing upstream ------------------------------------------------------------------------ */
 
 static void request_body_cb(sl_exchange_t *x, int status, const char *data, size_t len);
+static void tunnel_upstream_written(proxy_t *px, int status);
 
 static void on_upstream_written(uv_write_t *req, int status)
 {
@@ -933,6 +952,10 @@ static void on_upstream_written(uv_write_t *req, int status)
     if (px == NULL)
         return; /* the exchange was torn down while this write was queued */
     px->req_writing = false;
+    if (px->state == PX_TUNNEL) {
+        tunnel_upstream_written(px, status);
+        return;
+    }
     if (px->state == PX_AWAIT_HEAD)
         phase_timeout_set(px, try_timeout_ms(px), on_read_timeout);
     if (status < 0) {
@@ -1234,6 +1257,8 @@ static bool response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head
     return true;
 }
 
+static void tunnel_begin(proxy_t *px, const sl_h1_response_t *resp, size_t head_len);
+
 static void response_process(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
@@ -1272,8 +1297,12 @@ static void response_process(proxy_t *px)
             }
             if (resp.status < 200) {
                 if (resp.status == 101) {
-                    /* Upgrades are not proxied yet (WebSocket support is a later feature). */
-                    proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, "protocol upgrade not supported");
+                    if (!px->upgrade) {
+                        /* A switch nobody asked for: the bytes after it are not HTTP we know. */
+                        proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, "protocol upgrade not requested");
+                        return;
+                    }
+                    tunnel_begin(px, &resp, (size_t)r);
                     return;
                 }
                 x->down->send_informational(x, resp.status, resp.headers, resp.nheaders);
@@ -1350,9 +1379,15 @@ static void response_process(proxy_t *px)
     }
 }
 
+static void tunnel_upstream_read(proxy_t *px, ssize_t nread);
+
 void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
 {
     proxy_t *px = c->user;
+    if (px->state == PX_TUNNEL) {
+        tunnel_upstream_read(px, nread);
+        return;
+    }
     if (nread > 0) {
         c->rbuf->len += (size_t)nread;
         px->got_response_bytes = true;
@@ -1381,6 +1416,285 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
     }
     if (!px->client_writing)
         response_process(px);
+}
+
+/* ---- protocol upgrade: the tunnel after a 101 (docs/websocket.md) ------------------------------ */
+
+/* True when a Connection field of `h` lists `token` (RFC 9110 §7.6.1). */
+static bool connection_lists(const sl_headers_t *h, sl_str_t token)
+{
+    for (size_t i = 0; i < h->len; i++) {
+        if (!sl_str_caseeq(h->items[i].name, SL_STR_LIT("Connection")))
+            continue;
+        sl_str_t v = h->items[i].value;
+        size_t p = 0;
+        while (p < v.len) {
+            while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == '\t' || v.ptr[p] == ','))
+                p++;
+            size_t st = p;
+            while (p < v.len && v.ptr[p] != ',' && v.ptr[p] != ' ' && v.ptr[p] != '\t')
+                p++;
+            if (p > st && sl_str_caseeq(token, (sl_str_t){v.ptr + st, p - st}))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* An upgrade the gateway forwards: GET without a body on HTTP/1.1, Connection naming upgrade,
+ * and an Upgrade field. Its h2c tokens are dropped (sluice speaks HTTP/1.1 upstream: an h2c
+ * switch would take the connection out of its hands); nothing left means no upgrade. */
+static bool upgrade_wanted(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    if (x->method != SL_METHOD_GET || x->req_body_kind != SL_BODY_NONE || x->minor_version < 1 ||
+        x->down->tunnel_start == NULL)
+        return false;
+    const sl_header_t *up = sl_headers_find(&x->req_headers, SL_STR_LIT("Upgrade"));
+    if (up == NULL || !connection_lists(&x->req_headers, SL_STR_LIT("upgrade")))
+        return false;
+    sl_str_t v = up->value;
+    char *out = sl_arena_alloc(&x->arena, 2 * v.len + 1); /* "a,b" becomes "a, b" */
+    size_t n = 0, p = 0;
+    while (p < v.len) {
+        while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == '\t' || v.ptr[p] == ','))
+            p++;
+        size_t st = p;
+        while (p < v.len && v.ptr[p] != ',')
+            p++;
+        size_t e = p;
+        while (e > st && (v.ptr[e - 1] == ' ' || v.ptr[e - 1] == '\t'))
+            e--;
+        sl_str_t tok = {v.ptr + st, e - st};
+        if (tok.len == 0 || sl_str_caseeq(tok, SL_STR_LIT("h2c")))
+            continue;
+        if (n > 0) {
+            out[n++] = ',';
+            out[n++] = ' ';
+        }
+        memcpy(out + n, tok.ptr, tok.len);
+        n += tok.len;
+    }
+    if (n == 0)
+        return false;
+    px->upgrade_value = (sl_str_t){out, n};
+    return true;
+}
+
+static void on_tunnel_idle(sl_timeq_entry_t *e);
+
+/* Any byte either way restarts timeouts.tunnel_idle. */
+static void tunnel_touch(proxy_t *px)
+{
+    phase_timeout_set(px, px->x->snap->cfg->timeouts.tunnel_idle_ms, on_tunnel_idle);
+}
+
+/* Ends the exchange: both directions done (finish), or a failure or timeout (abort, which also
+ * drops a client write still queued). Either way both connections close; the upstream one is
+ * never pooled again. */
+static void tunnel_end(proxy_t *px, bool failed)
+{
+    sl_exchange_t *x = px->x;
+    conn_drop(px);
+    proxy_cleanup(px);
+    if (failed)
+        x->down->abort(x);
+    else
+        x->down->finish(x);
+}
+
+static void on_tunnel_idle(sl_timeq_entry_t *e)
+{
+    proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
+    px->x->cause_detail = "tunnel idle timeout";
+    tunnel_end(px, true);
+}
+
+/* Returns false when the tunnel ended (px must not be touched). */
+static bool tunnel_maybe_end(proxy_t *px)
+{
+    if (px->up_shut && px->down_shut && !px->client_writing && !px->req_writing) {
+        tunnel_end(px, false);
+        return false;
+    }
+    return true;
+}
+
+static bool tunnel_shut_upstream(proxy_t *px)
+{
+    uv_os_fd_t fd;
+    px->up_shut = true;
+    if (uv_fileno((uv_handle_t *)&px->conn->tcp, &fd) != 0 || shutdown(fd, SHUT_WR) != 0) {
+        tunnel_end(px, true);
+        return false;
+    }
+    return tunnel_maybe_end(px);
+}
+
+static void tunnel_client_written(sl_exchange_t *x, int status);
+
+/* Upstream bytes to the client, one write at a time straight from the upstream's read buffer
+ * (pinned while queued). While a write is queued the upstream buffer fills and its reads stop
+ * (UV_ENOBUFS): a client that does not read holds one buffer, not a growing queue. Returns
+ * false when the tunnel ended. */
+static bool tunnel_pump(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    while (!px->client_writing) {
+        sl_buf_t *b = px->conn->rbuf;
+        size_t avail = b != NULL ? b->len - b->off : 0;
+        if (avail == 0 && !px->tunnel_head_unsent) {
+            if (px->upstream_eof && !px->down_shut) {
+                px->down_shut = true;
+                if (x->down->tunnel_shutdown(x) != 0) {
+                    tunnel_end(px, true);
+                    return false;
+                }
+                return tunnel_maybe_end(px);
+            }
+            return true;
+        }
+        px->tunnel_head_unsent = false;
+        sl_str_t part = {avail ? b->data + b->off : NULL, avail};
+        if (avail)
+            b->off += avail;
+        px->client_writing = true;
+        px->conn->pinned = true;
+        int r = x->down->send_body(x, &part, avail ? 1 : 0, tunnel_client_written);
+        if (r < 0) {
+            px->client_writing = false;
+            tunnel_end(px, true);
+            return false;
+        }
+        if (r == 0)
+            return true;
+        px->client_writing = false;
+        px->conn->pinned = false;
+    }
+    return true;
+}
+
+static void tunnel_client_written(sl_exchange_t *x, int status)
+{
+    proxy_t *px = x->handler_data;
+    px->client_writing = false;
+    if (px->conn != NULL)
+        px->conn->pinned = false;
+    if (px->state != PX_TUNNEL) {
+        x->down->abort(x);
+        return;
+    }
+    if (status < 0) {
+        tunnel_end(px, true);
+        return;
+    }
+    tunnel_touch(px);
+    if (!px->upstream_eof)
+        uv_read_start((uv_stream_t *)&px->conn->tcp, sl__connpool_on_alloc, sl__connpool_on_read);
+    tunnel_pump(px);
+}
+
+static void tunnel_upstream_read(proxy_t *px, ssize_t nread)
+{
+    sl_upconn_t *c = px->conn;
+    if (nread > 0) {
+        c->rbuf->len += (size_t)nread;
+        tunnel_touch(px);
+        if (!px->client_writing)
+            tunnel_pump(px);
+        return;
+    }
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (nread == UV_ENOBUFS)
+        return; /* a client write holds the buffer; its completion reads on */
+    if (nread != UV_EOF) {
+        px->x->cause = SL_CAUSE_UPSTREAM_RESET;
+        px->x->cause_detail = "upstream reset the tunnel";
+        tunnel_end(px, true);
+        return;
+    }
+    px->upstream_eof = true;
+    if (!px->client_writing)
+        tunnel_pump(px);
+}
+
+/* Client bytes to the upstream; the next slice comes after body_resume (backpressure). */
+static void tunnel_from_client(sl_exchange_t *x, int status, const char *data, size_t len)
+{
+    proxy_t *px = x->handler_data;
+    if (px->state != PX_TUNNEL)
+        return;
+    if (status < 0) {
+        tunnel_end(px, true);
+        return;
+    }
+    if (len == 0) {
+        px->client_eof = true;
+        if (!px->req_writing)
+            tunnel_shut_upstream(px);
+        return;
+    }
+    tunnel_touch(px);
+    px->wiov[0] = uv_buf_init((char *)data, (unsigned)len);
+    int r = upstream_write(px, px->wiov, 1);
+    if (r < 0) {
+        tunnel_end(px, true);
+        return;
+    }
+    if (r == 1)
+        x->down->body_resume(x);
+}
+
+static void tunnel_upstream_written(proxy_t *px, int status)
+{
+    if (status < 0) {
+        tunnel_end(px, true);
+        return;
+    }
+    tunnel_touch(px);
+    if (px->client_eof) {
+        tunnel_shut_upstream(px);
+        return;
+    }
+    px->x->down->body_resume(px->x);
+}
+
+/* The upstream switched protocols: the 101 goes to the client with the upstream's Upgrade and
+ * Sec-WebSocket-* fields, then both connections carry bytes until both sides are done. */
+static void tunnel_begin(proxy_t *px, const sl_h1_response_t *resp, size_t head_len)
+{
+    sl_exchange_t *x = px->x;
+    report_outcome(px, false);
+    x->status = 101;
+    conn_fields_t cf;
+    conn_fields_collect(resp->headers, resp->nheaders, &cf);
+    for (size_t i = 0; i < resp->nheaders; i++) {
+        const sl_header_t *h = &resp->headers[i];
+        if (!sl_str_caseeq(h->name, SL_STR_LIT("Upgrade")) && is_hop_by_hop(h->name, &cf))
+            continue;
+        sl_headers_add(&x->arena, &x->resp_headers, h->name, h->value);
+    }
+    sl_timeq_cancel(&px->route_timeout); /* a tunnel lives as long as it is used */
+    px->resp_keep_alive = false;
+    if (x->down->tunnel_start(x) != 0) { /* the head is copied into the exchange arena here */
+        if (!x->head_sent) {
+            /* The client connection cannot carry it (a request head filling its buffer). */
+            x->resp_headers.len = 0;
+            proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, "cannot tunnel on this connection");
+            return;
+        }
+        conn_drop(px);
+        proxy_cleanup(px);
+        x->down->abort(x);
+        return;
+    }
+    px->conn->rbuf->off += head_len;
+    px->state = PX_TUNNEL;
+    px->tunnel_head_unsent = true;
+    tunnel_touch(px);
+    if (!tunnel_pump(px))
+        return;
+    x->down->body_start(x, tunnel_from_client);
 }
 
 /* ---- the response cache (docs/cache.md) ------------------------------------------------------ */
@@ -1956,7 +2270,8 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
     x->handler_data = px;
     x->on_abort = proxy_on_abort;
     x->upstream_name = px->up->conf->name;
-    if (route->cache.enabled && u->cache != NULL && x->route_index >= 0) {
+    px->upgrade = upgrade_wanted(px);
+    if (route->cache.enabled && u->cache != NULL && x->route_index >= 0 && !px->upgrade) {
         cache_start(px, u);
         return;
     }

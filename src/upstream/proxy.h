@@ -4,7 +4,10 @@
  * hop-by-hop headers removed and X-Forwarded-* / Forwarded / X-Request-Id set, streams the
  * request body up and the response body down with backpressure both ways, and maps every
  * failure to its cause (upstream_connect_failed, upstream_reset, upstream_bad_response,
- * upstream_timeout). All of it runs on the exchange's worker thread.
+ * upstream_timeout). An upgrade request (WebSocket; never h2c) keeps Upgrade/Connection, and
+ * after the upstream's 101 the two connections become a byte tunnel with backpressure, half-close
+ * and timeouts.tunnel_idle (docs/websocket.md); that upstream connection is never pooled again.
+ * All of it runs on the exchange's worker thread.
  */
 #ifndef SL_UPSTREAM_PROXY_H
 #define SL_UPSTREAM_PROXY_H
