@@ -433,7 +433,8 @@ static void test_unknown_keys(void **state)
         "7:16: unknown key 'stauts' in respond (allowed: status, body, content_type, echo)",
         "8:46: unknown key 'wieght' in target (allowed: address, weight)",
         "8:74: unknown key 'idle' in keepalive (allowed: max_idle, idle_timeout)",
-        "9:13: unknown key 'connect' in timeouts (allowed: client_header, client_idle, client_body, drain, tunnel_idle)");
+        "9:13: unknown key 'connect' in timeouts (allowed: client_header, client_idle, client_body, drain, "
+        "tunnel_idle)");
     EXPECT_ERRORS("x-base: &b { max_connections: 5 }\n" LISTEN "limits: { <<: *b }\n",
                   "3:11: YAML merge keys (<<) are not supported; repeat the keys or use an alias as a value");
     /* x- keys are ignored only at the top level, where anchors live. */
