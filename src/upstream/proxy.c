@@ -763,6 +763,22 @@ static void conn_fields_collect(const sl_header_t *h, size_t n, conn_fields_t *c
             cf->items[cf->n++] = &h[i];
 }
 
+/* True when the comma-separated field value `v` lists `token` (case-insensitive). */
+static bool list_has_token(sl_str_t v, sl_str_t token)
+{
+    size_t p = 0;
+    while (p < v.len) {
+        while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == '\t' || v.ptr[p] == ','))
+            p++;
+        size_t st = p;
+        while (p < v.len && v.ptr[p] != ',' && v.ptr[p] != ' ' && v.ptr[p] != '\t')
+            p++;
+        if (p > st && sl_str_caseeq(token, (sl_str_t){v.ptr + st, p - st}))
+            return true;
+    }
+    return false;
+}
+
 static bool is_hop_by_hop(sl_str_t name, const conn_fields_t *cf)
 {
     static const sl_str_t hop[] = {
@@ -774,19 +790,9 @@ static bool is_hop_by_hop(sl_str_t name, const conn_fields_t *cf)
         if (name.len == hop[i].len && sl_str_caseeq(name, hop[i]))
             return true;
     /* RFC 9110 §7.6.1: fields named in Connection are hop-by-hop too. */
-    for (size_t i = 0; i < cf->n; i++) {
-        sl_str_t v = cf->items[i]->value;
-        size_t p = 0;
-        while (p < v.len) {
-            while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == '\t' || v.ptr[p] == ','))
-                p++;
-            size_t st = p;
-            while (p < v.len && v.ptr[p] != ',' && v.ptr[p] != ' ' && v.ptr[p] != '\t')
-                p++;
-            if (p > st && sl_str_caseeq(name, (sl_str_t){v.ptr + st, p - st}))
-                return true;
-        }
-    }
+    for (size_t i = 0; i < cf->n; i++)
+        if (list_has_token(cf->items[i]->value, name))
+            return true;
     return false;
 }
 
@@ -1426,17 +1432,8 @@ static bool connection_lists(const sl_headers_t *h, sl_str_t token)
     for (size_t i = 0; i < h->len; i++) {
         if (!sl_str_caseeq(h->items[i].name, SL_STR_LIT("Connection")))
             continue;
-        sl_str_t v = h->items[i].value;
-        size_t p = 0;
-        while (p < v.len) {
-            while (p < v.len && (v.ptr[p] == ' ' || v.ptr[p] == '\t' || v.ptr[p] == ','))
-                p++;
-            size_t st = p;
-            while (p < v.len && v.ptr[p] != ',' && v.ptr[p] != ' ' && v.ptr[p] != '\t')
-                p++;
-            if (p > st && sl_str_caseeq(token, (sl_str_t){v.ptr + st, p - st}))
-                return true;
-        }
+        if (list_has_token(h->items[i].value, token))
+            return true;
     }
     return false;
 }
