@@ -250,8 +250,7 @@ static bool pct_decode(sl_str_t in, char *out, size_t cap)
     return true;
 }
 
-/* The value of `key` in the query string (decoded), or false. */
-static bool query_get(sl_str_t query, const char *key, char *out, size_t cap)
+int sl__admin_query_get(sl_str_t query, const char *key, char *out, size_t cap)
 {
     size_t klen = strlen(key);
     const char *p = query.ptr, *end = query.ptr + query.len;
@@ -259,10 +258,10 @@ static bool query_get(sl_str_t query, const char *key, char *out, size_t cap)
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *stop = amp ? amp : end;
         if ((size_t)(stop - p) > klen && memcmp(p, key, klen) == 0 && p[klen] == '=')
-            return pct_decode((sl_str_t){p + klen + 1, (size_t)(stop - p - (ptrdiff_t)klen - 1)}, out, cap);
+            return pct_decode((sl_str_t){p + klen + 1, (size_t)(stop - p - (ptrdiff_t)klen - 1)}, out, cap) ? 1 : -1;
         p = stop + 1;
     }
-    return false;
+    return 0;
 }
 
 static bool authorized(admin_conn_t *c)
@@ -710,7 +709,7 @@ static void handle(admin_conn_t *c)
         }
         char w[16];
         unsigned window = 60;
-        if (query_get(req->query, "window", w, sizeof(w)))
+        if (sl__admin_query_get(req->query, "window", w, sizeof(w)) == 1)
             window = (unsigned)strtoul(w, NULL, 10) >= 300 ? 300 : 60;
         respond_json(c, 200, h->doctor(h->ctx, window));
         return;
@@ -732,7 +731,7 @@ static void handle(admin_conn_t *c)
     }
     if (nseg == 1 && strcmp(seg[0], "routes") == 0 && is_get(c) && h->routes_table != NULL) {
         char v[16];
-        if (query_get(req->query, "view", v, sizeof(v)) && strcmp(v, "table") == 0) {
+        if (sl__admin_query_get(req->query, "view", v, sizeof(v)) == 1 && strcmp(v, "table") == 0) {
             respond_json(c, 200, h->routes_table(h->ctx));
             return;
         }

@@ -71,6 +71,11 @@ void sl_admin_stop(sl_admin_t *a);
 /** The errors of a load as the API's JSON array [{file,line,col,path,message}] (new reference). */
 json_t *sl_admin_errors_json(const sl_config_errors_t *errs);
 
+/* Admin module internal (its handler files share it): the percent-decoded value of `key` in a
+ * query string into `out` (cap bytes with the NUL): 1 found, 0 absent, -1 badly escaped, a NUL
+ * or too long. */
+int sl__admin_query_get(sl_str_t query, const char *key, char *out, size_t cap);
+
 /** GET /consumers/NAME/usage (src/admin/usage.c): `*status` and the JSON body to answer with
  *  (new reference); `get` is false for any method but GET/HEAD (405). */
 json_t *sl_admin_usage(const sl_admin_hooks_t *h, const char *consumer, bool get, int *status);

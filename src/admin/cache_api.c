@@ -18,51 +18,6 @@ static json_t *error_json(const char *error, const char *message)
     return json_pack("{s:s, s:s}", "error", error, "message", message);
 }
 
-static int hexval(char c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
-/* The decoded value of `key` in a query string; false when absent, badly escaped or too long. */
-static bool query_value(sl_str_t q, const char *key, char *out, size_t cap, bool *bad)
-{
-    size_t klen = strlen(key);
-    const char *p = q.ptr, *end = q.ptr + q.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *stop = amp ? amp : end;
-        if ((size_t)(stop - p) > klen && memcmp(p, key, klen) == 0 && p[klen] == '=') {
-            size_t n = 0;
-            for (const char *s = p + klen + 1; s < stop; s++) {
-                char ch = *s;
-                if (ch == '%') {
-                    int hi = s + 2 < stop ? hexval(s[1]) : -1, lo = s + 2 < stop ? hexval(s[2]) : -1;
-                    if (hi < 0 || lo < 0) {
-                        *bad = true;
-                        return false;
-                    }
-                    ch = (char)(hi << 4 | lo);
-                    s += 2;
-                } else if (ch == '+') {
-                    ch = ' ';
-                }
-                if (n + 1 >= cap || ch == 0) {
-                    *bad = true;
-                    return false;
-                }
-                out[n++] = ch;
-            }
-            out[n] = 0;
-            return true;
-        }
-        p = stop + 1;
-    }
-    return false;
-}
-
 json_t *sl_admin_cache(const sl_admin_hooks_t *h, sl_str_t query, bool del, int *status)
 {
     if (!del) {
@@ -71,10 +26,10 @@ json_t *sl_admin_cache(const sl_admin_hooks_t *h, sl_str_t query, bool del, int 
     }
     sl_snapshot_t *snap = h->current != NULL ? h->current(h->ctx) : NULL;
     char route[256] = "", path[4096] = "";
-    bool bad = false;
-    bool has_route = query_value(query, "route", route, sizeof(route), &bad);
-    bool has_path = query_value(query, "path", path, sizeof(path), &bad);
-    if (bad || (has_route && route[0] == 0) || (has_path && path[0] != '/')) {
+    int rr = sl__admin_query_get(query, "route", route, sizeof(route));
+    int rp = sl__admin_query_get(query, "path", path, sizeof(path));
+    bool has_route = rr == 1, has_path = rp == 1;
+    if (rr < 0 || rp < 0 || (has_route && route[0] == 0) || (has_path && path[0] != '/')) {
         *status = 400;
         return error_json("bad_request", "route must be a route name and path a target starting with '/'.");
     }

@@ -126,7 +126,7 @@ static json_t *upstreams_json(const sl_admin_stats_source_t *src, sl_metrics_his
     return a;
 }
 
-/* The route table view (match order) with each route's cumulative counts. */
+/* A cached route's sluice_cache_requests_total by result, keyed in lower case. */
 static json_t *cache_json(const sl_metrics_route_sum_t *s)
 {
     json_t *o = checked(json_object());
@@ -142,6 +142,7 @@ static json_t *cache_json(const sl_metrics_route_sum_t *s)
     return o;
 }
 
+/* The route table view (match order) with each route's cumulative counts. */
 static json_t *routes_json(const sl_admin_stats_source_t *src, sl_metrics_route_sum_t *total,
                            uint64_t by_failure[SL_FAILURE__COUNT + 1])
 {

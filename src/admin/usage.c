@@ -2,10 +2,9 @@
  * GET /consumers/NAME/usage (docs/admin.md, docs/ratelimit.md "Reading a consumer's usage"):
  * every rate limit and quota a request of the consumer meets, with what is left of it now.
  *
- * The limits come from the running config (the snapshot's, through the `current` hook;
- * without it the config_text, loaded again with the same loader): the identities it yields are
- * the filters' own, so the keys read are exactly the keys admitted against. The figures come
- * from the process's limiter table through filters/usage.h, read without a write or a lock, so
+ * The limits come from the running snapshot's config (the `current` hook): the identities it
+ * yields are the filters' own, so the keys read are exactly the keys admitted against. The
+ * figures come from the process's limiter table through filters/usage.h, read without a write or a lock, so
  * the data path never notices. In cluster mode (stores.redis) the answer is this node's table
  * and says so (`"source": "local"`): Redis holds the cluster's figures, and reading them would
  * need an asynchronous answer the admin server does not have.
@@ -115,33 +114,19 @@ json_t *sl_admin_usage(const sl_admin_hooks_t *h, const char *consumer, bool get
         *status = 405;
         return error_json("method_not_allowed", "This endpoint does not take that method.");
     }
-    /* The running snapshot's config when the server gives it (nothing to parse); else the
-     * running text, loaded again. */
+    /* The running snapshot's config: its limits are the ones the filters were built from, and
+     * reading it parses nothing. */
     const struct sl_snapshot *snap = h->current != NULL ? h->current(h->ctx) : NULL;
-    sl_config_t *parsed = NULL;
     if (snap == NULL) {
-        if (h->config_text == NULL) {
-            *status = 404;
-            return error_json("not_found", "No such admin endpoint.");
-        }
-        size_t len = 0;
-        const char *text = h->config_text(h->ctx, &len);
-        sl_config_errors_t errs = {0};
-        int rc = sl_config_load_buffer("<running>", text, len, &parsed, &errs);
-        sl_config_errors_dispose(&errs);
-        if (rc != 0) {
-            *status = 500;
-            return error_json("internal_error", "The running config could not be read.");
-        }
+        *status = 404;
+        return error_json("not_found", "No such admin endpoint.");
     }
-    const sl_config_t *cfg = snap != NULL ? snap->cfg : parsed;
+    const sl_config_t *cfg = snap->cfg;
     sl_str_t name = sl_str_from_cstr(consumer);
     bool known = false;
     for (size_t i = 0; i < cfg->nconsumers && !known; i++)
         known = sl_str_eq(cfg->consumers[i].name, name);
     if (!known) {
-        if (parsed != NULL)
-            sl_config_unref(parsed);
         char msg[320];
         snprintf(msg, sizeof(msg), "No consumer named '%.200s'.", consumer);
         *status = 404;
@@ -162,8 +147,6 @@ json_t *sl_admin_usage(const sl_admin_hooks_t *h, const char *consumer, bool get
                             json_string("Cluster mode: limits are decided in Redis; these figures are this node's "
                                         "local table, which holds only what it decided while Redis was down."));
     json_object_set_new(out, "limits", u.items);
-    if (parsed != NULL)
-        sl_config_unref(parsed);
     *status = 200;
     return out;
 }

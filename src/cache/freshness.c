@@ -234,14 +234,6 @@ static bool default_cacheable(int status)
     }
 }
 
-static const sl_header_t *find(const sl_headers_t *h, sl_str_t name)
-{
-    for (size_t i = 0; i < h->len; i++)
-        if (sl_str_caseeq(h->items[i].name, name))
-            return &h->items[i];
-    return NULL;
-}
-
 enum sl_cache_verdict sl_cache_response_analyze(const sl_cache_conf_t *conf, int status, const sl_headers_t *resp,
                                                 bool req_has_auth, int64_t request_time, int64_t response_time,
                                                 sl_cache_meta_t *out)
@@ -253,13 +245,14 @@ enum sl_cache_verdict sl_cache_response_analyze(const sl_cache_conf_t *conf, int
     m.request_time = request_time;
     m.response_time = response_time;
     m.date_value = response_time;
-    const sl_header_t *h = find(resp, SL_STR_LIT("Date"));
+    const sl_header_t *h = sl_headers_find(resp, SL_STR_LIT("Date"));
     if (h != NULL)
         sl_http_date_parse(h->value, &m.date_value);
-    h = find(resp, SL_STR_LIT("Age"));
+    h = sl_headers_find(resp, SL_STR_LIT("Age"));
     if (h != NULL && !parse_delta(h->value, &m.age_value))
         m.age_value = 0;
-    m.has_validator = find(resp, SL_STR_LIT("ETag")) != NULL || find(resp, SL_STR_LIT("Last-Modified")) != NULL;
+    m.has_validator =
+        sl_headers_find(resp, SL_STR_LIT("ETag")) != NULL || sl_headers_find(resp, SL_STR_LIT("Last-Modified")) != NULL;
     m.no_cache = (cc.flags & SL_CC_NO_CACHE) != 0;
     /* §4.2.4 / §5.2.2.8: s-maxage brings proxy-revalidate's meaning with it. */
     m.no_stale = (cc.flags & (SL_CC_MUST_REVALIDATE | SL_CC_PROXY_REVALIDATE | SL_CC_S_MAXAGE)) != 0;
@@ -267,7 +260,7 @@ enum sl_cache_verdict sl_cache_response_analyze(const sl_cache_conf_t *conf, int
     m.auth_ok = (cc.flags & (SL_CC_PUBLIC | SL_CC_S_MAXAGE | SL_CC_MUST_REVALIDATE)) != 0;
 
     bool explicit_fresh = true;
-    const sl_header_t *expires = find(resp, SL_STR_LIT("Expires"));
+    const sl_header_t *expires = sl_headers_find(resp, SL_STR_LIT("Expires"));
     if (cc.flags & SL_CC_S_MAXAGE) {
         m.lifetime = cc.s_maxage;
     } else if (cc.flags & SL_CC_MAX_AGE) {
@@ -300,7 +293,7 @@ enum sl_cache_verdict sl_cache_response_analyze(const sl_cache_conf_t *conf, int
         return SL_CACHE_NO_PRIVATE;
     if (req_has_auth && !m.auth_ok)
         return SL_CACHE_NO_AUTH;
-    if (find(resp, SL_STR_LIT("Set-Cookie")) != NULL)
+    if (sl_headers_find(resp, SL_STR_LIT("Set-Cookie")) != NULL)
         return SL_CACHE_NO_COOKIE;
     for (size_t i = 0; i < resp->len; i++)
         if (sl_str_caseeq(resp->items[i].name, SL_STR_LIT("Vary")) &&

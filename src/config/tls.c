@@ -13,32 +13,31 @@
 #include "config/internal.h"
 #include "tls/tls.h"
 
-static int parse_cert_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+/* A file path, with its position kept for the errors of loading the file later. */
+static int read_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, sl_str_t *out,
+                     sl_config_pos_t *pos)
 {
-    sl_tls_cert_conf_t *c = SL_CONTAINER_OF(field, sl_tls_cert_conf_t, cert);
     v = sl__config_node_deref(v);
-    if (sl__config_read_str(ctx, k->name, v, &c->cert) != 0)
+    if (sl__config_read_str(ctx, k->name, v, out) != 0)
         return -1;
-    c->cert_pos = v->pos;
-    if (c->cert.len == 0) {
-        sl__config_error(ctx, v, "cert: expected a file path");
+    *pos = v->pos;
+    if (out->len == 0) {
+        sl__config_error(ctx, v, "%s: expected a file path", k->name);
         return -1;
     }
     return 0;
 }
 
+static int parse_cert_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_tls_cert_conf_t *c = SL_CONTAINER_OF(field, sl_tls_cert_conf_t, cert);
+    return read_path(ctx, k, v, &c->cert, &c->cert_pos);
+}
+
 static int parse_key_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
 {
     sl_tls_cert_conf_t *c = SL_CONTAINER_OF(field, sl_tls_cert_conf_t, key);
-    v = sl__config_node_deref(v);
-    if (sl__config_read_str(ctx, k->name, v, &c->key) != 0)
-        return -1;
-    c->key_pos = v->pos;
-    if (c->key.len == 0) {
-        sl__config_error(ctx, v, "key: expected a file path");
-        return -1;
-    }
-    return 0;
+    return read_path(ctx, k, v, &c->key, &c->key_pos);
 }
 
 static const sl__config_key_t cert_keys[] = {
@@ -87,15 +86,7 @@ static int parse_ciphers(sl__config_ctx_t *ctx, const sl__config_key_t *k, const
 static int parse_client_ca(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
 {
     sl_listen_tls_conf_t *t = SL_CONTAINER_OF(field, sl_listen_tls_conf_t, client_ca);
-    v = sl__config_node_deref(v);
-    if (sl__config_read_str(ctx, k->name, v, &t->client_ca) != 0)
-        return -1;
-    t->client_ca_pos = v->pos;
-    if (t->client_ca.len == 0) {
-        sl__config_error(ctx, v, "client_ca: expected a file path");
-        return -1;
-    }
-    return 0;
+    return read_path(ctx, k, v, &t->client_ca, &t->client_ca_pos);
 }
 
 static const sl__config_enum_t client_auth_modes[] = {

@@ -175,8 +175,11 @@ static size_t put_part(uint8_t *buf, size_t n, char tag, const void *p, size_t l
     return n + len;
 }
 
-bool sl__rate_key_value(const sl_exchange_t *x, const sl__ip_trust_t *trust, const sl_rate_limit_conf_t *l,
-                        uint8_t *buf, size_t *len)
+/* The key value of `l` for a request of `consumer` on `route`. `x` is the request, for the
+ * parts only a request has (address, header); NULL for a usage read, which has no such parts
+ * and gets false when the key needs one. */
+static bool key_value(const sl_rate_limit_conf_t *l, sl_str_t consumer, sl_str_t route, const sl_exchange_t *x,
+                      const sl__ip_trust_t *trust, uint8_t *buf, size_t *len)
 {
     size_t n = 0;
     for (size_t i = 0; i < l->nparts; i++) {
@@ -184,24 +187,28 @@ bool sl__rate_key_value(const sl_exchange_t *x, const sl__ip_trust_t *trust, con
         uint8_t addr[16] = {0};
         switch (l->parts[i]) {
         case SL_RATE_KEY_CONSUMER:
-            if (x->consumer.len > 0) {
-                n = put_part(buf, n, 'c', x->consumer.ptr, x->consumer.len);
+            if (consumer.len > 0) {
+                n = put_part(buf, n, 'c', consumer.ptr, consumer.len);
                 break;
             }
+            if (x == NULL)
+                return false;
             /* Anonymous: per client address, so anonymous callers do not share one budget. */
             sl__client_addr(x, trust, &family, addr);
             n = put_part(buf, n, 'a', addr, family == AF_INET6 ? 16 : 4);
             break;
         case SL_RATE_KEY_IP:
+            if (x == NULL)
+                return false;
             sl__client_addr(x, trust, &family, addr);
             n = put_part(buf, n, 'i', addr, family == AF_INET6 ? 16 : 4);
             break;
         case SL_RATE_KEY_ROUTE:
             /* The route is in a route limit's identity already; a global one needs its name. */
-            n = put_part(buf, n, 'r', x->route_name.ptr, x->route_name.len);
+            n = put_part(buf, n, 'r', route.ptr, route.len);
             break;
         case SL_RATE_KEY_HEADER: {
-            const sl_header_t *h = sl_headers_find(&x->req_headers, l->headers[i]);
+            const sl_header_t *h = x != NULL ? sl_headers_find(&x->req_headers, l->headers[i]) : NULL;
             if (h == NULL)
                 return false;
             n = put_part(buf, n, 'h', h->value.ptr, h->value.len);
@@ -211,6 +218,12 @@ bool sl__rate_key_value(const sl_exchange_t *x, const sl__ip_trust_t *trust, con
     }
     *len = n;
     return true;
+}
+
+bool sl__rate_key_value(const sl_exchange_t *x, const sl__ip_trust_t *trust, const sl_rate_limit_conf_t *l,
+                        uint8_t *buf, size_t *len)
+{
+    return key_value(l, x->consumer, x->route_name, x, trust, buf, len);
 }
 
 /* ---- cluster mode --------------------------------------------------------------------------- */
@@ -441,22 +454,7 @@ void sl__rate_note_table(sl_gcra_table_t *t)
 
 bool sl__rate_usage_key(const sl_rate_limit_conf_t *l, sl_str_t consumer, sl_str_t route, uint8_t *buf, size_t *len)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < l->nparts; i++) {
-        switch (l->parts[i]) {
-        case SL_RATE_KEY_CONSUMER:
-            n = put_part(buf, n, 'c', consumer.ptr, consumer.len);
-            break;
-        case SL_RATE_KEY_ROUTE:
-            n = put_part(buf, n, 'r', route.ptr, route.len);
-            break;
-        case SL_RATE_KEY_IP:
-        case SL_RATE_KEY_HEADER:
-            return false;
-        }
-    }
-    *len = n;
-    return true;
+    return key_value(l, consumer, route, NULL, NULL, buf, len);
 }
 
 static bool key_has(const sl_rate_limit_conf_t *c, enum sl_rate_key_part part)
@@ -479,7 +477,7 @@ static void usage_limit(const sl_rate_limit_conf_t *c, sl_str_t scope, size_t in
     it.per_consumer = sl__rate_usage_key(c, consumer, route, buf, &len);
     if (it.per_consumer) {
         /* Peek with the filter's clock base, so the TAT compares with the same "now". */
-        sl_gcra_key_t key = sl_gcra_key_digest(l.id, (sl_str_t){(const char *)buf, len});
+        sl_gcra_key_t key = sl_gcra_key_digest_prefixed(&l.id_prefix, (sl_str_t){(const char *)buf, len});
         it.tracked = sl_gcra_peek(t, key, &l.params, now_ns + SL__TABLE_TIME_BIAS, &it.r) == 0;
     }
     cb(arg, &it);

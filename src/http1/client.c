@@ -98,7 +98,8 @@ static const char *error_name(int code)
     case SL_EFETCH_TOO_LARGE:
         return "response too large";
     case SL_EFETCH_TLS:
-        return "TLS handshake failed (certificate not trusted or not for this host, or no common protocol)";
+        return "TLS handshake failed (certificate not trusted or not for this host, no common protocol, or "
+               "the server did not speak TLS)";
     default:
         return "unknown fetch error";
     }
@@ -337,6 +338,10 @@ static void on_data(sl_fetch_t *f, size_t n)
 
 static void on_eof(sl_fetch_t *f)
 {
+    if (f->tls != NULL && !sl_tls_conn_handshake_done(f->tls)) {
+        finish(f, SL_EFETCH_TLS); /* no HTTP byte was exchanged: the server refused TLS */
+        return;
+    }
     if (f->phase == PH_BODY && f->resp.body == SL_H1_BODY_CLOSE)
         finish(f, 0);
     else

@@ -6,8 +6,9 @@
  *
  * What it does: parses `http://host[:port][/path[?query]]` or `https://...` (TLS 1.2+, the
  * server's certificate verified against the system trust store or SSL_CERT_FILE, and against
- * the host name; a failed verification is SL_EFETCH_TLS), resolves the host with uv_getaddrinfo unless it is an IP
- * literal (and tries each resolved address until one connects), sends method + path + Host +
+ * the host name; a failed verification, or a server that hangs up or answers without TLS
+ * before the handshake ends, is SL_EFETCH_TLS), resolves the host with uv_getaddrinfo unless
+ * it is an IP literal (and tries each resolved address until one connects), sends method + path + Host +
  * the caller's headers + optional body with Content-Length, and reads the response with the
  * strict parser (sl_h1_parse_response; interim 1xx heads skipped) and its body by
  * Content-Length, chunked coding (sl_h1_chunked_decode) or until close. One uv_timer bounds the
@@ -16,7 +17,7 @@
  * Contract (http/fetch.h): a start that fails returns the error and never calls `cb`; otherwise
  * `cb` is called exactly once from a later loop iteration, or never if sl_h1_fetch_cancel came
  * first (cancel does not call `cb`: the caller that cancels has gone away). Errors are
- * enum sl_fetch_error: DNS, refused, connect, timeout, I/O, bad response, too large.
+ * enum sl_fetch_error: DNS, refused, connect, timeout, I/O, bad response, too large, TLS.
  *
  * Memory: one heap object per fetch holding the handles, the request bytes and the response;
  * it is freed after the callback has returned (or after cancel) once libuv has closed every

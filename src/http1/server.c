@@ -400,6 +400,19 @@ static void grow_head_buffer(sl_h1_conn_t *c)
     sl_buf_put(&c->worker->bufs, old); /* frees it when its size is not the pool's */
 }
 
+static void stop_reading(sl_h1_conn_t *c)
+{
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->flags &= ~CONN_READING;
+}
+
+/* The peer sent its last byte (TCP FIN or TLS close_notify) while the exchange goes on. */
+static void peer_half_closed(sl_h1_conn_t *c)
+{
+    c->flags |= CONN_PEER_EOF;
+    stop_reading(c);
+}
+
 /* New request bytes are in rbuf: hand them to whoever waits for them. */
 static void on_bytes(sl_h1_conn_t *c)
 {
@@ -409,16 +422,14 @@ static void on_bytes(sl_h1_conn_t *c)
         body_deliver(c);
     } else if (c->rbuf->len == c->rbuf->cap) {
         /* Pipelined bytes filled the buffer while a response is pending: pause reading. */
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->flags &= ~CONN_READING;
+        stop_reading(c);
     }
 }
 
 /* The read buffer is full and no more fits (UV_ENOBUFS, or decrypted bytes still waiting). */
 static void on_buffer_full(sl_h1_conn_t *c)
 {
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->flags &= ~CONN_READING;
+    stop_reading(c);
     if (c->act == NULL)
         conn_process(c);
 }
@@ -459,9 +470,7 @@ static bool tunnel_half_close(sl_h1_conn_t *c)
     sl_h1_active_t *a = c->act;
     if (a == NULL || !a->tunnel)
         return false;
-    c->flags |= CONN_PEER_EOF;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->flags &= ~CONN_READING;
+    peer_half_closed(c);
     if (a->body_started && !a->body_done && !a->body_wait_ack)
         body_deliver(c);
     return true;
@@ -581,14 +590,11 @@ static size_t start_reading(sl_h1_conn_t *c)
     ssize_t added = tls_fill(c);
     if (added == SL_ECLOSED && c->act != NULL && c->act->tunnel) {
         /* A close_notify TLS held while the tunnel waited: the client's half-close. */
-        c->flags |= CONN_PEER_EOF;
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->flags &= ~CONN_READING;
+        peer_half_closed(c);
         return 0;
     }
     if (added < 0) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->flags &= ~CONN_READING;
+        stop_reading(c);
         sl_timeq_add_at(&c->worker->timeqs, &c->timeout, 0, on_tls_dead);
         return 0;
     }
@@ -849,9 +855,7 @@ static void tunnel_deliver(sl_h1_conn_t *c)
                     continue;
                 }
                 if (n == SL_ECLOSED) {
-                    c->flags |= CONN_PEER_EOF;
-                    uv_read_stop((uv_stream_t *)&c->tcp);
-                    c->flags &= ~CONN_READING;
+                    peer_half_closed(c);
                 } else if (n < 0) {
                     sl_timeq_add_at(&c->worker->timeqs, &c->timeout, 0, on_tls_dead);
                     break;

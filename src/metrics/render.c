@@ -588,7 +588,7 @@ static void emit_tls_handshakes(render_t *r, const family_t *f)
     }
 }
 
-/* Sorted by name. Later features add their row here (sluice_cache_requests_total). */
+/* Sorted by name. Later features add their row here. */
 static const family_t families[] = {
     {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", emit_cpu},
     {"process_max_fds", "gauge", "Maximum number of open file descriptors.", emit_max_fds},

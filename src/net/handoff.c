@@ -92,9 +92,11 @@ static int msg_recv(int sock, msg_t *m, int *fd)
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
     *fd = -1;
     ssize_t n;
+    /* ECONNRESET: the peer closed with our last record unread (a refusal does). Linux reports
+     * that once, before the records still queued for us, so read on: they or the end follow. */
     do
         n = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    while (n < 0 && errno == EINTR);
+    while (n < 0 && (errno == EINTR || errno == ECONNRESET));
     if (n < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
@@ -218,6 +220,10 @@ int sl_handoff_fetch(const char *path, int timeout_ms, sl_handoff_client_t *c, c
     msg_t m;
     msg_init(&m, MSG_HELLO);
     err = msg_send(c->fd, &m, -1);
+    /* A busy server refuses at once and may close before our HELLO arrives: its ERROR is
+     * still queued for us, so read it rather than report a bare EPIPE. */
+    if (err == -EPIPE || err == -ECONNRESET)
+        err = 0;
     size_t cap = 0;
     while (err == 0) {
         int fd;
@@ -276,10 +282,8 @@ bool sl_handoff_same_addr(const struct sockaddr *a, const struct sockaddr *b)
     return false;
 }
 
-int sl_handoff_take(sl_handoff_client_t *c, const struct sockaddr *addr, socklen_t addrlen, unsigned worker,
-                    bool any_worker)
+int sl_handoff_take(sl_handoff_client_t *c, const struct sockaddr *addr, unsigned worker, bool any_worker)
 {
-    (void)addrlen;
     for (size_t i = 0; i < c->nls; i++) {
         sl_handoff_listener_t *l = &c->ls[i];
         if (l->fd < 0 || (!any_worker && l->worker != worker) ||

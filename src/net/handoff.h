@@ -60,12 +60,11 @@ typedef struct sl_handoff_client {
 int sl_handoff_fetch(const char *path, int timeout_ms, sl_handoff_client_t *c, char *why, size_t whylen);
 
 /**
- * Takes the fd of the old listener on `addr` for worker `worker`, or when `any_worker`, of any
- * worker not taken yet. Returns the fd (now the caller's) and sets `*index`-independent
- * ownership, or -1 when none is left.
+ * Takes the fd of the old listener on `addr` (same family, address and port) of worker
+ * `worker`, or when `any_worker`, of any worker, not taken yet. Returns the fd, now the
+ * caller's (counted in `c->adopted`), or -1 when none is left.
  */
-int sl_handoff_take(sl_handoff_client_t *c, const struct sockaddr *addr, socklen_t addrlen, unsigned worker,
-                    bool any_worker);
+int sl_handoff_take(sl_handoff_client_t *c, const struct sockaddr *addr, unsigned worker, bool any_worker);
 
 /** True when `a` and `b` are the same address and port (IPv4/IPv6). */
 bool sl_handoff_same_addr(const struct sockaddr *a, const struct sockaddr *b);

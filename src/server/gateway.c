@@ -796,7 +796,7 @@ static int worker_fds(gateway_t *gw, const sl_config_t *cfg, sl_handoff_client_t
     for (size_t i = 0; i < gw->nworkers; i++) {
         for (size_t l = 0; l < cfg->nlistens; l++) {
             const struct sockaddr *sa = (const struct sockaddr *)&cfg->listens[l].addr;
-            int fd = hc != NULL ? sl_handoff_take(hc, sa, cfg->listens[l].addrlen, (unsigned)i, false) : -1;
+            int fd = hc != NULL ? sl_handoff_take(hc, sa, (unsigned)i, false) : -1;
             if (fd < 0) {
                 int err = sl_listen_socket(sa, cfg->listens[l].addrlen, 4096, &fd);
                 if (err) {
@@ -813,8 +813,7 @@ static int worker_fds(gateway_t *gw, const sl_config_t *cfg, sl_handoff_client_t
     size_t next = 0;
     for (size_t l = 0; hc != NULL && l < cfg->nlistens; l++) {
         int fd;
-        while ((fd = sl_handoff_take(hc, (const struct sockaddr *)&cfg->listens[l].addr, cfg->listens[l].addrlen, 0,
-                                     true)) >= 0) {
+        while ((fd = sl_handoff_take(hc, (const struct sockaddr *)&cfg->listens[l].addr, 0, true)) >= 0) {
             worker_fds_t *w = &wf[next++ % gw->nworkers];
             w->fd[w->n] = fd;
             w->index[w->n++] = (unsigned)l;
@@ -969,11 +968,10 @@ int sl_gateway_run_opts(const sl_gateway_opts_t *o)
         goto out_slots;
     }
     if (cfg->admin.enabled) {
-        const char *token = NULL;
-        /* Checked before a successor says READY: an unset variable fails it while the old one serves. */
-        err = admin_token(cfg, &token);
-        if (err == 0 && !upgrading)
-            err = admin_begin(gw, cfg);
+        /* A successor binds the admin address only after DONE, but checks the token before it
+         * says READY: an unset variable fails it while the old one serves. */
+        const char *token;
+        err = upgrading ? admin_token(cfg, &token) : admin_begin(gw, cfg);
         if (err != 0) {
             sl_handoff_abort(&hc);
             worker_fds_free(wf, gw->nworkers, true);

@@ -105,23 +105,25 @@ static void sip_word(sip_t *s, uint64_t m)
 
 static void sip_update(sip_t *s, const void *data, size_t len)
 {
-    const uint8_t *p = data;
-    size_t i = 0;
-    if (s->ntail == 0) /* aligned to a word of the message: whole words at once */
-        for (; i + 8 <= len; i += 8) {
-            uint64_t m = 0;
-            for (int b = 0; b < 8; b++) /* little-endian, as SipHash reads its input */
-                m |= (uint64_t)p[i + (size_t)b] << (8 * b);
-            sip_word(s, m);
-        }
-    for (; i < len; i++) {
-        s->tail |= (uint64_t)p[i] << (8 * s->ntail);
+    const uint8_t *p = data, *end = p + len;
+    /* Complete a partial word first (a prefix ends wherever its identity does), so the rest is
+     * absorbed a whole word at a time. */
+    for (; s->ntail != 0 && p < end; p++) {
+        s->tail |= (uint64_t)*p << (8 * s->ntail);
         if (++s->ntail == 8) {
             sip_word(s, s->tail);
             s->tail = 0;
             s->ntail = 0;
         }
     }
+    for (; end - p >= 8; p += 8) {
+        uint64_t m = 0;
+        for (int b = 0; b < 8; b++) /* little-endian, as SipHash reads its input */
+            m |= (uint64_t)p[b] << (8 * b);
+        sip_word(s, m);
+    }
+    for (; p < end; p++) /* fewer than 8 left: they stay in the tail */
+        s->tail |= (uint64_t)*p << (8 * s->ntail++);
     s->total += len;
 }
 

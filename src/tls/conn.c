@@ -58,6 +58,8 @@ static sl_tls_conn_t *conn_new(SSL_CTX *ssl_ctx, uv_stream_t *stream)
     BIO_set_mem_eof_return(t->rbio, -1);
     BIO_set_mem_eof_return(t->wbio, -1);
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    t->failure = SL_TLS_FAIL_OTHER;
+    t->wreq.data = t;
     return t;
 }
 
@@ -66,8 +68,6 @@ void sl_tls_conn_create(sl_tls_ctx_t *ctx, uv_stream_t *stream, sl_tls_conn_t **
     sl_tls_conn_t *t = conn_new(ctx->ssl, stream);
     t->ctx = sl_tls_ctx_ref(ctx);
     SSL_set_accept_state(t->ssl);
-    t->failure = SL_TLS_FAIL_OTHER;
-    t->wreq.data = t;
     *out = t;
 }
 
@@ -109,8 +109,6 @@ int sl_tls_client_create(uv_stream_t *stream, const char *host, sl_tls_conn_t **
         X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         SSL_set1_host(t->ssl, host);
     }
-    t->failure = SL_TLS_FAIL_OTHER;
-    t->wreq.data = t;
     *out = t;
     return 0;
 }

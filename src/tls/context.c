@@ -316,19 +316,18 @@ static int on_ticket_key(SSL *ssl, unsigned char key_name[16], unsigned char iv[
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
         OSSL_PARAM_construct_end(),
     };
+    bool ok;
     if (enc) {
-        if (RAND_bytes(iv, 16) != 1)
-            return -1;
+        ok = RAND_bytes(iv, 16) == 1;
         memcpy(key_name, k.name, 16);
-        if (EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
-            return -1;
-    } else if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1) {
-        return -1;
+        ok = ok && EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1;
+    } else {
+        ok = EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1;
     }
-    if (EVP_MAC_CTX_set_params(hctx, params) != 1)
-        return -1;
+    ok = ok && EVP_MAC_CTX_set_params(hctx, params) == 1;
+    /* The copy taken out of the lock must not outlive the call, on failure either. */
     OPENSSL_cleanse(&k, sizeof(k));
-    return ret;
+    return ok ? ret : -1;
 }
 
 /* ---- contexts ----------------------------------------------------------------------------- */

@@ -1703,11 +1703,6 @@ static int64_t wall_s(void)
     return (int64_t)(sl_time_wall_ms() / 1000);
 }
 
-static const sl_header_t *find_header(const sl_headers_t *h, sl_str_t name)
-{
-    return sl_headers_find(h, name);
-}
-
 static void served_cb(sl_exchange_t *x, int status)
 {
     if (status < 0)
@@ -1766,10 +1761,10 @@ static bool client_not_modified(const sl_exchange_t *x, const sl_cache_obj_t *o)
 {
     if (o->meta.status != 200)
         return false; /* RFC 9110 §13.2.1: preconditions apply to a 2xx selected representation */
-    const sl_header_t *inm = find_header(&x->req_headers, SL_STR_LIT("If-None-Match"));
+    const sl_header_t *inm = sl_headers_find(&x->req_headers, SL_STR_LIT("If-None-Match"));
     if (inm != NULL)
         return o->etag.len > 0 && etag_listed(inm->value, o->etag);
-    const sl_header_t *ims = find_header(&x->req_headers, SL_STR_LIT("If-Modified-Since"));
+    const sl_header_t *ims = sl_headers_find(&x->req_headers, SL_STR_LIT("If-Modified-Since"));
     int64_t since, modified;
     return ims != NULL && o->last_modified.len > 0 && sl_http_date_parse(ims->value, &since) &&
            sl_http_date_parse(o->last_modified, &modified) && modified <= since;
@@ -1882,7 +1877,7 @@ static void cache_invalidate(proxy_t *px)
     sl_cache_invalidate(px->cache, px->ctag, px->chash, px->ckey);
     static const sl_str_t fields[] = {SL_STR_LIT("Location"), SL_STR_LIT("Content-Location")};
     for (size_t i = 0; i < SL_ARRAY_SIZE(fields); i++) {
-        const sl_header_t *h = find_header(&x->resp_headers, fields[i]);
+        const sl_header_t *h = sl_headers_find(&x->resp_headers, fields[i]);
         if (h == NULL || h->value.len == 0)
             continue;
         sl_str_t v = h->value, host = x->host, target;

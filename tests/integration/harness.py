@@ -938,3 +938,43 @@ def parse_case(text, name="<case>"):
 
 def load_cases(directory):
     return [parse_case(p.read_text(), p.stem) for p in sorted(Path(directory).glob("*.case"))]
+
+
+def wait_for(pred, timeout, what, interval=0.05):
+    """Polls `pred` until it is true; fails after `timeout` seconds (scaled by slack())."""
+    deadline = time.monotonic() + slack(timeout)
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
+
+
+def serve_json(doc, port=None, ssl_context=None, on_get=None):
+    """Serves a JSON document to every GET on 127.0.0.1 from a thread: `doc` is the document or a
+    callable returning it (read at each request); `on_get()` runs first when given. Returns
+    (server, port); server.shutdown() and server.server_close() stop it (the port then refuses)."""
+    import http.server
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if on_get is not None:
+                on_get()
+            body = json.dumps(doc() if callable(doc) else doc).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    port = port or free_port()
+
+    class Server(http.server.ThreadingHTTPServer):
+        allow_reuse_address = True
+
+    srv = Server(("127.0.0.1", port), H)
+    if ssl_context is not None:
+        srv.socket = ssl_context.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, port

@@ -10,7 +10,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import warnings
 
@@ -537,28 +536,9 @@ def test_check_reports_a_bad_client_ca(tmp_path, certs):
 
 def _https_jwks_server(certs, name, jwks):
     """A JWKS endpoint over TLS on 127.0.0.1 with the certificate `name`; returns (server, port)."""
-    import http.server
-    import ssl
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps(jwks).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    port = harness.free_port()
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(certs / f"{name}.crt"), str(certs / f"{name}.key"))
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, port
+    return harness.serve_json(jwks, ssl_context=ctx)
 
 
 @pytest.mark.deadline(90)

@@ -6,12 +6,9 @@ last good key set keeps verifying tokens, a new kid is refused cleanly), the err
 line per change of state however many requests meet the outage, and everything resumes by
 itself when the service is back (test_92_cluster.py and test_89_auth.py check the single
 outage; this adds repeated outages, a hung Redis, the line counts and the other traffic)."""
-import http.server
-import json
 import os
 import shutil
 import signal
-import threading
 import time
 
 import pytest
@@ -27,11 +24,7 @@ def count(gw, text):
     return gw.stderr_path.read_text().count(text)
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + harness.slack(timeout)
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+wait_for = harness.wait_for
 
 
 def timed(gw, path, headers=None):
@@ -121,24 +114,10 @@ class Jwks:
         self.server = None
 
     def start(self):
-        owner = self
+        def count():
+            self.fetches += 1
 
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.fetches += 1
-                body = json.dumps(owner.doc).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), H)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, _ = harness.serve_json(lambda: self.doc, port=self.port, on_get=count)
         return self
 
     def stop(self):

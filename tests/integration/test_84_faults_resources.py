@@ -21,11 +21,7 @@ def fd_count(gw):
     return min(len(os.listdir(f"/proc/{gw.pid}/fd")) for _ in range(3))
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + harness.slack(timeout)
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+wait_for = harness.wait_for
 
 
 # ---- disk full: the access log on /dev/full --------------------------------------------------

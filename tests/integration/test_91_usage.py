@@ -141,6 +141,23 @@ def test_a_global_limit_keyed_by_route_is_listed_per_route(env):
     assert per_route == {"api": 2, "metered": 1, "open": 0}, j
 
 
+def test_a_key_with_a_header_part_is_not_the_consumers_own(env):
+    """consumer+header:NAME: the budget is per header value too, so the usage read (which has no
+    request, hence no header) lists the limit without figures, whatever was spent against it."""
+    cfg = config()
+    cfg["routes"][0]["rate_limit"] = [{"key": "consumer+header:X-Tenant", "rate": "10/m", "burst": 10,
+                                       "name": "per-tenant"},
+                                      {"key": "consumer", "rate": "10/m", "burst": 10, "name": "per-consumer"}]
+    gw = env.gateway(**cfg)
+    with harness.RawConn(gw.port) as c:
+        for _ in range(2):
+            assert c.roundtrip("GET", "/api/x", {"X-API-Key": "key-alice", "X-Tenant": "t1"}).status == 200
+    j = usage(gw, "alice")[1]
+    tenant = item(j, "api", "per-tenant")
+    assert tenant["per_consumer"] is False and tenant["usage"] is None, tenant
+    assert item(j, "api", "per-consumer")["usage"]["used"] == 2, j
+
+
 def test_unknown_consumer_and_wrong_method(env):
     gw = env.gateway(**config())
     st, j = usage(gw, "mallory")

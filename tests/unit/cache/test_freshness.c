@@ -97,6 +97,12 @@ static void test_http_dates(void **state)
     assert_false(sl_http_date_parse(SL_STR_LIT("Sun, 06 Nov 1994 08:49:37 PST"), &t));
     assert_false(sl_http_date_parse(SL_STR_LIT("Sun, 06 Foo 1994 08:49:37 GMT"), &t));
     assert_false(sl_http_date_parse(SL_STR_LIT("Sun, 06 Nov 1994 28:49:37 GMT"), &t));
+    assert_false(sl_http_date_parse(SL_STR_LIT("Sun, 00 Nov 1994 08:49:37 GMT"), &t));
+    assert_false(sl_http_date_parse(SL_STR_LIT("Sunday, 06-Nov-94 08:49:37 UTC"), &t));
+    assert_false(sl_http_date_parse(SL_STR_LIT("Sunday, 06 Nov 94 08:49:37 GMT"), &t));
+    assert_false(sl_http_date_parse(SL_STR_LIT("Sun Nov  x 08:49:37 1994"), &t));
+    assert_false(sl_http_date_parse(SL_STR_LIT("Sun Nov 6 08:49:37 1994"), &t));
+    assert_false(sl_http_date_parse(SL_STR_LIT("Sun, 06 Nov 1994 08:49:37 GMT and more"), &t));
     assert_int_equal(t, 42); /* untouched on failure */
 }
 

@@ -52,6 +52,15 @@ static sl_cache_obj_t *make(uint64_t tag, const char *route, sl_str_t key, sl_st
     return o;
 }
 
+/* Stores a 10-byte variant of `key` (route tag 7) selected by `req`'s Vary fields. */
+static void insert_variant(sl_cache_t *c, sl_str_t key, sl_str_t names, const sl_headers_t *req, int64_t t,
+                           uint32_t max_variants)
+{
+    sl_cache_obj_t *o = make(7, "r", key, names, sl_cache_vary_values(&arena, names, req), 10, t);
+    assert_int_equal(sl_cache_insert(c, o, max_variants), 0);
+    sl_cache_obj_unref(o);
+}
+
 static void test_keys(void **state)
 {
     (void)state;
@@ -114,9 +123,7 @@ static void test_lookup_with_variants(void **state)
     sl_headers_t gz = one_header(&hb, "Accept-Encoding", "gzip");
     sl_header_t hb2;
     sl_headers_t br = one_header(&hb2, "Accept-Encoding", "br");
-    sl_cache_obj_t *a = make(7, "r", key, names, sl_cache_vary_values(&arena, names, &gz), 10, 1);
-    assert_int_equal(sl_cache_insert(c, a, 8), 0);
-    sl_cache_obj_unref(a);
+    insert_variant(c, key, names, &gz, 1, 8);
     assert_null(sl_cache_lookup(c, 7, sl_cache_hash(7, key), key, &br, &arena));
     assert_null(sl_cache_lookup(c, 8, sl_cache_hash(8, key), key, &gz, &arena)); /* other route tag */
     sl_cache_obj_t *got = sl_cache_lookup(c, 7, sl_cache_hash(7, key), key, &gz, &arena);
@@ -125,14 +132,10 @@ static void test_lookup_with_variants(void **state)
     assert_int_equal(got->nheaders, 1); /* Age is not stored */
     sl_cache_obj_unref(got);
     /* max_variants: a third variant with a limit of 2 pushes the oldest out */
-    sl_cache_obj_t *b = make(7, "r", key, names, sl_cache_vary_values(&arena, names, &br), 10, 2);
-    assert_int_equal(sl_cache_insert(c, b, 2), 0);
-    sl_cache_obj_unref(b);
+    insert_variant(c, key, names, &br, 2, 2);
     sl_header_t hb3;
     sl_headers_t id = one_header(&hb3, "Accept-Encoding", "identity");
-    sl_cache_obj_t *d = make(7, "r", key, names, sl_cache_vary_values(&arena, names, &id), 10, 3);
-    assert_int_equal(sl_cache_insert(c, d, 2), 0);
-    sl_cache_obj_unref(d);
+    insert_variant(c, key, names, &id, 3, 2);
     assert_null(sl_cache_lookup(c, 7, sl_cache_hash(7, key), key, &gz, &arena));
     sl_cache_obj_unref(sl_cache_lookup(c, 7, sl_cache_hash(7, key), key, &br, &arena));
     sl_cache_stats_t st;

@@ -70,6 +70,7 @@ static ino_t inode_of(int fd)
 typedef struct scenario {
     char path[96];
     int give_up_first; /* the first client takes the sockets and closes without READY */
+    int ask_twice;     /* a second client asks while the first has not said READY yet */
     /* results */
     int fetch_err[2];
     size_t got[2];
@@ -78,6 +79,9 @@ typedef struct scenario {
     int ready_calls;
     size_t ready_adopted, ready_total;
     pid_t ready_pid;
+    int busy_err;
+    char busy_why[256];
+    int busy_fd;
 } scenario_t;
 
 static void on_ready(void *ctx, pid_t pid, size_t adopted, size_t total)
@@ -108,11 +112,18 @@ static void client_thread(void *arg)
     if (s->fetch_err[round] != 0)
         return;
     s->got[round] = c.nls;
+    if (s->ask_twice) {
+        sl_handoff_client_t c2;
+        s->busy_err = sl_handoff_fetch(s->path, 5000, &c2, s->busy_why, sizeof(s->busy_why));
+        s->busy_fd = c2.fd;
+        if (s->busy_err == 0)
+            sl_handoff_abort(&c2);
+    }
     /* worker 1's socket of addr_b, then nothing more of it for worker 1 */
-    int fd = sl_handoff_take(&c, (struct sockaddr *)&addr_b, sizeof(addr_b), 1, false);
+    int fd = sl_handoff_take(&c, (struct sockaddr *)&addr_b, 1, false);
     if (fd >= 0) {
         s->taken_ino = inode_of(fd);
-        if (sl_handoff_take(&c, (struct sockaddr *)&addr_b, sizeof(addr_b), 1, false) >= 0)
+        if (sl_handoff_take(&c, (struct sockaddr *)&addr_b, 1, false) >= 0)
             s->taken_ino = 0;
         close(fd);
     }
@@ -184,6 +195,25 @@ static void test_client_giving_up_leaves_the_server_serving(void **state)
     /* the server's fds stayed open and listening all along */
     assert_true(inode_of(fds[0]) == inos[0]);
     assert_true(inode_of(fds[1]) == inos[1]);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+static void test_second_upgrade_is_refused_while_one_is_in_progress(void **state)
+{
+    (void)state;
+    scenario_t s = {.ask_twice = 1};
+    path_in_dir(s.path, sizeof(s.path), "b.sock");
+    int fds[2];
+    ino_t inos[2];
+    run_scenario(&s, fds, inos);
+    assert_int_equal(s.fetch_err[0], 0);
+    assert_int_equal(s.busy_err, -EBUSY);
+    assert_non_null(strstr(s.busy_why, "another upgrade is in progress"));
+    assert_int_equal(s.busy_fd, -1); /* the refused client holds nothing open */
+    /* the first one is not disturbed: it completes */
+    assert_int_equal(s.ready_err, 0);
+    assert_int_equal(s.ready_calls, 1);
     close(fds[0]);
     close(fds[1]);
 }
@@ -270,11 +300,22 @@ static int fake_seqpacket(const char *p)
     return fd;
 }
 
+/* Descriptors this process has open: a failed fetch must leave none behind. */
+static int open_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        if (fcntl(fd, F_GETFD) != -1)
+            n++;
+    return n;
+}
+
 static void test_garbage_and_silence(void **state)
 {
     (void)state;
     char p[96], why[256];
     sl_handoff_client_t c;
+    int before = open_fds();
     for (int mode = 0; mode < 2; mode++) {
         path_in_dir(p, sizeof(p), mode ? "silent.sock" : "garbage.sock");
         fake_peer_t fp = {.lfd = fake_seqpacket(p), .mode = mode};
@@ -295,6 +336,7 @@ static void test_garbage_and_silence(void **state)
         uv_thread_join(&t);
         close(fp.lfd);
     }
+    assert_int_equal(open_fds(), before);
 }
 
 /* ---- systemd ------------------------------------------------------------------------------------ */
@@ -333,6 +375,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_handoff_roundtrip),
         cmocka_unit_test(test_client_giving_up_leaves_the_server_serving),
+        cmocka_unit_test(test_second_upgrade_is_refused_while_one_is_in_progress),
         cmocka_unit_test(test_missing_file_and_stale_paths),
         cmocka_unit_test(test_garbage_and_silence),
         cmocka_unit_test(test_notify),

@@ -15,68 +15,25 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509v3.h>
 #include <uv.h>
 
 #include "common/error.h"
 #include "http1/client.h"
 #include "tls/tls.h"
 
+#include "certs.h"
+
 static char dir[256];
 static uv_loop_t loop;
-
-static void make_cert(const char *name, const char *sans)
-{
-    EVP_PKEY *key = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), (long)(uintptr_t)name & 0xffff);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, key);
-    X509_NAME *n = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1, 0);
-    X509_set_issuer_name(x, n);
-    X509V3_CTX v3;
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, sans);
-    X509_add_ext(x, e, -1);
-    X509_EXTENSION_free(e);
-    e = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE");
-    X509_add_ext(x, e, -1);
-    X509_EXTENSION_free(e);
-    assert_true(X509_sign(x, key, EVP_sha256()) > 0);
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s.crt", dir, name);
-    FILE *f = fopen(path, "w");
-    PEM_write_X509(f, x);
-    fclose(f);
-    snprintf(path, sizeof(path), "%s/%s.key", dir, name);
-    f = fopen(path, "w");
-    PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
-    fclose(f);
-    /* the trust store: every certificate but "untrusted" */
-    if (strcmp(name, "untrusted") != 0) {
-        snprintf(path, sizeof(path), "%s/trust.pem", dir);
-        f = fopen(path, "a");
-        PEM_write_X509(f, x);
-        fclose(f);
-    }
-    X509_free(x);
-    EVP_PKEY_free(key);
-}
 
 static int group_setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof(dir), "/tmp/sluice-unit-https-XXXXXX");
-    assert_non_null(mkdtemp(dir));
-    make_cert("good", "IP:127.0.0.1");
-    make_cert("untrusted", "IP:127.0.0.1");
-    make_cert("misnamed", "DNS:elsewhere.example");
+    certs_mkdir(dir, sizeof(dir), "/tmp/sluice-unit-https-XXXXXX");
+    /* the trust store holds every certificate but "untrusted" */
+    certs_make(dir, "good", "good", "IP:127.0.0.1", 1, "trust.pem");
+    certs_make(dir, "untrusted", "untrusted", "IP:127.0.0.1", 1, NULL);
+    certs_make(dir, "misnamed", "misnamed", "DNS:elsewhere.example", 1, "trust.pem");
     char path[512];
     snprintf(path, sizeof(path), "%s/trust.pem", dir);
     setenv("SSL_CERT_FILE", path, 1);
@@ -87,18 +44,24 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return certs_rmdir(dir);
 }
 
 /* ---- the HTTPS server ------------------------------------------------------------------- */
 
 #define BODY_LEN 200000
 
+/* What the server does with a connection: TLS, or a broken peer the client must survive. */
+enum srv_mode {
+    SRV_TLS = 0,
+    SRV_PLAIN,  /* answers the ClientHello with a plain-text HTTP error, as an http:// server would */
+    SRV_HANGUP, /* closes each connection as soon as it is accepted: EOF in the handshake */
+};
+
 typedef struct srv {
     uv_tcp_t listener;
     int port;
+    enum srv_mode mode;
     sl_tls_ctx_t *ctx;
     int handshakes, failures;
 } srv_t;
@@ -155,6 +118,14 @@ static void on_sread(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0 || c->answered)
         return;
+    if (c->tls == NULL) {
+        static const char reply[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+        uv_buf_t b = uv_buf_init((char *)reply, sizeof(reply) - 1);
+        (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        c->answered = true;
+        sconn_close(c);
+        return;
+    }
     sl_tls_conn_feed(c->tls, buf->base, (size_t)nread);
     if (!sl_tls_conn_handshake_done(c->tls)) {
         int r = sl_tls_conn_handshake(c->tls);
@@ -196,20 +167,26 @@ static void on_sconn(uv_stream_t *l, int status)
     uv_tcp_init(&loop, &c->tcp);
     c->tcp.data = c;
     assert_int_equal(uv_accept(l, (uv_stream_t *)&c->tcp), 0);
+    if (s->mode == SRV_HANGUP) {
+        sconn_close(c);
+        return;
+    }
+    if (s->mode == SRV_PLAIN) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_salloc, on_sread);
+        return;
+    }
     sl_tls_conn_create(s->ctx, (uv_stream_t *)&c->tcp, &c->tls);
     uv_read_start((uv_stream_t *)&c->tcp, on_salloc, on_sread);
 }
 
-static void srv_start(srv_t *s, const char *cert)
+static void srv_start(srv_t *s, const char *cert, enum srv_mode mode)
 {
     memset(s, 0, sizeof(*s));
-    char c[512], k[512], msg[512];
-    snprintf(c, sizeof(c), "%s/%s.crt", dir, cert);
-    snprintf(k, sizeof(k), "%s/%s.key", dir, cert);
-    sl_tls_cert_t *tc;
-    enum sl_tls_cert_part part;
-    if (sl_tls_cert_load(c, k, &tc, &part, msg, sizeof(msg)) != 0)
-        fail_msg("%s", msg);
+    s->mode = mode;
+    char crt[64], key[64], msg[512];
+    snprintf(crt, sizeof(crt), "%s.crt", cert);
+    snprintf(key, sizeof(key), "%s.key", cert);
+    sl_tls_cert_t *tc = certs_load(dir, crt, key);
     sl_tls_options_t o = {.listener_name = "unit"};
     assert_int_equal(sl_tls_ctx_create(&tc, 1, &o, &s->ctx, msg, sizeof(msg)), 0);
     for (int tries = 0; tries < 200; tries++) {
@@ -253,10 +230,10 @@ static void fetch_cb(void *arg, int code, const sl_fetch_response_t *res)
             snprintf(r->path, sizeof(r->path), "%.*s", SL_STR_FMT(res->headers[i].value));
 }
 
-static result_t fetch_from(const char *cert, srv_t *s)
+static result_t fetch_from_mode(const char *cert, enum srv_mode mode, srv_t *s)
 {
     assert_int_equal(uv_loop_init(&loop), 0);
-    srv_start(s, cert);
+    srv_start(s, cert, mode);
     char url[128];
     snprintf(url, sizeof(url), "https://127.0.0.1:%d/jwks?x=1", s->port);
     result_t r = {0};
@@ -270,6 +247,11 @@ static result_t fetch_from(const char *cert, srv_t *s)
     sl_tls_ctx_unref(s->ctx);
     assert_int_equal(r.calls, 1);
     return r;
+}
+
+static result_t fetch_from(const char *cert, srv_t *s)
+{
+    return fetch_from_mode(cert, SRV_TLS, s);
 }
 
 static void test_fetch_over_https(void **state)
@@ -303,12 +285,35 @@ static void test_certificate_for_another_name_is_refused(void **state)
     assert_int_equal(s.handshakes, 0);
 }
 
+/* An https:// URL pointing at a plain HTTP server: its answer is no ServerHello. */
+static void test_plain_http_server_is_a_tls_failure(void **state)
+{
+    (void)state;
+    srv_t s;
+    result_t r = fetch_from_mode("good", SRV_PLAIN, &s);
+    assert_int_equal(r.code, SL_EFETCH_TLS);
+    assert_int_equal(r.status, 0);
+}
+
+/* The server hangs up before the handshake ends: a TLS failure, not a "bad HTTP response"
+ * (no HTTP byte was ever exchanged). */
+static void test_server_closing_mid_handshake_is_a_tls_failure(void **state)
+{
+    (void)state;
+    srv_t s;
+    result_t r = fetch_from_mode("good", SRV_HANGUP, &s);
+    assert_int_equal(r.code, SL_EFETCH_TLS);
+    assert_int_equal(r.status, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fetch_over_https),
         cmocka_unit_test(test_untrusted_certificate_is_refused),
         cmocka_unit_test(test_certificate_for_another_name_is_refused),
+        cmocka_unit_test(test_plain_http_server_is_a_tls_failure),
+        cmocka_unit_test(test_server_closing_mid_handshake_is_a_tls_failure),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -14,73 +14,25 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509v3.h>
 
 #include "common/error.h"
 #include "config/config.h"
 #include "tls/tls.h"
 
+#include "certs.h"
+
 static char dir[256];
-
-static EVP_PKEY *new_key(void)
-{
-    EVP_PKEY *k = EVP_EC_gen("P-256");
-    assert_non_null(k);
-    return k;
-}
-
-/* Writes DIR/name.crt and DIR/name.key: self-signed, `sans` comma-separated ("DNS:a,DNS:b") or NULL. */
-static void make_cert(const char *name, const char *cn, const char *sans, long days, EVP_PKEY *key)
-{
-    bool own = key == NULL;
-    if (own)
-        key = new_key();
-    X509 *x = X509_new();
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), days < 0 ? -3 * 86400 : 0);
-    X509_gmtime_adj(X509_getm_notAfter(x), days * 86400);
-    X509_set_pubkey(x, key);
-    X509_NAME *n = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_issuer_name(x, n);
-    if (sans != NULL) {
-        X509V3_CTX v3;
-        X509V3_set_ctx_nodb(&v3);
-        X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-        X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, sans);
-        assert_non_null(e);
-        X509_add_ext(x, e, -1);
-        X509_EXTENSION_free(e);
-    }
-    assert_true(X509_sign(x, key, EVP_sha256()) > 0);
-    char path[512];
-    snprintf(path, sizeof(path), "%s/%s.crt", dir, name);
-    FILE *f = fopen(path, "w");
-    PEM_write_X509(f, x);
-    fclose(f);
-    snprintf(path, sizeof(path), "%s/%s.key", dir, name);
-    f = fopen(path, "w");
-    PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
-    fclose(f);
-    X509_free(x);
-    if (own)
-        EVP_PKEY_free(key);
-}
 
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof(dir), "/tmp/sluice-unit-tls-XXXXXX");
-    assert_non_null(mkdtemp(dir));
-    make_cert("a", "a.example", "DNS:a.example,DNS:alt.example", 30, NULL);
-    make_cert("b", "b.example", "DNS:b.example", 30, NULL);
-    make_cert("w", "wild", "DNS:*.w.example", 30, NULL);
-    make_cert("cn", "cn-only.example", NULL, 30, NULL);
-    make_cert("old", "old.example", "DNS:old.example", -1, NULL);
-    make_cert("other", "a.example", "DNS:a.example", 30, NULL); /* another key for a.example */
+    certs_mkdir(dir, sizeof(dir), "/tmp/sluice-unit-tls-XXXXXX");
+    certs_make(dir, "a", "a.example", "DNS:a.example,DNS:alt.example", 30, NULL);
+    certs_make(dir, "b", "b.example", "DNS:b.example", 30, NULL);
+    certs_make(dir, "w", "wild", "DNS:*.w.example", 30, NULL);
+    certs_make(dir, "cn", "cn-only.example", NULL, 30, NULL);
+    certs_make(dir, "old", "old.example", "DNS:old.example", -1, NULL);
+    certs_make(dir, "other", "a.example", "DNS:a.example", 30, NULL); /* another key for a.example */
     char path[512];
     snprintf(path, sizeof(path), "%s/garbage.crt", dir);
     FILE *f = fopen(path, "w");
@@ -92,22 +44,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
-static sl_tls_cert_t *load(const char *cert, const char *key)
-{
-    char c[512], k[512], msg[512];
-    snprintf(c, sizeof(c), "%s/%s", dir, cert);
-    snprintf(k, sizeof(k), "%s/%s", dir, key);
-    enum sl_tls_cert_part part;
-    sl_tls_cert_t *out = NULL;
-    int rc = sl_tls_cert_load(c, k, &out, &part, msg, sizeof(msg));
-    if (rc != 0)
-        fail_msg("%s", msg);
-    return out;
+    return certs_rmdir(dir);
 }
 
 static size_t sel(const sl_tls_ctx_t *ctx, const char *name)
@@ -118,8 +55,8 @@ static size_t sel(const sl_tls_ctx_t *ctx, const char *name)
 static void test_sni_selection(void **state)
 {
     (void)state;
-    sl_tls_cert_t *certs[] = {load("a.crt", "a.key"), load("b.crt", "b.key"), load("w.crt", "w.key"),
-                              load("cn.crt", "cn.key")};
+    sl_tls_cert_t *certs[] = {certs_load(dir, "a.crt", "a.key"), certs_load(dir, "b.crt", "b.key"),
+                              certs_load(dir, "w.crt", "w.key"), certs_load(dir, "cn.crt", "cn.key")};
     assert_int_equal(sl_tls_cert_nnames(certs[0]), 2);
     assert_string_equal(sl_tls_cert_name(certs[0], 1), "alt.example");
     assert_string_equal(sl_tls_cert_name(certs[2], 0), "*.w.example");
@@ -181,7 +118,7 @@ static void test_cert_load_errors(void **state)
 static void test_bad_cipher_list(void **state)
 {
     (void)state;
-    sl_tls_cert_t *certs[] = {load("a.crt", "a.key")};
+    sl_tls_cert_t *certs[] = {certs_load(dir, "a.crt", "a.key")};
     sl_tls_ctx_t *ctx = NULL;
     char msg[256];
     sl_tls_options_t o = {.ciphers = "NOT-A-CIPHER", .listener_name = "unit"};
@@ -250,6 +187,12 @@ static void test_config_errors_have_positions(void **state)
     expect_config_error("      certificates: [ { cert: garbage.crt, key: a.key } ]\n", 4, 31, "no PEM certificate");
     expect_config_error("      certificates: []\n", 4, 21, "needs at least one");
     expect_config_error("      certificates: [ { cert: a.crt } ]\n", 4, 23, "missing required key 'key'");
+    /* an empty path is refused where it is written, for each key that names a file */
+    expect_config_error("      certificates: [ { cert: '', key: a.key } ]\n", 4, 31, "cert: expected a file path");
+    expect_config_error("      certificates: [ { cert: a.crt, key: '' } ]\n", 4, 43, "key: expected a file path");
+    expect_config_error("      certificates: [ { cert: a.crt, key: a.key } ]\n"
+                        "      client_ca: ''\n",
+                        5, 18, "client_ca: expected a file path");
     expect_config_error("      certificates: [ { cert: a.crt, key: a.key } ]\n"
                         "      min_version: '1.1'\n",
                         5, 20, "min_version");
