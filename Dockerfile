@@ -28,7 +28,7 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_INSTALL_PREFI
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 # Only the shared libraries the binary links (ldd build/sluice); scripts/rootfs-check reads this
 # list from here, so keep it on one line.
-ARG RUNTIME_PACKAGES="ca-certificates libuv1 libssl3 libfyaml0 libjansson4 libhiredis0.14 libpcre2-8-0 libcrypt1"
+ARG RUNTIME_PACKAGES="ca-certificates libuv1 libssl3 libnghttp2-14 libfyaml0 libjansson4 libhiredis0.14 libpcre2-8-0 libcrypt1"
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES} \

@@ -48,6 +48,7 @@
 #define FORBIDDEN_PCT        25
 #define MAX_ISSUERS          256          /* key-store views kept per tick */
 #define TLS_EXPIRY_WARN_S    (14 * 86400) /* a certificate this close to its end is a finding */
+#define OCSP_STALE_WARN_S    (12 * 3600)  /* a stapled OCSP response this close to its nextUpdate */
 #define TLS_EXPIRY_CRIT_S    (2 * 86400)
 
 enum severity {
@@ -1121,6 +1122,11 @@ static void auth_rejected(eval_t *e, const sl_route_conf_t *rc, const sl_metrics
             "a client uses a wrong, revoked or rotated key or password: find it in the access log (cause auth_invalid, "
             "detail %s, client) and compare with the consumers (GET /consumers)",
             tname);
+    else if (top == SL_METRICS_AUTH_MTLS_UNKNOWN_CERTIFICATE || top == SL_METRICS_AUTH_MTLS_UNVERIFIED)
+        fmt(f->action, sizeof(f->action),
+            "clients present certificates no consumer lists (or that no longer chain to the listener's client_ca): "
+            "compare their fingerprint or subject (openssl x509 -noout -fingerprint -sha256 -subject) with the "
+            "consumers' mtls entries (GET /consumers)");
     else
         fmt(f->action, sizeof(f->action),
             "find the clients in the access log (cause auth_invalid, detail %s) and compare their tokens with the "
@@ -1336,6 +1342,34 @@ static void rule_tls_expiry(eval_t *e)
         fmt(f->action, sizeof(f->action),
             "renew the certificate, write it over the files in listen[].tls.certificates and reload (sluice reload); "
             "open connections are kept");
+    }
+    for (size_t i = 0; i < nc; i++) {
+        /* A stapled OCSP response near its nextUpdate: clients ignore a stale staple, and a
+         * certificate with the must-staple extension is then refused. */
+        if (cs[i].ocsp_next_update <= 0)
+            continue;
+        int64_t left = cs[i].ocsp_next_update - now;
+        if (left >= OCSP_STALE_WARN_S)
+            continue;
+        char key[256], when[32];
+        fmt(key, sizeof(key), "tls_ocsp:%s:%s", cs[i].listener, cs[i].name);
+        iso8601((uint64_t)cs[i].ocsp_next_update * 1000u, when);
+        json_t *where = json_object();
+        json_object_set_new(where, "listener", json_string(cs[i].listener));
+        json_t *ev = json_object();
+        json_object_set_new(ev, "certificate", json_string(cs[i].name));
+        json_object_set_new(ev, "ocsp_next_update", json_string(when));
+        json_object_set_new(ev, "seconds_left", json_integer((json_int_t)left));
+        finding_t *f = add_finding(e, SEV_WARNING, SL_FAILURE_CONNECTIVITY, key, where, ev,
+                                   (uint64_t)(left > 0 ? OCSP_STALE_WARN_S - left : OCSP_STALE_WARN_S));
+        if (f == NULL)
+            continue;
+        fmt(f->summary, sizeof(f->summary), "the OCSP response stapled for %s on %s %s %s", cs[i].name, cs[i].listener,
+            left > 0 ? "goes stale at" : "went stale at", when);
+        fmt(f->action, sizeof(f->action),
+            "fetch a fresh response from the CA's responder (openssl ocsp -issuer ... -cert ... -url ... -respout "
+            "FILE), "
+            "write it over the certificate's ocsp file and reload (sluice reload)");
     }
 }
 

@@ -165,7 +165,8 @@ static void chain_json(json_t *a, const sl_route_conf_t *rc)
         size_t n = (size_t)snprintf(buf, sizeof(buf), "auth");
         for (size_t i = 0; i < au->nmethods && n < sizeof(buf); i++) {
             const sl_auth_method_conf_t *m = &au->methods[i];
-            static const char *const kinds[] = {"", "api_key", "basic", "jwt", "introspection"};
+            static const char *const kinds[] = {"", "api_key", "basic", "jwt", "introspection", "mtls"};
+            _Static_assert(sizeof(kinds) / sizeof(kinds[0]) == SL_AUTH_MTLS + 1, "a name for every auth kind");
             n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s %s%s%.*s", i ? "," : "", kinds[m->kind],
                                   m->ref.len ? " " : "", (int)m->ref.len, m->ref.ptr);
         }

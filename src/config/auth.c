@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config/internal.h"
+#include "tls/peer.h"
 
 /* ---- small readers ------------------------------------------------------------------------- */
 
@@ -382,10 +383,119 @@ static int parse_basic(sl__config_ctx_t *ctx, const sl__config_key_t *k, const s
     return rc;
 }
 
+/* An `mtls` entry names exactly one of fingerprint, subject, san: each parser claims the
+ * entry, and a second claim is the mistake of putting two in one entry. */
+static int mtls_claim(sl__config_ctx_t *ctx, const sl__config_node_t *v, sl_mtls_cred_conf_t *m,
+                      enum sl_mtls_match match)
+{
+    if (m->match != 0) {
+        sl__config_error(ctx, sl__config_node_deref(v),
+                         "mtls: one of fingerprint, subject or san per entry (write another entry for the next)");
+        return -1;
+    }
+    m->match = match;
+    return 0;
+}
+
+static int parse_mtls_fingerprint(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,
+                                  void *field)
+{
+    sl_mtls_cred_conf_t *m = field;
+    sl_str_t s;
+    if (mtls_claim(ctx, v, m, SL_MTLS_FINGERPRINT) != 0 || sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    if (sl_tls_fingerprint_parse(s.ptr, s.len, m->fingerprint) != 0) {
+        sl__config_error(ctx, sl__config_node_deref(v),
+                         "mtls: fingerprint: expected the SHA-256 of the certificate: 64 hex digits, with or without "
+                         "':' between pairs (openssl x509 -noout -fingerprint -sha256 -in client.crt)");
+        return -1;
+    }
+    return 0;
+}
+
+/* A printable value without control characters, at most SL_TLS_PEER_MAX_NAME bytes: longer or
+ * other ones are never taken from a certificate, so they could never match. */
+static bool is_cert_name(sl_str_t s)
+{
+    if (s.len == 0 || s.len > SL_TLS_PEER_MAX_NAME)
+        return false;
+    for (size_t i = 0; i < s.len; i++)
+        if ((unsigned char)s.ptr[i] < 0x20 || (unsigned char)s.ptr[i] >= 0x7f)
+            return false;
+    return true;
+}
+
+static int parse_mtls_subject(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_mtls_cred_conf_t *m = field;
+    if (mtls_claim(ctx, v, m, SL_MTLS_SUBJECT) != 0 || sl__config_read_str(ctx, k->name, v, &m->value) != 0)
+        return -1;
+    if (!is_cert_name(m->value) || memchr(m->value.ptr, '=', m->value.len) == NULL) {
+        sl__config_error(ctx, sl__config_node_deref(v),
+                         "mtls: subject: expected an RFC 4514 name such as \"CN=billing,O=Example\" (openssl x509 "
+                         "-noout -subject -nameopt RFC2253 -in client.crt)");
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_mtls_san(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_mtls_cred_conf_t *m = field;
+    if (mtls_claim(ctx, v, m, SL_MTLS_SAN) != 0 || sl__config_read_str(ctx, k->name, v, &m->value) != 0)
+        return -1;
+    if (!is_cert_name(m->value)) {
+        sl__config_error(ctx, sl__config_node_deref(v),
+                         "mtls: san: expected a DNS name, an email address or a URI (printable, at most %d bytes)",
+                         SL_TLS_PEER_MAX_NAME);
+        return -1;
+    }
+    /* DNS names compare without case (RFC 4343); emails and URIs always hold '@' or ':'. The
+     * value is this generation's own copy (sl__config_read_str), so it may be changed. */
+    if (memchr(m->value.ptr, ':', m->value.len) == NULL && memchr(m->value.ptr, '@', m->value.len) == NULL) {
+        char *low = (char *)m->value.ptr;
+        for (size_t i = 0; i < m->value.len; i++)
+            if (low[i] >= 'A' && low[i] <= 'Z')
+                low[i] = (char)(low[i] - 'A' + 'a');
+    }
+    return 0;
+}
+
+static void mtls_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, void *base, bool clean)
+{
+    const sl_mtls_cred_conf_t *m = base;
+    if (clean && m->match == 0)
+        sl__config_error(ctx, map, "mtls: each entry needs fingerprint, subject or san");
+}
+
+static const sl__config_key_t mtls_keys[] = {
+    {.name = "fingerprint", .type = SL__CT_CUSTOM, .parse = parse_mtls_fingerprint},
+    {.name = "subject", .type = SL__CT_CUSTOM, .parse = parse_mtls_subject},
+    {.name = "san", .type = SL__CT_CUSTOM, .parse = parse_mtls_san},
+};
+
+static const sl__config_section_t mtls_section = {
+    .what = "mtls entry",
+    .keys = mtls_keys,
+    .nkeys = sizeof(mtls_keys) / sizeof(mtls_keys[0]),
+    .pos_offset = offsetof(sl_mtls_cred_conf_t, pos),
+    .check = mtls_check,
+};
+
+static int parse_mtls(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_consumer_conf_t *c = field;
+    void *items = NULL;
+    int rc = sl__config_walk_seq(ctx, &mtls_section, k->name, v, sizeof(sl_mtls_cred_conf_t), &items, &c->nmtls);
+    c->mtls = items;
+    return rc;
+}
+
 static const sl__config_key_t consumer_keys[] = {
     {.name = "groups", .type = SL__CT_CUSTOM, .offset = offsetof(sl_consumer_conf_t, groups), .parse = parse_groups},
     {.name = "api_keys", .type = SL__CT_CUSTOM, .parse = parse_api_keys},
     {.name = "basic_auth", .type = SL__CT_CUSTOM, .parse = parse_basic},
+    {.name = "mtls", .type = SL__CT_CUSTOM, .parse = parse_mtls},
 };
 
 static const sl__config_section_t consumer_section = {
@@ -692,7 +802,8 @@ int sl__config_parse_introspection(sl__config_ctx_t *ctx, const sl__config_key_t
 
 /* ---- route: auth --------------------------------------------------------------------------- */
 
-/* One entry of `auth:` — `api_key`, `basic`, `anonymous`, `jwt: NAME` or `introspection: NAME`. */
+/* One entry of `auth:` — `api_key`, `basic`, `mtls`, `anonymous`, `jwt: NAME` or
+ * `introspection: NAME`. */
 static int read_auth_method(sl__config_ctx_t *ctx, sl_route_auth_conf_t *a, const sl__config_node_t *c)
 {
     c = sl__config_node_deref(c);
@@ -707,7 +818,7 @@ static int read_auth_method(sl__config_ctx_t *ctx, sl_route_auth_conf_t *a, cons
         refnode = c->first->next;
     } else {
         sl__config_error(ctx, c,
-                         "auth: each entry is api_key, basic, anonymous, jwt: ISSUER or introspection: ENDPOINT");
+                         "auth: each entry is api_key, basic, mtls, anonymous, jwt: ISSUER or introspection: ENDPOINT");
         return -1;
     }
     if (sl_str_eq(word, SL_STR_LIT("anonymous")) && refnode == NULL) {
@@ -718,13 +829,16 @@ static int read_auth_method(sl__config_ctx_t *ctx, sl_route_auth_conf_t *a, cons
         m.kind = SL_AUTH_API_KEY;
     else if (sl_str_eq(word, SL_STR_LIT("basic")) && refnode == NULL)
         m.kind = SL_AUTH_BASIC;
+    else if (sl_str_eq(word, SL_STR_LIT("mtls")) && refnode == NULL)
+        m.kind = SL_AUTH_MTLS;
     else if (sl_str_eq(word, SL_STR_LIT("jwt")) && refnode != NULL)
         m.kind = SL_AUTH_JWT;
     else if (sl_str_eq(word, SL_STR_LIT("introspection")) && refnode != NULL)
         m.kind = SL_AUTH_INTROSPECTION;
     if (m.kind == 0) {
         sl__config_error(ctx, c,
-                         "auth: unknown method %s (api_key, basic, anonymous, jwt: ISSUER, introspection: ENDPOINT)",
+                         "auth: unknown method %s (api_key, basic, mtls, anonymous, jwt: ISSUER, introspection: "
+                         "ENDPOINT)",
                          sl__config_quote(q, sizeof(q), word));
         return -1;
     }
@@ -911,12 +1025,22 @@ void sl__config_validate_auth(sl__config_ctx_t *ctx)
 {
     sl_config_t *cfg = ctx->cfg;
     char q[80];
+    bool client_certs = false;
+    for (size_t l = 0; l < cfg->nlistens; l++)
+        client_certs |= cfg->listens[l].tls.enabled && cfg->listens[l].tls.client_ca.len > 0;
     for (size_t r = 0; r < cfg->nroutes; r++) {
         sl_route_auth_conf_t *a = &cfg->routes[r].auth;
         for (size_t i = 0; i < a->nmethods; i++) {
             sl_auth_method_conf_t *m = &a->methods[i];
             bool found = false;
-            if (m->kind == SL_AUTH_JWT) {
+            if (m->kind == SL_AUTH_MTLS && !client_certs) {
+                /* Without a listener that asks for client certificates no request could ever
+                 * pass this method: a config mistake, not a runtime refusal. */
+                sl__config_error_at(ctx, m->pos,
+                                    "route %s: auth: mtls needs a listener with tls.client_ca (none asks clients for a "
+                                    "certificate)",
+                                    cfg->routes[r].name.ptr);
+            } else if (m->kind == SL_AUTH_JWT) {
                 for (size_t j = 0; j < cfg->njwt_issuers && !found; j++)
                     if (sl_str_eq(cfg->jwt_issuers[j].name, m->ref))
                         found = true, m->ref_index = j;
@@ -942,6 +1066,22 @@ void sl__config_validate_auth(sl__config_ctx_t *ctx)
                     if (memcmp(a->api_keys[i].sha256, b->api_keys[j].sha256, 32) == 0)
                         sl__config_error_at(ctx, a->api_keys[i].pos, "consumer %s: this api key is also consumer %s's",
                                             a->name.ptr, b->name.ptr);
+            }
+        for (size_t i = 0; i < a->nmtls; i++)
+            for (size_t d = 0; d <= c; d++) {
+                const sl_consumer_conf_t *b = &cfg->consumers[d];
+                for (size_t j = 0; j < (d == c ? i : b->nmtls); j++) {
+                    const sl_mtls_cred_conf_t *x = &a->mtls[i], *y = &b->mtls[j];
+                    if (x->match != y->match ||
+                        (x->match == SL_MTLS_FINGERPRINT ? memcmp(x->fingerprint, y->fingerprint, 32) != 0
+                                                         : !sl_str_eq(x->value, y->value)))
+                        continue;
+                    if (d == c)
+                        sl__config_error_at(ctx, x->pos, "consumer %s: this mtls entry is listed twice", a->name.ptr);
+                    else
+                        sl__config_error_at(ctx, x->pos, "consumer %s: this mtls entry is also consumer %s's",
+                                            a->name.ptr, b->name.ptr);
+                }
             }
         for (size_t i = 0; i < a->nbasic; i++)
             for (size_t d = 0; d <= c; d++) {

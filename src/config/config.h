@@ -34,7 +34,8 @@ typedef struct sl_config_pos {
  * connections hold their own reference). */
 typedef struct sl_tls_cert_conf {
     sl_str_t cert, key; /* paths as written (NUL-terminated); relative ones are to the config file */
-    sl_config_pos_t pos, cert_pos, key_pos;
+    sl_str_t ocsp;      /* optional: a DER OCSP response to staple; empty: none */
+    sl_config_pos_t pos, cert_pos, key_pos, ocsp_pos;
 } sl_tls_cert_conf_t;
 
 typedef struct sl_listen_tls_conf {
@@ -54,6 +55,9 @@ typedef struct sl_listen_conf {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     sl_listen_tls_conf_t tls;
+    /* `http2` (docs/http2.md, default true): h2 offered in ALPN on TLS, and the h2c connection
+     * preface (prior knowledge) accepted on plain TCP. */
+    bool http2;
     sl_config_pos_t pos;
 } sl_listen_conf_t;
 
@@ -157,6 +161,21 @@ typedef struct sl_upstream_conf {
         uint64_t open_for_ms;        /* default 30s; then half-open */
         uint32_t half_open_requests; /* probes let through while half-open; default 3 */
     } circuit_breaker;
+    /* `tls` (docs/tls.md "Upstream TLS"): `tls: true` or a mapping. Files are loaded and
+     * checked at load time; `ctx` is built from them, owned by the generation (released with
+     * it; connections hold OpenSSL's own reference). The proxy reads `ctx` from the snapshot it
+     * serves, so a reload with new file contents applies to new connections. */
+    struct {
+        bool enabled;
+        bool verify;          /* default true; false only when written */
+        sl_str_t ca;          /* PEM bundle path (NUL-terminated); empty: the system trust store */
+        sl_str_t sni;         /* server name sent and verified; empty: the target's host name */
+        sl_str_t client_cert; /* with client_key, or neither */
+        sl_str_t client_key;
+        int min_version; /* 12 (default) or 13 */
+        sl_config_pos_t pos, ca_pos, cert_pos, key_pos;
+        struct sl_tls_client_ctx *ctx;
+    } tls;
     sl_config_pos_t pos;
     /* A 64-bit hash of the upstream's YAML subtree, canonical: key order, layout, comments,
      * aliases and quoting do not change it (but a plain null is not the quoted text); any
@@ -234,6 +253,22 @@ typedef struct sl_basic_cred_conf {
     sl_config_pos_t pos;
 } sl_basic_cred_conf_t;
 
+/* What an `mtls` credential matches in a client certificate (docs/auth.md "mTLS"). */
+enum sl_mtls_match {
+    SL_MTLS_FINGERPRINT = 1, /* SHA-256 of the certificate's DER */
+    SL_MTLS_SUBJECT,         /* the subject as an RFC 4514 string, exactly */
+    SL_MTLS_SAN,             /* one DNS, email or URI subjectAltName entry */
+};
+
+typedef struct sl_mtls_cred_conf {
+    enum sl_mtls_match match;
+    uint8_t fingerprint[32]; /* SL_MTLS_FINGERPRINT */
+    /* SL_MTLS_SUBJECT, SL_MTLS_SAN: NUL-terminated; a SAN that is a DNS name (no ':' nor '@')
+     * is lower-cased, as the certificate's DNS names are before they are compared */
+    sl_str_t value;
+    sl_config_pos_t pos;
+} sl_mtls_cred_conf_t;
+
 typedef struct sl_consumer_conf {
     sl_str_t name; /* the consumer id passed upstream in X-Consumer-Id */
     sl_str_t *groups;
@@ -243,6 +278,8 @@ typedef struct sl_consumer_conf {
     sl_basic_cred_conf_t *basic;
     size_t nbasic;
     sl_config_pos_t pos;
+    sl_mtls_cred_conf_t *mtls; /* client certificates that identify this consumer */
+    size_t nmtls;
 } sl_consumer_conf_t;
 
 /* JWS algorithms an issuer accepts, as a bit set. Bit n is the filters module's enum sl_jwt_alg
@@ -306,6 +343,7 @@ enum sl_auth_kind {
     SL_AUTH_BASIC,
     SL_AUTH_JWT,
     SL_AUTH_INTROSPECTION,
+    SL_AUTH_MTLS, /* the verified client certificate of a TLS listener with client_ca */
 };
 
 typedef struct sl_auth_method_conf {
@@ -516,7 +554,8 @@ typedef struct sl_config {
          * event-loop lag past which low-priority routes are refused; 0 = off. */
         uint64_t max_inflight;
         uint64_t max_loop_lag_ms;
-        uint64_t cache_memory; /* bytes every route's response cache shares (default 64mb) */
+        uint64_t cache_memory;           /* bytes every route's response cache shares (default 64mb) */
+        uint32_t max_concurrent_streams; /* HTTP/2 streams open at once per connection (default 128) */
     } limits;
     struct {
         uint64_t client_header_ms; /* default 10s: from first byte to end of headers */

@@ -58,6 +58,7 @@ static const sl__config_key_t listen_keys[] = {
      .type = SL__CT_CUSTOM,
      .offset = offsetof(sl_listen_conf_t, tls),
      .parse = sl__config_parse_listen_tls},
+    {.name = "http2", .type = SL__CT_BOOL, .offset = offsetof(sl_listen_conf_t, http2), .dflt = "true"},
 };
 
 static const sl__config_section_t listen_section = {
@@ -251,6 +252,12 @@ static const sl__config_key_t limits_keys[] = {
      .dflt = "64mb",
      .min = 0,
      .max = 1ull << 40},
+    {.name = "max_concurrent_streams",
+     .type = SL__CT_U32,
+     .offset = offsetof(sl_config_t, limits.max_concurrent_streams),
+     .dflt = "128",
+     .min = 1,
+     .max = 100000},
 };
 
 static const sl__config_section_t limits_section = {

@@ -40,6 +40,12 @@ static int parse_key_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, cons
     return read_path(ctx, k, v, &c->key, &c->key_pos);
 }
 
+static int parse_ocsp_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_tls_cert_conf_t *c = SL_CONTAINER_OF(field, sl_tls_cert_conf_t, ocsp);
+    return read_path(ctx, k, v, &c->ocsp, &c->ocsp_pos);
+}
+
 static const sl__config_key_t cert_keys[] = {
     {.name = "cert",
      .type = SL__CT_CUSTOM,
@@ -51,6 +57,7 @@ static const sl__config_key_t cert_keys[] = {
      .offset = offsetof(sl_tls_cert_conf_t, key),
      .required = true,
      .parse = parse_key_path},
+    {.name = "ocsp", .type = SL__CT_CUSTOM, .offset = offsetof(sl_tls_cert_conf_t, ocsp), .parse = parse_ocsp_path},
 };
 
 static const sl__config_section_t cert_section = {
@@ -190,6 +197,16 @@ static void build_listener(sl__config_ctx_t *ctx, sl_listen_conf_t *l, unsigned 
             ok = false;
             continue;
         }
+        if (c->ocsp.len) {
+            char ocsp_path[PATH_MAX];
+            resolve(ctx, c->ocsp, ocsp_path, sizeof(ocsp_path));
+            if (sl_tls_cert_set_ocsp(cert, ocsp_path, msg, sizeof(msg)) != 0) {
+                sl__config_error_at(ctx, c->ocsp_pos, "tls: %s", msg);
+                sl_tls_cert_free(cert);
+                ok = false;
+                continue;
+            }
+        }
         certs[n++] = cert;
     }
     if (!ok) {
@@ -205,6 +222,7 @@ static void build_listener(sl__config_ctx_t *ctx, sl_listen_conf_t *l, unsigned 
         .ciphers = t->ciphers.len ? t->ciphers.ptr : NULL,
         .client_ca = t->client_ca.len ? ca_path : NULL,
         .client_cert_optional = t->client_auth == 2,
+        .http2 = l->http2,
         .listener = index,
         .listener_name = l->address.ptr,
     };

@@ -5,10 +5,14 @@
  * Each upstream also gets a fingerprint of its YAML subtree, by which a reload recognises an
  * unchanged upstream and keeps its runtime state (src/upstream/proxy.h).
  */
+#include <limits.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "common/bug.h"
 #include "config/internal.h"
+#include "tls/tls.h"
 
 _Static_assert(sizeof(enum sl_balance) == sizeof(int), "enum fields are read as int");
 
@@ -25,6 +29,9 @@ static int parse_target_address(sl__config_ctx_t *ctx, const sl__config_key_t *k
         return -1;
     v = sl__config_node_deref(v);
     char q[80];
+    /* `https://host:port` is `host:port` of an upstream with TLS (upstream_check turns it on). */
+    if (s.len >= 8 && sl_str_caseeq((sl_str_t){s.ptr, 8}, SL_STR_LIT("https://")))
+        s = (sl_str_t){s.ptr + 8, s.len - 8};
     sl_str_t host;
     uint16_t port;
     bool bracketed;
@@ -78,6 +85,215 @@ static int parse_targets(sl__config_ctx_t *ctx, const sl__config_key_t *k, const
     int rc = sl__config_walk_seq(ctx, &target_section, k->name, v, sizeof(sl_target_conf_t), &items, &up->ntargets);
     up->targets = items;
     return rc;
+}
+
+/* ---- tls (docs/tls.md "Upstream TLS") ------------------------------------------------------- */
+
+/* A file path with its position, for the errors of loading the file at the end of the upstream. */
+static int read_tls_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, sl_str_t *out,
+                         sl_config_pos_t *pos)
+{
+    v = sl__config_node_deref(v);
+    if (sl__config_read_str(ctx, k->name, v, out) != 0)
+        return -1;
+    *pos = v->pos;
+    if (out->len == 0) {
+        sl__config_error(ctx, v, "tls.%s: expected a file path", k->name);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_tls_ca(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_upstream_conf_t *up = field;
+    return read_tls_path(ctx, k, v, &up->tls.ca, &up->tls.ca_pos);
+}
+
+static int parse_tls_cert(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_upstream_conf_t *up = field;
+    return read_tls_path(ctx, k, v, &up->tls.client_cert, &up->tls.cert_pos);
+}
+
+static int parse_tls_key(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_upstream_conf_t *up = field;
+    return read_tls_path(ctx, k, v, &up->tls.client_key, &up->tls.key_pos);
+}
+
+/* SNI carries a DNS name only (RFC 6066 §3); an IP literal is verified without `sni`. */
+static int parse_tls_sni(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
+{
+    sl_upstream_conf_t *up = field;
+    sl_str_t s;
+    if (sl__config_read_str(ctx, k->name, v, &s) != 0)
+        return -1;
+    v = sl__config_node_deref(v);
+    char q[80];
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    if (sl__config_ip_to_sockaddr(s, 0, &ss, &sslen)) {
+        sl__config_error(ctx, v,
+                         "tls.sni: %s is an IP address; SNI carries host names only (leave sni out: the "
+                         "certificate is then checked for the target's IP address)",
+                         sl__config_quote(q, sizeof(q), s));
+        return -1;
+    }
+    if (!sl__config_is_hostname(s)) {
+        sl__config_error(ctx, v, "tls.sni: %s is not a valid host name", sl__config_quote(q, sizeof(q), s));
+        return -1;
+    }
+    up->tls.sni = s;
+    return 0;
+}
+
+static const sl__config_enum_t upstream_tls_versions[] = {
+    {"1.2", SL_TLS_V1_2, false},
+    {"1.3", SL_TLS_V1_3, false},
+    {NULL, 0, false},
+};
+
+/* `tls: true` (defaults) or `tls: false` (off, as if absent). */
+static int tls_scalar(sl__config_ctx_t *ctx, const sl__config_node_t *v, void *base)
+{
+    sl_upstream_conf_t *up = base;
+    bool on;
+    if (sl__config_read_bool(ctx, "tls", v, &on) != 0)
+        return -1;
+    up->tls.enabled = on;
+    up->tls.pos = v->pos;
+    return 0;
+}
+
+static void tls_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, void *base, bool clean)
+{
+    sl_upstream_conf_t *up = base;
+    up->tls.enabled = true;
+    (void)clean;
+    bool cert = up->tls.client_cert.len > 0, key = up->tls.client_key.len > 0;
+    if (cert && !key)
+        sl__config_error(ctx, sl__config_node_map_key(map, "client_cert"),
+                         "tls: client_cert needs client_key (the private key of that certificate)");
+    if (key && !cert)
+        sl__config_error(ctx, sl__config_node_map_key(map, "client_key"),
+                         "tls: client_key needs client_cert (the certificate of that key)");
+    if (!up->tls.verify && up->tls.ca.len > 0)
+        sl__config_error(ctx, sl__config_node_map_key(map, "ca"),
+                         "tls: ca is not used with verify: false (remove one of them)");
+}
+
+static const sl__config_key_t upstream_tls_keys[] = {
+    {.name = "ca", .type = SL__CT_CUSTOM, .parse = parse_tls_ca},
+    {.name = "verify", .type = SL__CT_BOOL, .offset = offsetof(sl_upstream_conf_t, tls.verify), .dflt = "true"},
+    {.name = "sni", .type = SL__CT_CUSTOM, .parse = parse_tls_sni},
+    {.name = "client_cert", .type = SL__CT_CUSTOM, .parse = parse_tls_cert},
+    {.name = "client_key", .type = SL__CT_CUSTOM, .parse = parse_tls_key},
+    {.name = "min_version",
+     .type = SL__CT_ENUM,
+     .offset = offsetof(sl_upstream_conf_t, tls.min_version),
+     .dflt = "1.2",
+     .enums = upstream_tls_versions},
+};
+
+static const sl__config_section_t upstream_tls_section = {
+    .what = "upstream tls",
+    .keys = upstream_tls_keys,
+    .nkeys = sizeof(upstream_tls_keys) / sizeof(upstream_tls_keys[0]),
+    .pos_offset = offsetof(sl_upstream_conf_t, tls.pos),
+    .scalar = tls_scalar,
+    .check = tls_check,
+};
+
+/* Relative paths are relative to the config file's directory. */
+static void tls_resolve(const sl__config_ctx_t *ctx, sl_str_t path, char *out, size_t size)
+{
+    const char *slash = NULL;
+    if (path.ptr[0] != '/' && ctx->file.len > 0 && ctx->file.ptr[0] != '<')
+        for (size_t i = 0; i < ctx->file.len; i++)
+            if (ctx->file.ptr[i] == '/')
+                slash = ctx->file.ptr + i;
+    if (slash == NULL)
+        snprintf(out, size, "%s", path.ptr);
+    else
+        snprintf(out, size, "%.*s/%s", (int)(slash - ctx->file.ptr), ctx->file.ptr, path.ptr);
+}
+
+static void release_client_ctx(void *data)
+{
+    sl_tls_client_ctx_unref(data);
+}
+
+/* Loads the upstream's files and builds its client context, so `sluice check` and a reload
+ * report a missing, malformed or mismatched file where it is named. */
+static void tls_build(sl__config_ctx_t *ctx, sl_upstream_conf_t *up)
+{
+    char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX], msg[512];
+    if (up->tls.ca.len)
+        tls_resolve(ctx, up->tls.ca, ca, sizeof(ca));
+    if (up->tls.client_cert.len) {
+        tls_resolve(ctx, up->tls.client_cert, cert, sizeof(cert));
+        tls_resolve(ctx, up->tls.client_key, key, sizeof(key));
+    }
+    sl_tls_client_options_t o = {
+        .ca = up->tls.ca.len ? ca : NULL,
+        .verify = up->tls.verify,
+        .client_cert = up->tls.client_cert.len ? cert : NULL,
+        .client_key = up->tls.client_cert.len ? key : NULL,
+        .min_version = (enum sl_tls_version)up->tls.min_version,
+    };
+    enum sl_tls_client_part part;
+    if (sl_tls_client_ctx_create(&o, &up->tls.ctx, &part, msg, sizeof(msg)) != 0) {
+        sl_config_pos_t at = part == SL_TLS_CLIENT_PART_CA     ? up->tls.ca_pos
+                             : part == SL_TLS_CLIENT_PART_CERT ? up->tls.cert_pos
+                             : part == SL_TLS_CLIENT_PART_KEY  ? up->tls.key_pos
+                                                               : up->tls.pos;
+        sl__config_error_at(ctx, at, "tls: %s", msg);
+        up->tls.ctx = NULL;
+        return;
+    }
+    sl_arena_on_dispose(&ctx->cfg->arena, release_client_ctx, up->tls.ctx);
+}
+
+/* Targets written `https://host:port` make the upstream a TLS one (with the defaults when it has
+ * no `tls`); an upstream is TLS or not as a whole, so such targets cannot sit beside plain ones
+ * or `tls: false`. */
+static void https_targets(sl__config_ctx_t *ctx, const sl__config_node_t *map, sl_upstream_conf_t *up)
+{
+    const sl__config_node_t *seq = sl__config_node_map_get(map, "targets");
+    if (seq == NULL || seq->kind != SL__CONFIG_NODE_SEQ)
+        return;
+    const sl__config_node_t *first_https = NULL, *first_plain = NULL;
+    for (const sl__config_node_t *item = seq->first; item != NULL; item = item->next) {
+        const sl__config_node_t *d = sl__config_node_deref(item);
+        const sl__config_node_t *a =
+            d != NULL && d->kind == SL__CONFIG_NODE_MAP ? sl__config_node_map_get(d, "address") : NULL;
+        if (a == NULL || a->kind != SL__CONFIG_NODE_SCALAR)
+            continue;
+        bool https = a->text.len >= 8 && sl_str_caseeq((sl_str_t){a->text.ptr, 8}, SL_STR_LIT("https://"));
+        if (https && first_https == NULL)
+            first_https = a;
+        if (!https && first_plain == NULL)
+            first_plain = a;
+    }
+    if (first_https == NULL)
+        return;
+    if (first_plain != NULL) {
+        sl__config_error(ctx, first_plain,
+                         "address: upstream %s mixes https:// (at %u:%u) and plain targets; an upstream is TLS "
+                         "or not: write every target the same way",
+                         up->name.ptr, first_https->pos.line, first_https->pos.col);
+        return;
+    }
+    const sl__config_node_t *tls = sl__config_node_map_get(map, "tls");
+    if (tls != NULL && !up->tls.enabled) {
+        sl__config_error(ctx, tls, "tls: false contradicts the https:// targets of upstream %s", up->name.ptr);
+        return;
+    }
+    if (!up->tls.enabled) {
+        up->tls.enabled = true;
+        up->tls.pos = first_https->pos;
+    }
 }
 
 /* ---- one upstream ------------------------------------------------------------------------- */
@@ -175,6 +391,10 @@ static void upstream_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, 
                          balance_name(up->balance));
     if (up->balance == SL_BALANCE_HASH && up->hash_on == SL_HASH_ON_NONE)
         up->hash_on = SL_HASH_ON_IP;
+    if (clean)
+        https_targets(ctx, map, up);
+    if (clean && up->tls.enabled)
+        tls_build(ctx, up);
     const sl__config_node_t *targets = sl__config_node_map_get(map, "targets");
     if (up->ntargets == 0 && (targets == NULL || targets->kind == SL__CONFIG_NODE_SEQ)) {
         sl__config_error(ctx, targets != NULL ? targets : map, "upstream %s has no targets",
@@ -615,6 +835,7 @@ static const sl__config_key_t upstream_keys[] = {
     {.name = "circuit_breaker", .type = SL__CT_SECTION, .section = &circuit_breaker_section},
     {.name = "retries", .type = SL__CT_SECTION, .section = &retries_section},
     {.name = "limits", .type = SL__CT_SECTION, .section = &upstream_limits_section},
+    {.name = "tls", .type = SL__CT_SECTION, .section = &upstream_tls_section},
 };
 
 static const sl__config_section_t upstream_section = {

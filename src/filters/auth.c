@@ -5,7 +5,8 @@
  * allows anonymous. Then X-Consumer-Id / X-Consumer-Groups (and chosen JWT claims) go upstream.
  *
  * Costs on the hot path: an API key is one SHA-256 and a hash lookup; a JWT or Basic credential
- * seen before is one SHA-256 and a lookup in the worker's verified-credential cache. The cold
+ * seen before is one SHA-256 and a lookup in the worker's verified-credential cache; a client
+ * certificate (mtls) is a few hash lookups, its facts worked out once per connection. The cold
  * paths are a signature verification (JWT, on the worker: tens of microseconds) and a password
  * hash (Basic: bcrypt/yescrypt take milliseconds by design, so it runs on libuv's thread pool
  * and the exchange pauses).
@@ -32,6 +33,7 @@
 #include "http/reply.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/snapshot.h"
+#include "tls/peer.h"
 
 /* The config's bit set is the JWT core's enum, shifted: keep the two in step. */
 _Static_assert(SL_JWT_SET_HS256 == SL_JWT_ALG_BIT(SL_JWT_HS256) && SL_JWT_SET_EDDSA == SL_JWT_ALG_BIT(SL_JWT_EDDSA) &&
@@ -856,6 +858,39 @@ static enum sl_filter_status check_introspection(sl_exchange_t *x, const auth_t 
     return SL_FILTER_PAUSE;
 }
 
+/* ---- mTLS ------------------------------------------------------------------------------------ */
+
+/* The consumer of the connection's client certificate, which the caller saw is present. The
+ * certificate's facts are worked out once per connection (tls/peer.c); here it is at most
+ * 2 + nsans hash lookups: the fingerprint first, then the subject, then each SAN in the
+ * certificate's order, the first match deciding. */
+static enum sl_filter_status check_mtls(sl_exchange_t *x, const auth_t *st)
+{
+    sl_tls_conn_t *t = x->tls_conn;
+    /* With client_ca the handshake already refuses a certificate that does not verify; this
+     * catches the rest: a resumed session whose certificate no longer chains to this
+     * listener's client_ca, or a listener without client_ca. */
+    if (!sl_tls_peer_verified(t))
+        return fail(x, SL_CAUSE_AUTH_INVALID, "mtls_unverified");
+    const sl_consumer_conf_t *c = NULL;
+    uint8_t fp[SL_TLS_FINGERPRINT_LEN];
+    if (sl_tls_peer_fingerprint(t, fp))
+        c = sl__consumers_by_fingerprint(st->consumers, fp);
+    const char *s;
+    size_t len;
+    if (c == NULL && sl_tls_peer_subject(t, &s, &len))
+        c = sl__consumers_by_cert_name(st->consumers, SL_MTLS_SUBJECT, (sl_str_t){s, len});
+    for (size_t i = 0, n = sl_tls_peer_nsans(t); c == NULL && i < n; i++) {
+        enum sl_tls_san_kind kind;
+        s = sl_tls_peer_san(t, i, &len, &kind);
+        c = sl__consumers_by_cert_name(st->consumers, SL_MTLS_SAN, (sl_str_t){s, len});
+    }
+    if (c == NULL)
+        return fail(x, SL_CAUSE_AUTH_INVALID, "mtls_unknown_certificate");
+    identify_consumer(x, c);
+    return SL_FILTER_CONTINUE;
+}
+
 /* ---- the filter ----------------------------------------------------------------------------- */
 
 static enum sl_filter_status auth_on_request(sl_exchange_t *x, void *state)
@@ -863,8 +898,20 @@ static enum sl_filter_status auth_on_request(sl_exchange_t *x, void *state)
     const auth_t *st = state;
     const sl_route_auth_conf_t *a = st->conf;
     enum sl_filter_status r;
+    const char *mtls_missing = NULL; /* why an mtls method found no certificate */
     for (size_t i = 0; i < a->nmethods; i++) {
         switch (a->methods[i].kind) {
+        case SL_AUTH_MTLS:
+            if (x->tls_conn == NULL) {
+                mtls_missing = "mtls_no_tls";
+                continue;
+            }
+            if (!sl_tls_peer_has_cert(x->tls_conn)) {
+                mtls_missing = "mtls_no_certificate";
+                continue;
+            }
+            r = check_mtls(x, st);
+            break;
         case SL_AUTH_API_KEY: {
             const sl_header_t *h = sl_headers_find(&x->req_headers, a->api_key_header);
             if (h != NULL && h->value.len > 0)
@@ -909,6 +956,10 @@ static enum sl_filter_status auth_on_request(sl_exchange_t *x, void *state)
     if (a->anonymous)
         return SL_FILTER_CONTINUE;
     challenge(x, st);
+    /* A route whose only method is mtls says why there was no certificate; with other methods
+     * too, any of them could have been used, so the request simply carried none. */
+    if (mtls_missing != NULL && a->nmethods == 1)
+        return fail(x, SL_CAUSE_AUTH_MISSING, mtls_missing);
     return fail(x, SL_CAUSE_AUTH_MISSING, "no_credentials");
 }
 

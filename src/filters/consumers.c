@@ -1,6 +1,7 @@
 /*
- * The consumer index of one snapshot: API-key digests, Basic usernames and consumer names to
- * consumers, each an open-addressed table built once (main thread) and read by every worker.
+ * The consumer index of one snapshot: API-key digests, Basic usernames, client-certificate
+ * fingerprints, subjects and SANs (mtls) and consumer names to consumers, each an
+ * open-addressed table built once (main thread) and read by every worker.
  * A lookup is O(1); the final key comparison is constant-time so the index never tells an
  * attacker how close a guess came.
  */
@@ -22,9 +23,11 @@ typedef struct table {
 } table_t;
 
 struct sl__consumers {
-    table_t keys;  /* item: sl_api_key_conf_t */
-    table_t users; /* item: sl_basic_cred_conf_t */
-    table_t names; /* item: sl_consumer_conf_t */
+    table_t keys;      /* item: sl_api_key_conf_t */
+    table_t users;     /* item: sl_basic_cred_conf_t */
+    table_t names;     /* item: sl_consumer_conf_t */
+    table_t certs;     /* item: sl_mtls_cred_conf_t, SL_MTLS_FINGERPRINT */
+    table_t certnames; /* item: sl_mtls_cred_conf_t, SL_MTLS_SUBJECT and SL_MTLS_SAN */
 };
 
 static uint64_t fnv1a(const void *p, size_t n)
@@ -36,6 +39,12 @@ static uint64_t fnv1a(const void *p, size_t n)
         h *= 1099511628211ull;
     }
     return h;
+}
+
+/* Subjects and SANs share a table: the kind is part of the hash and of the comparison. */
+static uint64_t name_hash(enum sl_mtls_match match, sl_str_t v)
+{
+    return fnv1a(v.ptr, v.len) ^ (uint64_t)match * 0x9e3779b97f4a7c15ull;
 }
 
 static void table_init(table_t *t, size_t n)
@@ -58,14 +67,17 @@ static void table_put(table_t *t, uint64_t h, const void *item, const sl_consume
 sl__consumers_t *sl__consumers_create(const sl_config_t *cfg)
 {
     sl__consumers_t *ix = sl_xcalloc(1, sizeof(*ix));
-    size_t nkeys = 0, nusers = 0;
+    size_t nkeys = 0, nusers = 0, ncerts = 0;
     for (size_t i = 0; i < cfg->nconsumers; i++) {
         nkeys += cfg->consumers[i].napi_keys;
         nusers += cfg->consumers[i].nbasic;
+        ncerts += cfg->consumers[i].nmtls;
     }
     table_init(&ix->keys, nkeys);
     table_init(&ix->users, nusers);
     table_init(&ix->names, cfg->nconsumers);
+    table_init(&ix->certs, ncerts);
+    table_init(&ix->certnames, ncerts);
     for (size_t i = 0; i < cfg->nconsumers; i++) {
         const sl_consumer_conf_t *c = &cfg->consumers[i];
         /* A SHA-256 digest is already uniformly spread: its first bytes are the hash. */
@@ -77,6 +89,16 @@ sl__consumers_t *sl__consumers_create(const sl_config_t *cfg)
         for (size_t k = 0; k < c->nbasic; k++)
             table_put(&ix->users, fnv1a(c->basic[k].username.ptr, c->basic[k].username.len), &c->basic[k], c);
         table_put(&ix->names, fnv1a(c->name.ptr, c->name.len), c, c);
+        for (size_t k = 0; k < c->nmtls; k++) {
+            const sl_mtls_cred_conf_t *m = &c->mtls[k];
+            if (m->match == SL_MTLS_FINGERPRINT) {
+                uint64_t h;
+                memcpy(&h, m->fingerprint, sizeof(h));
+                table_put(&ix->certs, h, m, c);
+            } else {
+                table_put(&ix->certnames, name_hash(m->match, m->value), m, c);
+            }
+        }
     }
     return ix;
 }
@@ -88,6 +110,8 @@ void sl__consumers_destroy(sl__consumers_t *ix)
     free(ix->keys.slots);
     free(ix->users.slots);
     free(ix->names.slots);
+    free(ix->certs.slots);
+    free(ix->certnames.slots);
     free(ix);
 }
 
@@ -124,6 +148,30 @@ const sl_consumer_conf_t *sl__consumers_by_name(const sl__consumers_t *ix, sl_st
         const sl_consumer_conf_t *c = ix->names.slots[i].item;
         if (sl_str_eq(c->name, name))
             return c;
+    }
+    return NULL;
+}
+
+const sl_consumer_conf_t *sl__consumers_by_fingerprint(const sl__consumers_t *ix, const uint8_t sha256[32])
+{
+    uint64_t h;
+    memcpy(&h, sha256, sizeof(h));
+    for (size_t i = h & ix->certs.mask; ix->certs.slots[i].item != NULL; i = (i + 1) & ix->certs.mask) {
+        const sl_mtls_cred_conf_t *m = ix->certs.slots[i].item;
+        if (CRYPTO_memcmp(m->fingerprint, sha256, 32) == 0)
+            return ix->certs.slots[i].consumer;
+    }
+    return NULL;
+}
+
+const sl_consumer_conf_t *sl__consumers_by_cert_name(const sl__consumers_t *ix, enum sl_mtls_match match,
+                                                     sl_str_t value)
+{
+    uint64_t h = name_hash(match, value);
+    for (size_t i = h & ix->certnames.mask; ix->certnames.slots[i].item != NULL; i = (i + 1) & ix->certnames.mask) {
+        const sl_mtls_cred_conf_t *m = ix->certnames.slots[i].item;
+        if (m->match == match && m->value.len == value.len && CRYPTO_memcmp(m->value.ptr, value.ptr, value.len) == 0)
+            return ix->certnames.slots[i].consumer;
     }
     return NULL;
 }

@@ -77,6 +77,13 @@ const sl_consumer_conf_t *sl__consumers_by_user(const sl__consumers_t *c, sl_str
                                                 const sl_basic_cred_conf_t **cred);
 /** The consumer named `name`, or NULL. */
 const sl_consumer_conf_t *sl__consumers_by_name(const sl__consumers_t *c, sl_str_t name);
+/** The consumer whose mtls credential is this certificate fingerprint (SHA-256 of the DER),
+ *  or NULL. Compared in constant time. */
+const sl_consumer_conf_t *sl__consumers_by_fingerprint(const sl__consumers_t *c, const uint8_t sha256[32]);
+/** The consumer whose mtls credential is this subject (SL_MTLS_SUBJECT, RFC 4514 string) or
+ *  SAN entry (SL_MTLS_SAN; DNS names lower-cased by the caller), or NULL. */
+const sl_consumer_conf_t *sl__consumers_by_cert_name(const sl__consumers_t *c, enum sl_mtls_match match,
+                                                     sl_str_t value);
 
 /** Marks `x` as identified: X-Consumer-Id and X-Consumer-Groups go upstream. `groups` are
  *  joined with ','; slices must live as long as the exchange (config or arena). */

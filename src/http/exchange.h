@@ -23,6 +23,7 @@
 typedef struct sl_exchange sl_exchange_t;
 struct sl_worker;
 struct sl_snapshot;
+struct sl_tls_conn;
 
 /*
  * W3C Trace Context (https://www.w3.org/TR/trace-context/) of one exchange: the trace it
@@ -53,7 +54,9 @@ enum sl_body_kind {
  * len == 0 is the end of the body; status < 0 is an error (x->cause says which: client_timeout,
  * request_too_large, bad_request, or SL_ECLOSED when the client went away). After a data slice
  * nothing more is delivered until the consumer calls body_resume: that is the backpressure, and
- * it also says the slice's bytes may be reused.
+ * it also says the slice's bytes may be reused. A status < 0 (SL_ECLOSED) may still come when the
+ * client goes away until the exchange ends, also after a handler cleared on_abort to answer
+ * locally: a body callback must tolerate it.
  */
 typedef void (*sl_body_cb)(sl_exchange_t *x, int status, const char *data, size_t len);
 typedef void (*sl_write_cb)(sl_exchange_t *x, int status);
@@ -113,6 +116,9 @@ struct sl_exchange {
     char client_ip[48];
     uint16_t client_port;
     bool client_tls; /* arrived over TLS: the scheme sent upstream in X-Forwarded-Proto / Forwarded */
+    /* The client's TLS connection (its verified certificate, for mTLS auth); NULL over plain
+     * TCP. Owned by the codec's connection, which outlives the exchange. */
+    struct sl_tls_conn *tls_conn;
     sl_str_t request_id;
 
     /* ---- routing ---- */

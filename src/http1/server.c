@@ -22,6 +22,7 @@
 #include "common/time.h"
 #include "http/reply.h"
 #include "http1/parser.h"
+#include "http2/h2.h"
 #include "metrics/metrics.h"
 #include "net/stream.h"
 #include "pipeline/pipeline.h"
@@ -34,6 +35,8 @@
 /* One socket read of a TLS connection: ciphertext lands here and is copied into the TLS read
  * BIO at once, so one buffer per worker serves every TLS connection. */
 #define TLS_READ_BUFFER (64 * 1024)
+/* How long a drained worker keeps an idle keep-alive connection open for a request already sent. */
+#define DRAIN_IDLE_GRACE_MS 1000
 
 typedef struct sl_h1_conn sl_h1_conn_t;
 typedef struct sl_h1_active sl_h1_active_t;
@@ -45,10 +48,9 @@ struct sl_h1_worker {
     void (*on_empty)(sl_worker_t *w);
     sl_h1_active_t *free_active;
     size_t nfree_active;
-    unsigned depth; /* conn_process frames on the stack, to keep pipelining iterative */
-    char date[32];  /* cached IMF-fixdate, refreshed once a second */
-    uint64_t date_sec;
-    char *tls_in; /* TLS_READ_BUFFER bytes, allocated with the first TLS connection */
+    unsigned depth;      /* conn_process frames on the stack, to keep pipelining iterative */
+    char *tls_in;        /* TLS_READ_BUFFER bytes, allocated with the first TLS connection */
+    sl_h2_worker_t *h2w; /* HTTP/2 free lists, created with the first h2 connection */
 };
 
 static atomic_uint_fast64_t total_connections;
@@ -62,6 +64,8 @@ enum conn_flag {
     CONN_PROCESS_PENDING = 1 << 5, /* a pipelined request waits for the outer conn_process */
     CONN_COUNTED_ACTIVE = 1 << 6,  /* the connections{state="active"} gauge counts it */
     CONN_TLS_READY = 1 << 7,       /* the TLS handshake is done: bytes are HTTP from here */
+    CONN_H2 = 1 << 8,              /* an HTTP/2 session owns the bytes (c->h2) */
+    CONN_H2C_OK = 1 << 9,          /* plain listener with http2: the first bytes may be the h2 preface */
 };
 
 struct sl_h1_conn {
@@ -72,6 +76,7 @@ struct sl_h1_conn {
     sl_buf_t *rbuf;      /* NULL while idle with nothing buffered */
     sl_h1_active_t *act; /* NULL between requests */
     sl_tls_conn_t *tls;  /* NULL on a plain listener */
+    sl_h2_session_t *h2; /* set once the connection speaks HTTP/2 (ALPN h2 or the h2c preface) */
     uint32_t flags;
     /* The peer, captured once at accept (not a getpeername per request), kept compact
      * because it stays in every idle connection. */
@@ -122,6 +127,7 @@ static void body_deliver(sl_h1_conn_t *c);
 static sl_h1_active_t *active_take(sl_h1_conn_t *c);
 static sl_h1_active_t *active_take_unparsed(sl_h1_conn_t *c);
 static const sl_downstream_ops_t h1_ops;
+static int conn_start_h2(sl_h1_conn_t *c);
 
 /* ---- per-worker state ----------------------------------------------------------------------- */
 
@@ -142,6 +148,8 @@ void sl_h1_worker_dispose(sl_worker_t *w)
         free(a);
     }
     free(hw->tls_in);
+    if (hw->h2w != NULL)
+        sl_log_warn("worker %u: HTTP/2 state left at exit", w->id); /* released when the drain ended */
     free(hw);
     w->h1 = NULL;
 }
@@ -264,6 +272,7 @@ static sl_h1_active_t *active_take(sl_h1_conn_t *c)
     }
     a->x.client_port = c->peer_port;
     a->x.client_tls = c->tls != NULL;
+    a->x.tls_conn = c->tls;
     return a;
 }
 
@@ -311,6 +320,13 @@ static void active_release(sl_h1_conn_t *c)
 
 /* ---- connection lifecycle --------------------------------------------------------------- */
 
+/* The HTTP/2 state goes when the drain ended: its idle handle must close while the loop runs. */
+static void h2_worker_release(sl_h1_worker_t *hw)
+{
+    sl_h2_worker_destroy(hw->h2w);
+    hw->h2w = NULL;
+}
+
 static void on_close(uv_handle_t *h)
 {
     sl_h1_conn_t *c = h->data;
@@ -327,11 +343,13 @@ static void on_close(uv_handle_t *h)
     if (c->worker->metrics)
         sl_metrics_connection_closed(c->worker->metrics, (c->flags & CONN_COUNTED_ACTIVE) != 0);
     sl_worker_t *w = c->worker;
+    sl_h2_session_destroy(c->h2);
     sl_tls_conn_destroy(c->tls);
     free(c);
     if (hw->draining && hw->nconns == 0 && hw->on_empty) {
         void (*cb)(sl_worker_t *) = hw->on_empty;
         hw->on_empty = NULL;
+        h2_worker_release(hw);
         cb(w);
     }
 }
@@ -342,6 +360,8 @@ static void conn_close(sl_h1_conn_t *c)
         return;
     c->flags |= CONN_CLOSING;
     sl_timeq_cancel(&c->timeout);
+    if (c->h2 != NULL)
+        sl_h2_session_closed(c->h2); /* its exchanges are aborted and logged now */
     sl_h1_active_t *a = c->act;
     if (a != NULL) {
         if (!a->finished) {
@@ -414,9 +434,13 @@ static void peer_half_closed(sl_h1_conn_t *c)
 }
 
 /* New request bytes are in rbuf: hand them to whoever waits for them. */
+static void h2_feed(sl_h1_conn_t *c);
+
 static void on_bytes(sl_h1_conn_t *c)
 {
-    if (c->act == NULL) {
+    if (c->h2 != NULL) {
+        h2_feed(c);
+    } else if (c->act == NULL) {
         conn_process(c);
     } else if (c->act->body_started && !c->act->body_done) {
         body_deliver(c);
@@ -480,6 +504,10 @@ static void on_peer_eof(sl_h1_conn_t *c)
 {
     /* EOF or error. Idle or mid-head: just close. During an exchange: the client left. */
     c->flags |= CONN_PEER_EOF;
+    if (c->h2 != NULL) {
+        sl_h2_session_peer_eof(c->h2);
+        return;
+    }
     sl_h1_active_t *a = c->act;
     if (a != NULL && a->body_started && !a->body_done && a->body_cb != NULL) {
         a->body_done = true;
@@ -548,6 +576,8 @@ static void tls_on_read(sl_h1_conn_t *c, const char *p, size_t n)
             return;
         c->flags |= CONN_TLS_READY;
         sl_tls_count_handshake(c->tls);
+        if (strcmp(sl_tls_conn_alpn(c->tls), "h2") == 0 && conn_start_h2(c) != 0)
+            return;
     }
     for (;;) {
         ssize_t added = tls_fill(c);
@@ -648,6 +678,8 @@ void sl_h1_server_accept(sl_listener_t *l)
             memcpy(c->peer_addr, &in6->sin6_addr, 16);
         }
     }
+    if (l->index < cfg->nlistens && cfg->listens[l->index].http2 && cfg->listens[l->index].tls.ctx == NULL)
+        c->flags |= CONN_H2C_OK;
     if (l->index < cfg->nlistens && cfg->listens[l->index].tls.ctx != NULL) {
         if (hw->tls_in == NULL)
             hw->tls_in = sl_xmalloc(TLS_READ_BUFFER);
@@ -656,6 +688,78 @@ void sl_h1_server_accept(sl_listener_t *l)
     /* On TLS this is also the handshake timeout: no request byte can come before it ends. */
     sl_timeq_add(&w->timeqs, timeq_for(c, cfg->timeouts.client_header_ms), &c->timeout, on_header_timeout);
     start_reading(c);
+}
+
+/* ---- HTTP/2: the connection carries an nghttp2 session ----------------------------------- */
+
+static int h2_write(void *conn, uv_write_t *req, uv_buf_t *iov, unsigned n, uv_write_cb cb)
+{
+    sl_h1_conn_t *c = conn;
+    if (c->flags & CONN_CLOSING)
+        return SL_ECLOSED;
+    return c->tls != NULL ? sl_tls_conn_write(c->tls, req, iov, n, cb)
+                          : sl_stream_write((uv_stream_t *)&c->tcp, req, iov, n, cb);
+}
+
+static void h2_close(void *conn)
+{
+    conn_close(conn);
+}
+
+static void h2_active(void *conn, bool active)
+{
+    sl_h1_conn_t *c = conn;
+    if (c->worker->metrics == NULL || active == ((c->flags & CONN_COUNTED_ACTIVE) != 0) || (c->flags & CONN_CLOSING))
+        return;
+    c->flags ^= CONN_COUNTED_ACTIVE;
+    sl_metrics_connection_active(c->worker->metrics, active);
+}
+
+static const sl_h2_transport_t h2_transport = {.write = h2_write, .close = h2_close, .active = h2_active};
+
+/* Hands the connection to an HTTP/2 session; bytes already read go to it. Non-zero when the
+ * connection was closed instead. */
+static int conn_start_h2(sl_h1_conn_t *c)
+{
+    sl_h1_worker_t *hw = c->worker->h1;
+    if (hw->draining) {
+        conn_close(c);
+        return -1;
+    }
+    if (hw->h2w == NULL)
+        hw->h2w = sl_h2_worker_create(c->worker);
+    sl_h2_peer_t peer = {.client_port = c->peer_port, .client_family = c->peer_family, .tls_conn = c->tls};
+    if (c->peer_family != 0) {
+        format_peer(c, peer.client_ip);
+        memcpy(peer.client_addr, c->peer_addr, c->peer_family == AF_INET ? 4 : 16);
+    }
+    if (sl_h2_session_create(hw->h2w, &h2_transport, c, &peer, &c->h2) != 0) {
+        conn_close(c);
+        return -1;
+    }
+    c->flags |= CONN_H2;
+    c->flags &= ~(CONN_H2C_OK | CONN_SAW_BYTES);
+    sl_timeq_cancel(&c->timeout); /* the session keeps its own */
+    if (c->rbuf != NULL && c->rbuf->len > c->rbuf->off)
+        h2_feed(c);
+    return 0;
+}
+
+/* Every byte read goes to the session at once: streams' bodies wait in their own buffers. */
+static void h2_feed(sl_h1_conn_t *c)
+{
+    sl_buf_t *b = c->rbuf;
+    if (b == NULL)
+        return;
+    size_t n = b->len - b->off;
+    const char *p = b->data + b->off;
+    b->off = b->len = 0;
+    if (n > 0)
+        sl_h2_session_recv(c->h2, p, n);
+    if (c->rbuf == b) {
+        c->rbuf = NULL;
+        sl_buf_put(&c->worker->bufs, b);
+    }
 }
 
 /* ---- request heads ---------------------------------------------------------------------- */
@@ -707,6 +811,20 @@ static void conn_process_one(sl_h1_conn_t *c)
     sl_buf_t *b = c->rbuf;
     if (b == NULL || b->off == b->len) {
         return;
+    }
+    if (c->flags & CONN_H2C_OK) {
+        /* Prior knowledge (RFC 9113 §3.3): only as a connection's first bytes. */
+        int m = sl_h2_preface_match(b->data + b->off, b->len - b->off);
+        if (m == 0) {
+            if (start_reading(c) > 0)
+                c->flags |= CONN_PROCESS_PENDING;
+            return;
+        }
+        c->flags &= ~CONN_H2C_OK;
+        if (m == 1) {
+            conn_start_h2(c);
+            return;
+        }
     }
     const sl_config_t *cfg = conn_cfg(c);
     if (!(c->flags & CONN_SAW_BYTES)) {
@@ -1080,17 +1198,6 @@ static const char *reason_phrase(int status)
     }
 }
 
-static sl_str_t date_header(sl_worker_t *w)
-{
-    sl_h1_worker_t *hw = w->h1;
-    uint64_t now = sl_time_wall_ms();
-    if (now / 1000 != hw->date_sec || hw->date[0] == '\0') {
-        hw->date_sec = now / 1000;
-        sl_time_format_http(hw->date, sizeof(hw->date), now);
-    }
-    return (sl_str_t){hw->date, 29};
-}
-
 static int h1_send_head(sl_exchange_t *x)
 {
     sl_h1_active_t *a = x->down_ctx;
@@ -1123,7 +1230,7 @@ static int h1_send_head(sl_exchange_t *x)
         }
     }
     bool close_after = (c->flags & CONN_CLOSE_AFTER) != 0;
-    sl_str_t date = date_header(c->worker);
+    sl_str_t date = sl_worker_http_date(c->worker);
     const char *reason = reason_phrase(st);
     size_t size = 64 + strlen(reason) + 48 + date.len + 48 + x->request_id.len + 32 + 24;
     bool have_date = false;
@@ -1467,14 +1574,22 @@ void sl_h1_server_drain(sl_worker_t *w, void (*on_empty)(sl_worker_t *w))
     sl_h1_conn_t *c = hw->conns;
     while (c != NULL) {
         sl_h1_conn_t *next = c->next;
-        if (c->act == NULL)
-            conn_close(c);
-        else
+        if (c->h2 != NULL) {
+            sl_h2_session_drain(c->h2); /* GOAWAY: open streams finish, then it closes */
+        } else {
             c->flags |= CONN_CLOSE_AFTER;
+            /* An idle keep-alive connection may already carry a request on the wire, and
+             * HTTP/1.1 has no GOAWAY to tell the client: closing it now would make the client
+             * retry. It gets a short grace instead (a request that arrives is answered with
+             * Connection: close); one mid-head keeps its header timeout. */
+            if (c->act == NULL && !(c->flags & CONN_SAW_BYTES))
+                sl_timeq_add(&w->timeqs, timeq_for(c, DRAIN_IDLE_GRACE_MS), &c->timeout, on_idle_timeout);
+        }
         c = next;
     }
     if (hw->nconns == 0 && hw->on_empty) {
         hw->on_empty = NULL;
+        h2_worker_release(hw);
         on_empty(w);
     }
 }

@@ -5,6 +5,8 @@
  */
 #include "net/worker.h"
 
+#include "common/time.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -231,4 +233,14 @@ void sl_worker_join(sl_worker_t *w)
     sl_buf_pool_dispose(&w->bufs);
     free(w->listeners);
     w->listeners = NULL;
+}
+
+sl_str_t sl_worker_http_date(sl_worker_t *w)
+{
+    uint64_t now = sl_time_wall_ms();
+    if (now / 1000 != w->http_date_sec || w->http_date[0] == '\0') {
+        w->http_date_sec = now / 1000;
+        sl_time_format_http(w->http_date, sizeof(w->http_date), now);
+    }
+    return (sl_str_t){w->http_date, 29};
 }

@@ -21,6 +21,7 @@
 
 #include <uv.h>
 
+#include "common/str.h"
 #include "net/buf.h"
 #include "net/timeq.h"
 
@@ -60,6 +61,8 @@ struct sl_worker {
     uint32_t inflight;                    /* worker thread only: exchanges between routing and log */
     atomic_uint_fast64_t loop_lag_max_ns; /* worst since sl_worker_take_loop_lag; worker raises, main resets */
     atomic_uint_fast64_t refused;         /* connections refused at limits.max_connections; worker writes */
+    char http_date[32];                   /* worker thread only: sl_worker_http_date's cache */
+    uint64_t http_date_sec;
 };
 
 #define SL_WORKER_LAG_INTERVAL_MS 250
@@ -118,5 +121,9 @@ uint64_t sl_worker_take_loop_lag(sl_worker_t *w);
 
 /** Main thread: waits for the worker thread, then frees the loop's resources. */
 void sl_worker_join(sl_worker_t *w);
+
+/** The current time as an IMF-fixdate (a response's Date), formatted at most once a second per
+ *  worker. The bytes stay valid until the next call. Worker thread. */
+sl_str_t sl_worker_http_date(sl_worker_t *w);
 
 #endif

@@ -206,7 +206,10 @@ static void echo_reply(sl_exchange_t *x, uint64_t body_bytes)
     n += sl_json_escape(out + n, x->path);
     n += (size_t)snprintf(out + n, cap - n, "\",\"query\":\"");
     n += sl_json_escape(out + n, x->query);
-    n += (size_t)snprintf(out + n, cap - n, "\",\"http_version\":\"HTTP/1.%d\",\"headers\":{", x->minor_version);
+    if (x->minor_version == 2)
+        n += (size_t)snprintf(out + n, cap - n, "\",\"http_version\":\"HTTP/2\",\"headers\":{");
+    else
+        n += (size_t)snprintf(out + n, cap - n, "\",\"http_version\":\"HTTP/1.%d\",\"headers\":{", x->minor_version);
     /* Repeated names are joined with ", " (RFC 9110 §5.3), lowercased like HTTP/2 would. */
     bool first = true;
     for (size_t i = 0; i < x->req_headers.len; i++) {

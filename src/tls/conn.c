@@ -8,6 +8,7 @@
  * only in how they are created.
  */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,10 @@ struct sl_tls_conn {
     uint8_t failure;
     uv_write_t *user_req; /* a caller's write waiting for everything queued to go out */
     uv_write_cb user_cb;
+    /* upstream client connections (sl_tls_upstream_conn_create) */
+    unsigned long err; /* the OpenSSL error of a failed handshake, for sl_tls_conn_error */
+    sl_tls_session_cb on_session;
+    void *session_arg;
 };
 
 const char *sl_tls_failure_name(enum sl_tls_failure f)
@@ -171,7 +176,8 @@ int sl_tls_conn_handshake(sl_tls_conn_t *t)
     int e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return 0;
-    t->failure = (uint8_t)classify(ERR_peek_error());
+    t->err = ERR_peek_error();
+    t->failure = (uint8_t)classify(t->err);
     ERR_clear_error();
     return SL_EINVALID;
 }
@@ -207,6 +213,8 @@ int sl_tls_conn_read(sl_tls_conn_t *t, char *buf, size_t cap)
     int e = SSL_get_error(t->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return 0;
+    if (e != SSL_ERROR_ZERO_RETURN)
+        t->err = ERR_peek_error(); /* for sl_tls_conn_error: an alert after the handshake */
     ERR_clear_error();
     return e == SSL_ERROR_ZERO_RETURN ? SL_ECLOSED : SL_EINVALID;
 }
@@ -362,6 +370,8 @@ const char *sl_tls_conn_alpn(const sl_tls_conn_t *t)
     const unsigned char *p;
     unsigned len;
     SSL_get0_alpn_selected(t->ssl, &p, &len);
+    if (len == 2 && memcmp(p, "h2", 2) == 0)
+        return "h2";
     return len == 8 && memcmp(p, "http/1.1", 8) == 0 ? "http/1.1" : "";
 }
 
@@ -378,4 +388,69 @@ bool sl_tls_conn_resumed(const sl_tls_conn_t *t)
 unsigned sl__tls_conn_listener(const sl_tls_conn_t *t)
 {
     return t->ctx != NULL ? t->ctx->listener : 0;
+}
+SSL *sl__tls_conn_ssl(const sl_tls_conn_t *t)
+{
+    return t->ssl;
+} /* for peer.c (mTLS identity) */
+
+/* ---- upstream client connections (docs/tls.md "Upstream TLS") ------------------------------- */
+
+/* OpenSSL's new-session callback of every upstream client context: a copy of the session goes
+ * to the connection's owner (its pool). A copy, because the session itself stays the
+ * connection's and OpenSSL marks it not resumable when the connection ends without a
+ * close_notify (as most upstream connections do: the server closes, or we drop it). */
+int sl__tls_upstream_new_session(SSL *ssl, SSL_SESSION *s)
+{
+    sl_tls_conn_t *t = SSL_get_app_data(ssl);
+    if (t == NULL || t->on_session == NULL || SSL_SESSION_is_resumable(s) != 1)
+        return 0;
+    SSL_SESSION *copy = SSL_SESSION_dup(s);
+    if (copy != NULL)
+        t->on_session(t->session_arg, copy);
+    return 0;
+}
+
+void sl_tls_upstream_conn_create(const sl_tls_client_ctx_t *ctx, uv_stream_t *stream, const char *sni, const char *name,
+                                 struct ssl_session_st *resume, sl_tls_session_cb on_session, void *arg,
+                                 sl_tls_conn_t **out)
+{
+    SSL_CTX *ssl_ctx = sl__tls_client_ctx_ssl(ctx);
+    sl_tls_conn_t *t = conn_new(ssl_ctx, stream);
+    SSL_set_connect_state(t->ssl);
+    SSL_set_app_data(t->ssl, t);
+    t->on_session = on_session;
+    t->session_arg = arg;
+    if (sni != NULL)
+        SSL_set_tlsext_host_name(t->ssl, sni);
+    if (name != NULL && (SSL_CTX_get_verify_mode(ssl_ctx) & SSL_VERIFY_PEER)) {
+        unsigned char ip[16];
+        X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
+        if (inet_pton(AF_INET, name, ip) == 1 || inet_pton(AF_INET6, name, ip) == 1) {
+            X509_VERIFY_PARAM_set1_ip_asc(vp, name);
+        } else {
+            X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            SSL_set1_host(t->ssl, name);
+        }
+    }
+    if (resume != NULL)
+        SSL_set_session(t->ssl, resume); /* takes its own reference */
+    *out = t;
+}
+
+const char *sl_tls_conn_error(const sl_tls_conn_t *t, char *buf, size_t len)
+{
+    if (ERR_GET_LIB(t->err) == ERR_LIB_SSL && ERR_GET_REASON(t->err) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+        long v = SSL_get_verify_result(t->ssl);
+        snprintf(buf, len, "certificate verify failed: %s", X509_verify_cert_error_string(v));
+        return buf;
+    }
+    const char *r = t->err != 0 ? ERR_reason_error_string(t->err) : NULL;
+    snprintf(buf, len, "%s", r != NULL ? r : "handshake failed");
+    return buf;
+}
+
+void sl_tls_session_free(struct ssl_session_st *s)
+{
+    SSL_SESSION_free(s);
 }

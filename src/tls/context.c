@@ -16,6 +16,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -38,6 +39,9 @@ struct sl_tls_cert {
     int64_t not_after;
     char **names;
     size_t nnames;
+    unsigned char *ocsp; /* a DER OCSP response to staple; NULL: none */
+    size_t ocsp_len;
+    int64_t ocsp_next_update; /* 0 when the response names none */
 };
 
 /* ---- certificates ------------------------------------------------------------------------- */
@@ -177,7 +181,119 @@ void sl_tls_cert_free(sl_tls_cert_t *c)
     for (size_t i = 0; i < c->nnames; i++)
         free(c->names[i]);
     free(c->names);
+    free(c->ocsp);
     free(c);
+}
+
+/* ---- OCSP stapling ------------------------------------------------------------------------ */
+
+static void set_msg_time(char *msg, size_t msglen, const char *fmt, const char *path, const ASN1_GENERALIZEDTIME *t)
+{
+    char when[64] = "?";
+    BIO *b = BIO_new(BIO_s_mem());
+    if (b != NULL && t != NULL && ASN1_TIME_print(b, t) == 1) {
+        int n = BIO_read(b, when, sizeof(when) - 1);
+        when[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+    set_msg(msg, msglen, fmt, path, when);
+}
+
+int sl_tls_cert_set_ocsp(sl_tls_cert_t *c, const char *path, char *msg, size_t msglen)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        set_msg(msg, msglen, "cannot read OCSP response %s: %s", path, strerror(errno));
+        return SL_EINVALID;
+    }
+    /* A response is a few KiB; 1 MiB bounds a wrong file. */
+    size_t cap = 1 << 20, len = 0;
+    unsigned char *der = sl_xmalloc(cap);
+    size_t n;
+    while (len < cap && (n = fread(der + len, 1, cap - len, f)) > 0)
+        len += n;
+    bool too_big = len == cap && fgetc(f) != EOF;
+    fclose(f);
+    const unsigned char *p = der;
+    OCSP_RESPONSE *resp = too_big ? NULL : d2i_OCSP_RESPONSE(NULL, &p, (long)len);
+    OCSP_BASICRESP *basic = resp ? OCSP_response_get1_basic(resp) : NULL;
+    int rc = SL_EINVALID;
+    const ASN1_GENERALIZEDTIME *next = NULL;
+    if (resp == NULL || p != der + len) {
+        set_msg(msg, msglen, "%s is not a DER OCSP response%s", path, too_big ? " (over 1 MiB)" : "");
+    } else if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL || basic == NULL) {
+        set_msg(msg, msglen, "OCSP response %s is not a successful one (%s)", path,
+                OCSP_response_status_str(OCSP_response_status(resp)));
+    } else {
+        /* The single response about this certificate: matched by serial number (the issuer's
+         * key hash would need the issuer, which a chain file may leave out). */
+        const ASN1_INTEGER *serial = X509_get0_serialNumber(c->x509);
+        int found = -1;
+        for (int i = 0; i < OCSP_resp_count(basic) && found < 0; i++) {
+            ASN1_INTEGER *s = NULL;
+            OCSP_SINGLERESP *one = OCSP_resp_get0(basic, i);
+            const OCSP_CERTID *id = OCSP_SINGLERESP_get0_id(one);
+            if (OCSP_id_get0_info(NULL, NULL, NULL, &s, (OCSP_CERTID *)id) == 1 && ASN1_INTEGER_cmp(s, serial) == 0)
+                found = i;
+        }
+        int reason;
+        ASN1_GENERALIZEDTIME *rev, *thisupd, *nextupd;
+        int status =
+            found < 0 ? -1 : OCSP_single_get0_status(OCSP_resp_get0(basic, found), &reason, &rev, &thisupd, &nextupd);
+        next = found < 0 ? NULL : nextupd;
+        if (found < 0) {
+            set_msg(msg, msglen, "OCSP response %s is not about this certificate%s", path, "");
+        } else if (status == V_OCSP_CERTSTATUS_REVOKED) {
+            set_msg_time(msg, msglen, "OCSP response %s says the certificate was revoked on %s", path, rev);
+        } else if (status != V_OCSP_CERTSTATUS_GOOD) {
+            set_msg(msg, msglen, "OCSP response %s does not say the certificate is good%s", path, "");
+        } else if (nextupd != NULL && X509_cmp_current_time(nextupd) <= 0) {
+            /* Clients reject a stale staple: refuse it, so a reload keeps the old (fresh) one. */
+            set_msg_time(msg, msglen, "OCSP response %s is stale: its next update was %s", path, nextupd);
+        } else {
+            rc = 0;
+        }
+    }
+    if (rc == 0) {
+        free(c->ocsp);
+        c->ocsp = der;
+        c->ocsp_len = len;
+        c->ocsp_next_update = next != NULL ? asn1_to_unix(next) : 0;
+    } else {
+        free(der);
+    }
+    OCSP_BASICRESP_free(basic);
+    OCSP_RESPONSE_free(resp);
+    ERR_clear_error();
+    return rc;
+}
+
+int64_t sl_tls_cert_ocsp_next_update(const sl_tls_cert_t *c)
+{
+    return c->ocsp != NULL ? c->ocsp_next_update : -1;
+}
+
+/* The client asked for the certificate's status: staple the response of the certificate SNI
+ * chose, if it has one (OpenSSL frees the copy it is given). */
+static int on_status(SSL *ssl, void *arg)
+{
+    const sl_tls_ctx_t *ctx = arg;
+    X509 *chosen = SSL_get_certificate(ssl);
+    for (size_t i = 0; i < ctx->ncerts; i++) {
+        const sl_tls_cert_t *c = ctx->certs[i];
+        if (c->x509 != chosen || c->ocsp == NULL)
+            continue;
+        unsigned char *copy = OPENSSL_malloc(c->ocsp_len);
+        if (copy == NULL)
+            return SSL_TLSEXT_ERR_NOACK;
+        memcpy(copy, c->ocsp, c->ocsp_len);
+        if (SSL_set_tlsext_status_ocsp_resp(ssl, copy, (long)c->ocsp_len) != 1) {
+            OPENSSL_free(copy);
+            return SSL_TLSEXT_ERR_NOACK;
+        }
+        return SSL_TLSEXT_ERR_OK;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
 }
 
 int64_t sl_tls_cert_not_after(const sl_tls_cert_t *c)
@@ -247,16 +363,18 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
 
 /* ---- ALPN --------------------------------------------------------------------------------- */
 
-/* Wire format, in preference order. HTTP/2 joins here (before http/1.1) when it exists. */
+/* Wire format, in the server's preference order: a client offering both gets h2. */
 static const unsigned char alpn_h1[] = "\x08http/1.1";
+static const unsigned char alpn_h2_h1[] = "\x02h2\x08http/1.1";
 
 static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
                    unsigned int inlen, void *arg)
 {
     (void)ssl;
-    (void)arg;
+    const unsigned char *ours = arg != NULL ? alpn_h2_h1 : alpn_h1;
+    unsigned ourlen = arg != NULL ? sizeof(alpn_h2_h1) - 1 : sizeof(alpn_h1) - 1;
     unsigned char *sel;
-    if (SSL_select_next_proto(&sel, outlen, alpn_h1, sizeof(alpn_h1) - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto(&sel, outlen, ours, ourlen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_NOACK; /* speak HTTP/1.1 anyway: what a client without ALPN gets */
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
@@ -332,6 +450,21 @@ static int on_ticket_key(SSL *ssl, unsigned char key_name[16], unsigned char iv[
 
 /* ---- contexts ----------------------------------------------------------------------------- */
 
+/* Absorbs a file's bytes into the session id context's digest: 0, or -1 when unreadable. */
+static int sid_ctx_add_file(EVP_MD_CTX *md, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return -1;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+        EVP_DigestUpdate(md, buf, n);
+    int err = ferror(f);
+    fclose(f);
+    return err ? -1 : 0;
+}
+
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static sl_tls_ctx_t *live; /* every context not yet freed, newest first */
 static uint64_t live_seq;
@@ -359,11 +492,23 @@ int sl_tls_ctx_create(sl_tls_cert_t **certs, size_t n, const sl_tls_options_t *o
     }
     /* Stateless tickets only: a server-side cache would be per process and grow with clients. */
     SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_session_id_context(ssl, (const unsigned char *)"sluice", 6);
     SSL_CTX_set_timeout(ssl, 2 * SL_TLS_TICKET_ROTATE_S);
     SSL_CTX_set_num_tickets(ssl, 1);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ssl, on_ticket_key);
-    SSL_CTX_set_alpn_select_cb(ssl, on_alpn, NULL);
+    /* The callback's argument only says which list to offer (no state behind it). */
+    SSL_CTX_set_alpn_select_cb(ssl, on_alpn, o->http2 ? (void *)alpn_h2_h1 : NULL);
+
+    /* The session id context names what a resumed session was verified against: the listener
+     * and its client CA bundle (contents, mode). A ticket from another listener, or from before
+     * the bundle changed, then does not resume, so it cannot carry a client certificate past a
+     * listener's client_auth (tickets are keyed process-wide and survive reloads). */
+    EVP_MD_CTX *sid = EVP_MD_CTX_new();
+    SL_BUG_ON(sid == NULL || EVP_DigestInit_ex(sid, EVP_sha256(), NULL) != 1);
+    const char *lname = o->listener_name ? o->listener_name : "";
+    EVP_DigestUpdate(sid, "sluice listener\0", 16);
+    EVP_DigestUpdate(sid, lname, strlen(lname) + 1);
+    unsigned char mode = o->client_ca == NULL ? 0 : o->client_cert_optional ? 2 : 1;
+    EVP_DigestUpdate(sid, &mode, 1);
 
     sl_tls_ctx_t *ctx = sl_xcalloc(1, sizeof(*ctx));
     atomic_init(&ctx->refcount, 1);
@@ -378,6 +523,7 @@ int sl_tls_ctx_create(sl_tls_cert_t **certs, size_t n, const sl_tls_options_t *o
         snprintf(msg, msglen, "cannot use the certificate: %s", ossl_reason());
         ERR_clear_error();
         ctx->ssl = ssl;
+        EVP_MD_CTX_free(sid);
         sl_tls_ctx_unref(ctx);
         return SL_EINVALID;
     }
@@ -389,16 +535,30 @@ int sl_tls_ctx_create(sl_tls_cert_t **certs, size_t n, const sl_tls_options_t *o
             sk_X509_NAME_pop_free(names, X509_NAME_free);
             set_msg(msg, msglen, "client_ca: %s holds no usable PEM CA certificate (%s)", o->client_ca, ossl_reason());
             ERR_clear_error();
+            EVP_MD_CTX_free(sid);
             sl_tls_ctx_unref(ctx);
             return SL_EINVALID;
         }
         SSL_CTX_set_client_CA_list(ssl, names);
+        if (sid_ctx_add_file(sid, o->client_ca) != 0) {
+            set_msg(msg, msglen, "client_ca: cannot read %s%s", o->client_ca, "");
+            EVP_MD_CTX_free(sid);
+            sl_tls_ctx_unref(ctx);
+            return SL_EINVALID;
+        }
         SSL_CTX_set_verify(ssl, SSL_VERIFY_PEER | (o->client_cert_optional ? 0 : SSL_VERIFY_FAIL_IF_NO_PEER_CERT),
                            NULL);
         SSL_CTX_set_verify_depth(ssl, 8);
     }
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned dlen = 0;
+    SL_BUG_ON(EVP_DigestFinal_ex(sid, digest, &dlen) != 1);
+    EVP_MD_CTX_free(sid);
+    SSL_CTX_set_session_id_context(ssl, digest, dlen < SSL_MAX_SID_CTX_LENGTH ? dlen : SSL_MAX_SID_CTX_LENGTH);
     SSL_CTX_set_tlsext_servername_callback(ssl, on_servername);
     SSL_CTX_set_tlsext_servername_arg(ssl, ctx);
+    SSL_CTX_set_tlsext_status_cb(ssl, on_status);
+    SSL_CTX_set_tlsext_status_arg(ssl, ctx);
     sl__tls_stats_name(ctx->listener, ctx->listener_name);
     pthread_mutex_lock(&live_lock);
     ctx->seq = ++live_seq;
@@ -455,6 +615,7 @@ void sl__tls_certs_read(sl_tls_cert_stats_t *cs, size_t maxc, size_t *nc)
             snprintf(s->listener, sizeof(s->listener), "%s", c->listener_name);
             snprintf(s->name, sizeof(s->name), "%s", c->certs[i]->nnames ? c->certs[i]->names[0] : "");
             s->not_after = c->certs[i]->not_after;
+            s->ocsp_next_update = sl_tls_cert_ocsp_next_update(c->certs[i]);
         }
     }
     pthread_mutex_unlock(&live_lock);

@@ -32,4 +32,14 @@ unsigned sl__tls_conn_listener(const sl_tls_conn_t *t);
 /** The certificates of the newest live context of each listener. */
 void sl__tls_certs_read(sl_tls_cert_stats_t *cs, size_t maxc, size_t *nc);
 
+/** The connection's SSL (conn.c), for peer.c's mTLS identity. */
+SSL *sl__tls_conn_ssl(const sl_tls_conn_t *t);
+
+/** An upstream client context's SSL_CTX (client_ctx.c owns the context's layout; conn.c makes
+ *  the connections). */
+SSL_CTX *sl__tls_client_ctx_ssl(const sl_tls_client_ctx_t *c);
+/** The new-session callback of every upstream client context (conn.c, beside the connection it
+ *  hands sessions to). */
+int sl__tls_upstream_new_session(SSL *ssl, SSL_SESSION *s);
+
 #endif

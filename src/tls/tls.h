@@ -75,6 +75,16 @@ int sl_tls_cert_load(const char *cert_path, const char *key_path, sl_tls_cert_t 
                      char *msg, size_t msglen);
 void sl_tls_cert_free(sl_tls_cert_t *c);
 
+/**
+ * Attaches an OCSP response to staple (`ocsp:` in the config, a DER file as `openssl ocsp
+ * -respout` writes it). Returns 0, or SL_EINVALID with a one-line reason in `msg`: unreadable,
+ * not a DER OCSP response, not successful, not about this certificate (by serial number), a
+ * status other than good, or past its nextUpdate. Any thread, before sl_tls_ctx_create.
+ */
+int sl_tls_cert_set_ocsp(sl_tls_cert_t *c, const char *path, char *msg, size_t msglen);
+/** The stapled response's nextUpdate (Unix time), 0 when it names none, -1 without a staple. */
+int64_t sl_tls_cert_ocsp_next_update(const sl_tls_cert_t *c);
+
 /** Unix time the certificate stops being valid. */
 int64_t sl_tls_cert_not_after(const sl_tls_cert_t *c);
 /** The names it answers for (SAN DNS entries, else the subject CN), lower-case. */
@@ -86,6 +96,7 @@ typedef struct sl_tls_options {
     const char *ciphers;             /* TLS 1.2 cipher list (OpenSSL syntax); NULL: ECDHE with AEAD */
     const char *client_ca;           /* mTLS: CA bundle for client certificates; NULL: none asked */
     bool client_cert_optional;       /* with client_ca: a client without a certificate is let in */
+    bool http2;                      /* offer h2 in ALPN (before http/1.1) */
     unsigned listener;               /* index in the config's listen list (metric slot) */
     const char *listener_name;       /* its address as written, for metric labels; copied */
 } sl_tls_options_t;
@@ -165,7 +176,7 @@ int sl_tls_conn_flush(sl_tls_conn_t *t);
 /** Best effort close_notify before the stream is closed; never queues. */
 void sl_tls_conn_shutdown(sl_tls_conn_t *t);
 
-/** The ALPN protocol agreed ("http/1.1"), or "" when the client offered none. */
+/** The ALPN protocol agreed ("h2" or "http/1.1"), or "" when the client offered none. */
 const char *sl_tls_conn_alpn(const sl_tls_conn_t *t);
 /** The negotiated version ("TLSv1.3") and whether the session was resumed. */
 const char *sl_tls_conn_version(const sl_tls_conn_t *t);
@@ -188,6 +199,7 @@ typedef struct sl_tls_cert_stats {
     char listener[64];
     char name[128]; /* the certificate's first name */
     int64_t not_after;
+    int64_t ocsp_next_update; /* the staple's nextUpdate; 0 none named, -1 no staple */
 } sl_tls_cert_stats_t;
 
 /**
@@ -196,5 +208,72 @@ typedef struct sl_tls_cert_stats {
  */
 void sl_tls_stats_read(sl_tls_listener_stats_t *ls, size_t maxl, size_t *nl, sl_tls_cert_stats_t *cs, size_t maxc,
                        size_t *nc);
+
+/* ---- upstream client contexts (docs/tls.md "Upstream TLS") ----------------------------------
+ * The gateway as a TLS client of its proxied upstreams. An sl_tls_client_ctx_t is built from an
+ * upstream's `tls` at config load (src/config/upstream.c), refcounted, owned by the config
+ * generation and shared read-only by every worker (and the health checker); each connection's
+ * SSL holds OpenSSL's own reference to the SSL_CTX, so a connection outlives a reload safely.
+ * Connections are sl_tls_conn_t driven exactly like the fetch client's (feed / handshake / read /
+ * write / flush). Sessions for resumption are kept by the caller (one per upstream connection
+ * pool, src/upstream/connpool.c) as OpenSSL SSL_SESSION references. */
+
+typedef struct sl_tls_client_ctx sl_tls_client_ctx_t;
+struct ssl_session_st; /* OpenSSL's SSL_SESSION */
+
+/* Which file a client context's load error is about. */
+enum sl_tls_client_part {
+    SL_TLS_CLIENT_PART_NONE = 0, /* not about a file (e.g. the system trust store) */
+    SL_TLS_CLIENT_PART_CA,
+    SL_TLS_CLIENT_PART_CERT,
+    SL_TLS_CLIENT_PART_KEY, /* also: the key does not match the certificate */
+};
+
+typedef struct sl_tls_client_options {
+    const char *ca;                  /* PEM CA bundle path; NULL: the system trust store */
+    bool verify;                     /* false: neither the chain nor the name is checked */
+    const char *client_cert;         /* PEM chain, leaf first; NULL: no client certificate */
+    const char *client_key;          /* PEM key of client_cert; set exactly when client_cert is */
+    enum sl_tls_version min_version; /* 0: TLS 1.2 */
+} sl_tls_client_options_t;
+
+/**
+ * Builds a client context: verification against `ca` (or the system store) when `verify`, the
+ * optional client certificate (loaded and checked against its key), TLS >= min_version, ALPN
+ * http/1.1, client-side session caching through the callback of sl_tls_upstream_conn_create.
+ * Returns 0 and sets `*out` (refcount 1), or SL_EINVALID with a one-line reason in `msg` and the
+ * file it is about in `*part`: unreadable file, no certificate or key in it (bad PEM), a key that
+ * does not match, an expired client certificate. Any thread (config load).
+ */
+int sl_tls_client_ctx_create(const sl_tls_client_options_t *o, sl_tls_client_ctx_t **out, enum sl_tls_client_part *part,
+                             char *msg, size_t msglen);
+sl_tls_client_ctx_t *sl_tls_client_ctx_ref(sl_tls_client_ctx_t *c);
+/** Drops a reference; the last frees the context (open connections keep OpenSSL's). */
+void sl_tls_client_ctx_unref(sl_tls_client_ctx_t *c);
+/** A digest of everything the context verifies with and presents (options and the files'
+ *  bytes), never 0: contexts with equal ids are interchangeable, so connection pools are keyed
+ *  by it and keep their warm connections across a reload that changed nothing. Any thread. */
+uint64_t sl_tls_client_ctx_id(const sl_tls_client_ctx_t *c);
+
+/** Receives a new resumable session (one reference, now the callee's). Owner thread. */
+typedef void (*sl_tls_session_cb)(void *arg, struct ssl_session_st *s);
+
+/**
+ * Client side of an upstream connection on `stream` (src/tls/conn.c): sends `sni` as server
+ * name (NULL: none; RFC 6066 forbids IP literals) and, when the context verifies, checks the
+ * certificate against `name` (a DNS name, or an IP literal matched against IP SANs). `resume`
+ * (NULL: none) is offered for resumption; the call takes its own reference. New sessions the
+ * server issues go to `on_session(arg, s)` (may be NULL). Drive the result like any
+ * sl_tls_conn_t; destroy it after the stream's close callback. Owner thread.
+ */
+void sl_tls_upstream_conn_create(const sl_tls_client_ctx_t *ctx, uv_stream_t *stream, const char *sni, const char *name,
+                                 struct ssl_session_st *resume, sl_tls_session_cb on_session, void *arg,
+                                 sl_tls_conn_t **out);
+/** Why the handshake (or a read) failed, for logs: "certificate verify failed: unable to get
+ *  local issuer certificate", "tlsv13 alert certificate required", ... Writes at most `len`
+ *  bytes (NUL included) into `buf` and returns it. */
+const char *sl_tls_conn_error(const sl_tls_conn_t *t, char *buf, size_t len);
+/** Drops a session reference (NULL is ignored). */
+void sl_tls_session_free(struct ssl_session_st *s);
 
 #endif

@@ -1,18 +1,25 @@
 /*
  * Keep-alive pools of upstream connections, one set per worker. Reads stay armed for the whole
  * life of a connection (idle or busy) so reuse costs no epoll_ctl; the read callback hands data
- * to the current user, or closes an idle connection the server has closed or written to.
+ * to the current user, or closes an idle connection the server has closed or written to. TLS
+ * connections (docs/tls.md "Upstream TLS") decrypt into the same rbuf on the way.
  */
 #include "upstream/connpool.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "common/bug.h"
+#include "common/error.h"
+#include "net/stream.h"
 
 struct sl_connpool {
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    uint64_t tls_id;                /* 0: plain TCP */
+    char *sni;                      /* TLS: the server name sent, or NULL */
+    struct ssl_session_st *session; /* TLS: the newest resumable session, or NULL */
     sl_worker_t *worker;
     sl_upconn_t *idle; /* most recently used first */
     uint32_t nidle;
@@ -36,8 +43,11 @@ void sl__connpool_worker_set_tick(struct sl_upstream_worker *uw, void *tick, voi
     uw->tick_free = tick_free;
 }
 
-/* The proxy's read entry point for busy connections (defined in proxy.c). */
+/* The proxy's read entry point for busy connections (defined in proxy.c): `nread` bytes were
+ * appended to rbuf, or a libuv error (UV_EOF, UV_ENOBUFS for a full rbuf). */
 void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread);
+/* ... and the end of a TLS handshake (proxy.c). */
+void sl__proxy_on_upstream_handshake(sl_upconn_t *c, int status);
 
 struct sl_upstream_worker *sl__connpool_worker_create(void)
 {
@@ -48,8 +58,11 @@ void sl__connpool_worker_destroy(struct sl_upstream_worker *uw)
 {
     if (uw == NULL)
         return;
-    for (size_t i = 0; i < uw->npools; i++)
+    for (size_t i = 0; i < uw->npools; i++) {
+        sl_tls_session_free(uw->pools[i]->session);
+        free(uw->pools[i]->sni);
         free(uw->pools[i]);
+    }
     free(uw->pools);
     if (uw->tick != NULL) {
         sl_timeq_cancel(uw->tick);
@@ -58,12 +71,19 @@ void sl__connpool_worker_destroy(struct sl_upstream_worker *uw)
     free(uw);
 }
 
-sl_connpool_t *sl_connpool_get(sl_worker_t *w, const struct sockaddr *addr, socklen_t addrlen)
+static bool same_sni(const char *a, const char *b)
+{
+    return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+sl_connpool_t *sl_connpool_get(sl_worker_t *w, const struct sockaddr *addr, socklen_t addrlen, uint64_t tls_id,
+                               const char *sni)
 {
     struct sl_upstream_worker *uw = w->up;
     for (size_t i = 0; i < uw->npools; i++) {
         sl_connpool_t *p = uw->pools[i];
-        if (p->addrlen == addrlen && memcmp(&p->addr, addr, addrlen) == 0)
+        if (p->addrlen == addrlen && p->tls_id == tls_id && memcmp(&p->addr, addr, addrlen) == 0 &&
+            (tls_id == 0 || same_sni(p->sni, sni)))
             return p;
     }
     if (uw->npools == uw->cap) {
@@ -73,6 +93,12 @@ sl_connpool_t *sl_connpool_get(sl_worker_t *w, const struct sockaddr *addr, sock
     sl_connpool_t *p = sl_xcalloc(1, sizeof(*p));
     memcpy(&p->addr, addr, addrlen);
     p->addrlen = addrlen;
+    p->tls_id = tls_id;
+    if (tls_id != 0 && sni != NULL) {
+        size_t n = strlen(sni) + 1;
+        p->sni = sl_xmalloc(n);
+        memcpy(p->sni, sni, n);
+    }
     p->worker = w;
     uw->pools[uw->npools++] = p;
     return p;
@@ -112,6 +138,7 @@ sl_upconn_t *sl_connpool_acquire(sl_connpool_t *p)
 static void on_conn_closed(uv_handle_t *h)
 {
     sl_upconn_t *c = h->data;
+    sl_tls_conn_destroy(c->tls); /* after the close: its queued write was cancelled */
     sl_buf_put(&c->pool->worker->bufs, c->rbuf);
     free(c);
 }
@@ -140,12 +167,36 @@ void sl_upconn_close(sl_upconn_t *c)
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
+/* A graceful end of a healthy connection: TLS says so first (close_notify, best effort). */
+static void close_gracefully(sl_upconn_t *c)
+{
+    c->closing = true;
+    if (c->tls != NULL && c->tls_ready)
+        sl_tls_conn_shutdown(c->tls);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+}
+
 static void idle_close(sl_upconn_t *c)
 {
     idle_unlink(c);
-    c->closing = true;
     sl_timeq_cancel(&c->idle_timeout);
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    close_gracefully(c);
+}
+
+/* A TLS connection going idle or sitting idle: what TLS holds must be no response bytes (only
+ * session tickets or key updates, which SSL_read consumes and answers). False: close it. */
+static bool tls_idle_ok(sl_upconn_t *c)
+{
+    if (c->tls_eof)
+        return false;
+    if (!sl_tls_conn_has_input(c->tls))
+        return true;
+    /* One read takes every complete record (handshake messages are consumed in a loop); a
+     * partial one waits in TLS for the rest. */
+    char scratch[256];
+    if (sl_tls_conn_read(c->tls, scratch, sizeof(scratch)) != 0)
+        return false; /* bytes nobody asked for, close_notify, or an error */
+    return sl_tls_conn_flush(c->tls) == 0;
 }
 
 static void on_idle_timeout(sl_timeq_entry_t *e)
@@ -171,9 +222,8 @@ void sl_connpool_release(sl_upconn_t *c, uint32_t max_idle, uint64_t idle_timeou
     }
     uint32_t keep = SL_MAX(max_idle, SL_MAX(p->peak_cur, p->peak_prev));
     /* Extra bytes after a complete response, or more idle than recent concurrency needs. */
-    if (c->rbuf != NULL || p->nidle + p->nbusy >= keep) {
-        c->closing = true;
-        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    if (c->rbuf != NULL || p->nidle + p->nbusy >= keep || (c->tls != NULL && !tls_idle_ok(c))) {
+        close_gracefully(c);
         return;
     }
     c->next = p->idle;
@@ -204,10 +254,22 @@ void sl_connpool_close_idle(sl_worker_t *w)
 void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 void sl__connpool_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
+/* Ciphertext of TLS connections lands here and is fed to TLS in the same callback: one
+ * buffer per thread, not per connection. A little over one full record. */
+static _Thread_local char tls_in[16384 + 512];
+
 void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     sl_upconn_t *c = h->data;
     (void)suggested;
+    if (c->tls != NULL) {
+        sl_buf_t *b = c->rbuf;
+        /* A full rbuf that cannot be compacted stops reading (UV_ENOBUFS), as for plain TCP:
+         * TLS then holds at most one read's worth beyond it. */
+        bool full = b != NULL && b->len == b->cap && (b->off == 0 || c->pinned);
+        *buf = uv_buf_init(tls_in, full ? 0 : (unsigned)sizeof(tls_in));
+        return;
+    }
     if (c->rbuf == NULL)
         c->rbuf = sl_buf_get(&c->pool->worker->bufs);
     sl_buf_t *b = c->rbuf;
@@ -218,17 +280,160 @@ void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = b->cap - b->len;
 }
 
+ssize_t sl_upconn_fill(sl_upconn_t *c)
+{
+    if (c->tls == NULL || !c->tls_ready)
+        return 0;
+    if (!sl_tls_conn_has_input(c->tls))
+        return c->tls_eof ? SL_ECLOSED : 0;
+    if (c->rbuf == NULL)
+        c->rbuf = sl_buf_get(&c->pool->worker->bufs);
+    sl_buf_t *b = c->rbuf;
+    if (b->len == b->cap && b->off > 0 && !c->pinned)
+        sl_buf_compact(b);
+    size_t added = 0;
+    while (b->len < b->cap) {
+        int n = sl_tls_conn_read(c->tls, b->data + b->len, b->cap - b->len);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (n == SL_ECLOSED)
+                c->tls_eof = true;
+            if (added > 0 && n == SL_ECLOSED)
+                break; /* the bytes first; the EOF is reported by the next fill */
+            return n;
+        }
+        b->len += (size_t)n;
+        added += (size_t)n;
+    }
+    /* Anything TLS must answer on its own (a key update). */
+    if (sl_tls_conn_flush(c->tls) < 0)
+        return SL_ECLOSED;
+    return (ssize_t)added;
+}
+
+static void tls_on_read(sl_upconn_t *c, const char *p, size_t n)
+{
+    sl_tls_conn_feed(c->tls, p, n);
+    if (c->user == NULL) {
+        if (!tls_idle_ok(c) && !c->closing)
+            idle_close(c);
+        return;
+    }
+    if (!c->tls_ready) {
+        int r = sl_tls_conn_handshake(c->tls);
+        /* Our next flight, or the alert explaining a failure. */
+        int f = sl_tls_conn_flush(c->tls);
+        if (r < 0 || f < 0) {
+            sl__proxy_on_upstream_handshake(c, r < 0 ? r : f);
+            return;
+        }
+        if (r == 0)
+            return;
+        c->tls_ready = true;
+        void *user = c->user;
+        sl__proxy_on_upstream_handshake(c, 0);
+        if (c->closing || c->user != user)
+            return;
+    }
+    for (;;) {
+        void *user = c->user;
+        ssize_t added = sl_upconn_fill(c);
+        if (added == 0) {
+            if (sl_tls_conn_has_input(c->tls) && c->rbuf != NULL && c->rbuf->len == c->rbuf->cap)
+                sl__proxy_on_upstream_read(c, UV_ENOBUFS); /* the proxy stops reading */
+            return;
+        }
+        if (added < 0) {
+            sl__proxy_on_upstream_read(c, added == SL_ECLOSED ? UV_EOF : UV_EPROTO);
+            return;
+        }
+        sl__proxy_on_upstream_read(c, added);
+        if (c->closing)
+            return;
+        if (c->user == NULL) {
+            /* Released to the pool by that very read: what TLS holds must be no response. */
+            if (c->tls != NULL && !tls_idle_ok(c))
+                idle_close(c);
+            return;
+        }
+        if (c->user != user || !sl_tls_conn_has_input(c->tls))
+            return;
+    }
+}
+
 void sl__connpool_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     sl_upconn_t *c = s->data;
-    (void)buf;
     if (nread == 0)
         return;
     if (c->user == NULL) {
-        /* Idle: the server closed it, or sent bytes nobody asked for. Either way it is done. */
+        /* Idle: the server closed it, or sent bytes nobody asked for. Either way it is done;
+         * TLS may have sent a session ticket or a key update, which it keeps for itself. */
+        if (nread > 0 && c->tls != NULL) {
+            tls_on_read(c, buf->base, (size_t)nread);
+            return;
+        }
         if (!c->closing)
             idle_close(c);
         return;
     }
+    if (c->tls != NULL) {
+        if (nread > 0) {
+            tls_on_read(c, buf->base, (size_t)nread);
+            return;
+        }
+        if (!c->tls_ready) {
+            sl__proxy_on_upstream_handshake(c, (int)nread);
+            return;
+        }
+        sl__proxy_on_upstream_read(c, nread);
+        return;
+    }
+    if (nread > 0)
+        c->rbuf->len += (size_t)nread;
     sl__proxy_on_upstream_read(c, nread);
+}
+
+/* ---- TLS ----------------------------------------------------------------------------------- */
+
+void sl_upconn_tls_names(const sl_upstream_conf_t *u, const sl_target_conf_t *t, const char **sni, const char **name)
+{
+    if (u->tls.sni.len > 0)
+        *sni = u->tls.sni.ptr;
+    else
+        *sni = t->host_is_ip ? NULL : t->host.ptr;
+    *name = *sni != NULL ? *sni : t->host.ptr;
+}
+
+static void on_session(void *arg, struct ssl_session_st *s)
+{
+    sl_upconn_t *c = arg;
+    sl_tls_session_free(c->pool->session);
+    c->pool->session = s;
+}
+
+int sl_upconn_tls_start(sl_upconn_t *c, const sl_tls_client_ctx_t *ctx, const char *sni, const char *name)
+{
+    sl_tls_upstream_conn_create(ctx, (uv_stream_t *)&c->tcp, sni, name, c->pool->session, on_session, c, &c->tls);
+    int r = sl_tls_conn_handshake(c->tls);
+    int f = sl_tls_conn_flush(c->tls);
+    return r < 0 ? r : f;
+}
+
+int sl_upconn_write(sl_upconn_t *c, uv_buf_t *iov, unsigned n, uv_write_cb cb)
+{
+    if (c->tls != NULL)
+        return sl_tls_conn_write(c->tls, &c->write_req, iov, n, cb);
+    return sl_stream_write((uv_stream_t *)&c->tcp, &c->write_req, iov, n, cb);
+}
+
+int sl_upconn_shutdown(sl_upconn_t *c)
+{
+    uv_os_fd_t fd;
+    if (c->tls != NULL)
+        sl_tls_conn_shutdown(c->tls); /* TLS's own half-close */
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 || shutdown(fd, SHUT_WR) != 0)
+        return SL_ECLOSED;
+    return 0;
 }

@@ -6,6 +6,14 @@
  * third of its throughput at 1,000 clients that way), and shrinks by the idle timeout.
  * Idle connections keep reading: a server-side close is seen at once and the connection leaves
  * the pool. Worker thread only.
+ *
+ * TLS upstreams (docs/tls.md "Upstream TLS"): a pool is keyed by address, the client context's
+ * id and the server name, so a TLS and a plain upstream to one address, or two names, never
+ * share a connection. A TLS connection runs the memory-BIO engine (tls/tls.h) between the
+ * socket and `rbuf`: ciphertext lands in a per-thread buffer and is fed to TLS at once, then
+ * decrypted into `rbuf` as far as it fits; what does not fit stays in TLS and reading stops, as
+ * a full `rbuf` stops a plain connection (backpressure unchanged). Each pool keeps the newest
+ * session the server issued, offered by the pool's next new connection (resumption).
  */
 #ifndef SL_UPSTREAM_CONNPOOL_H
 #define SL_UPSTREAM_CONNPOOL_H
@@ -16,7 +24,9 @@
 
 #include <uv.h>
 
+#include "config/config.h"
 #include "net/worker.h"
+#include "tls/tls.h"
 
 typedef struct sl_connpool sl_connpool_t;
 typedef struct sl_upconn sl_upconn_t;
@@ -29,15 +39,23 @@ struct sl_upconn {
     sl_connpool_t *pool;
     sl_upconn_t *prev, *next; /* idle list */
     sl_buf_t *rbuf;
-    void *user;        /* the proxy exchange using it; NULL while idle */
-    uint32_t requests; /* served on this connection */
+    sl_tls_conn_t *tls; /* NULL: plain TCP; freed after the handle's close callback */
+    void *user;         /* the proxy exchange using it; NULL while idle */
+    uint32_t requests;  /* served on this connection */
     bool connected;
     bool closing;
-    bool pinned; /* rbuf bytes are being written to the client: do not compact */
+    bool pinned;    /* rbuf bytes are being written to the client: do not compact */
+    bool tls_ready; /* the handshake is done */
+    bool tls_eof;   /* the server sent close_notify */
 };
 
-/** The pool for `addr` in worker `w`, created on first use. */
-sl_connpool_t *sl_connpool_get(sl_worker_t *w, const struct sockaddr *addr, socklen_t addrlen);
+/**
+ * The pool for `addr` in worker `w`, created on first use. `tls_id` is 0 for plain TCP, else
+ * sl_tls_client_ctx_id of the upstream's context; `sni` the server name sent (NULL: none;
+ * copied into a new pool).
+ */
+sl_connpool_t *sl_connpool_get(sl_worker_t *w, const struct sockaddr *addr, socklen_t addrlen, uint64_t tls_id,
+                               const char *sni);
 
 /** An idle connection from the pool (owned by the caller until released), or NULL. */
 sl_upconn_t *sl_connpool_acquire(sl_connpool_t *p);
@@ -50,6 +68,38 @@ void sl_connpool_release(sl_upconn_t *c, uint32_t max_idle, uint64_t idle_timeou
 
 /** Closes a connection (not in the idle list) and frees it once libuv is done. */
 void sl_upconn_close(sl_upconn_t *c);
+
+/**
+ * The server name a TLS connection to target `t` of `u` sends (`*sni`, NULL for none: `tls.sni`,
+ * else the target's host when it is a name) and the name its certificate is checked against
+ * (`*name`: the SNI, else the target's IP literal). Both point into the config. Any thread.
+ */
+void sl_upconn_tls_names(const sl_upstream_conf_t *u, const sl_target_conf_t *t, const char **sni, const char **name);
+
+/**
+ * Makes connected `c` a TLS connection with `ctx` (offering the pool's session) and sends the
+ * ClientHello; reads must be started. When the handshake ends, the user's
+ * sl__proxy_on_upstream_handshake(c, status) runs: 0, or a negative code with the reason in
+ * sl_tls_conn_error(c->tls). Returns 0, or a negative code when the hello cannot be written
+ * (then no callback).
+ */
+int sl_upconn_tls_start(sl_upconn_t *c, const sl_tls_client_ctx_t *ctx, const char *sni, const char *name);
+
+/** Writes to the upstream, through TLS if `c` has it; sl_stream_write's contract, with
+ *  `c->write_req` as the request. */
+int sl_upconn_write(sl_upconn_t *c, uv_buf_t *iov, unsigned n, uv_write_cb cb);
+
+/**
+ * TLS: decrypts what TLS already holds into `rbuf` (compacting it unless pinned), as far as it
+ * fits: the bytes added (0 when TLS holds none or rbuf is full), SL_ECLOSED after the server's
+ * close_notify, or another negative code for a fatal TLS error. Plain connections: 0. Call it
+ * where the socket would not announce them: after a stop for a full rbuf.
+ */
+ssize_t sl_upconn_fill(sl_upconn_t *c);
+
+/** Half-closes the upstream direction (a tunnel's client EOF): close_notify on TLS, then a
+ *  TCP shutdown. 0 or a negative code. */
+int sl_upconn_shutdown(sl_upconn_t *c);
 
 /** Closes every idle connection of the worker. */
 void sl_connpool_close_idle(sl_worker_t *w);

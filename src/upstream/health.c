@@ -3,6 +3,8 @@
  * a repeating timer; each tick starts one probe (resolve if needed, connect, send a GET, read the
  * response head) bounded by one timeout timer. Results go through sl_health_record and, on a
  * change, flip SL_TARGET_UNHEALTHY in the current snapshot's target state and log one line.
+ * Targets of a TLS upstream are probed over TLS with the upstream's own context, server name
+ * and verification, so a certificate problem shows as a failing probe ("tls: ...").
  */
 #include "upstream/health.h"
 
@@ -16,12 +18,14 @@
 #include "common/log.h"
 #include "common/time.h"
 #include "http1/parser.h"
+#include "tls/tls.h"
 #include "upstream/balancer.h"
+#include "upstream/connpool.h"
 #include "upstream/proxy.h"
 
 #define PROBE_HEAD_MAX 8192
 #define PROBE_HEADERS  64
-#define RESULT_MAX     64
+#define RESULT_MAX     128 /* room for "tls: certificate verify failed: <OpenSSL's reason>" */
 
 typedef struct probe probe_t;
 typedef struct hc_target hc_target_t;
@@ -54,6 +58,11 @@ struct probe {
     uv_connect_t connect;
     uv_write_t write;
     uint16_t status_min, status_max;
+    /* TLS upstreams: the context (a reference: a reload may free the config meanwhile), the
+     * names copied for the same reason, and the connection once the socket is connected. */
+    sl_tls_client_ctx_t *tls_ctx;
+    sl_tls_conn_t *tls;
+    char *sni, *name;
     char *req;
     size_t req_len;
     size_t rlen;
@@ -140,6 +149,10 @@ static void probe_unpend(probe_t *p)
     if (--p->pending > 0)
         return;
     sl_health_t *h = p->h;
+    sl_tls_conn_destroy(p->tls); /* the socket is closed: its queued writes were cancelled */
+    sl_tls_client_ctx_unref(p->tls_ctx);
+    free(p->sni);
+    free(p->name);
     free(p->req);
     free(p);
     health_release(h);
@@ -200,24 +213,100 @@ static void on_probe_timeout(uv_timer_t *tm)
     probe_finish(tm->data, false, "timed out");
 }
 
+/* Ciphertext of TLS probes; the checker runs on one thread, one read at a time. */
+static _Thread_local char probe_tls_in[16384 + 512];
+
 static void on_probe_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     probe_t *p = hd->data;
-    *buf = uv_buf_init(p->rbuf + p->rlen, (unsigned)(sizeof(p->rbuf) - p->rlen));
+    if (p->tls != NULL)
+        *buf = uv_buf_init(probe_tls_in, sizeof(probe_tls_in));
+    else
+        *buf = uv_buf_init(p->rbuf + p->rlen, (unsigned)(sizeof(p->rbuf) - p->rlen));
+}
+
+static void probe_parse(probe_t *p);
+static void on_probe_write(uv_write_t *w, int status);
+
+static void probe_tls_failed(probe_t *p, int err)
+{
+    char why[100], reason[RESULT_MAX];
+    if (err == SL_EINVALID)
+        snprintf(reason, sizeof(reason), "tls: %s", sl_tls_conn_error(p->tls, why, sizeof(why)));
+    else if (err == UV_EOF)
+        snprintf(reason, sizeof(reason), "tls: connection closed during the handshake");
+    else
+        snprintf(reason, sizeof(reason), "tls: %s during the handshake", uv_strerror(err));
+    probe_finish(p, false, reason);
+}
+
+/* Ciphertext arrived: the handshake (then the request), or response bytes into rbuf. */
+static void probe_tls_bytes(probe_t *p, const char *data, size_t n)
+{
+    sl_tls_conn_feed(p->tls, data, n);
+    if (!sl_tls_conn_handshake_done(p->tls)) {
+        int r = sl_tls_conn_handshake(p->tls);
+        int f = sl_tls_conn_flush(p->tls);
+        if (r < 0 || f < 0) {
+            probe_tls_failed(p, r < 0 ? r : f);
+            return;
+        }
+        if (r == 0)
+            return;
+        uv_buf_t b = uv_buf_init(p->req, (unsigned)p->req_len);
+        p->write.data = p;
+        if (sl_tls_conn_write(p->tls, &p->write, &b, 1, on_probe_write) < 0) {
+            probe_finish(p, false, "tls: write failed");
+            return;
+        }
+    }
+    while (!p->done) {
+        if (p->rlen == sizeof(p->rbuf)) {
+            probe_finish(p, false, "response head too large");
+            return;
+        }
+        int r = sl_tls_conn_read(p->tls, p->rbuf + p->rlen, sizeof(p->rbuf) - p->rlen);
+        if (r == 0)
+            break;
+        if (r == SL_ECLOSED) {
+            probe_finish(p, false, "connection closed before the response head");
+            return;
+        }
+        if (r < 0) {
+            probe_tls_failed(p, SL_EINVALID); /* an alert: e.g. our client certificate refused (TLS 1.3) */
+            return;
+        }
+        p->rlen += (size_t)r;
+        probe_parse(p);
+    }
+    if (!p->done && sl_tls_conn_flush(p->tls) < 0)
+        probe_finish(p, false, "connection reset");
 }
 
 static void on_probe_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
-    (void)buf;
     probe_t *p = s->data;
     if (p->done || nread == 0)
         return;
     if (nread < 0) {
-        probe_finish(p, false, reason_of((int)nread));
+        if (p->tls != NULL && !sl_tls_conn_handshake_done(p->tls))
+            probe_tls_failed(p, (int)nread);
+        else
+            probe_finish(p, false, reason_of((int)nread));
+        return;
+    }
+    if (p->tls != NULL) {
+        probe_tls_bytes(p, buf->base, (size_t)nread);
         return;
     }
     p->rlen += (size_t)nread;
+    probe_parse(p);
+}
+
+/* The response head so far in rbuf: finishes the probe once the final head is complete. */
+static void probe_parse(probe_t *p)
+{
     sl_header_t headers[PROBE_HEADERS];
     sl_h1_limits_t limits = {
         .max_head_bytes = PROBE_HEAD_MAX, .max_uri_bytes = PROBE_HEAD_MAX, .max_headers = PROBE_HEADERS};
@@ -260,6 +349,20 @@ static void on_probe_connect(uv_connect_t *c, int status)
         return;
     if (status < 0) {
         probe_finish(p, false, reason_of(status));
+        return;
+    }
+    if (p->tls_ctx != NULL) {
+        /* The ClientHello now; the request once the handshake is done (probe_tls_bytes). */
+        sl_tls_upstream_conn_create(p->tls_ctx, (uv_stream_t *)&p->tcp, p->sni, p->name, NULL, NULL, NULL, &p->tls);
+        int r = sl_tls_conn_handshake(p->tls);
+        int err = sl_tls_conn_flush(p->tls);
+        if (r < 0 || err < 0) {
+            probe_tls_failed(p, r < 0 ? r : err);
+            return;
+        }
+        err = uv_read_start((uv_stream_t *)&p->tcp, on_probe_alloc, on_probe_read);
+        if (err != 0)
+            probe_finish(p, false, reason_of(err));
         return;
     }
     uv_buf_t b = uv_buf_init(p->req, (unsigned)p->req_len);
@@ -309,6 +412,13 @@ static void probe_start(hc_target_t *t)
     p->t = t;
     p->status_min = u->health_active.status_min;
     p->status_max = u->health_active.status_max;
+    if (u->tls.ctx != NULL) {
+        const char *sni, *name;
+        sl_upconn_tls_names(u, t->tconf, &sni, &name);
+        p->tls_ctx = sl_tls_client_ctx_ref(u->tls.ctx);
+        p->sni = sni != NULL ? xstrdup(sni) : NULL;
+        p->name = xstrdup(name);
+    }
     const char *host = u->health_active.host.len > 0 ? u->health_active.host.ptr : t->address;
     const char *path = u->health_active.path.len > 0 ? u->health_active.path.ptr : "/";
     int n = snprintf(NULL, 0, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: sluice-health\r\nConnection: close\r\n\r\n",

@@ -7,6 +7,9 @@
  * gateway error with its cause; after that, the client connection is closed. After a 101 to an
  * upgrade request the exchange becomes a tunnel (PX_TUNNEL): bytes both ways with the same
  * one-write-at-a-time backpressure, half-close, and an idle timeout (docs/websocket.md).
+ * Upstreams with `tls` (docs/tls.md "Upstream TLS") handshake inside the connect phase; the
+ * connection pool decrypts into the same read buffer, so everything after that is unchanged
+ * except where bytes TLS already holds must be pulled without a socket event (refill).
  */
 #include "upstream/proxy.h"
 
@@ -107,7 +110,8 @@ static socklen_t addr_load(const target_addr_t *a, struct sockaddr_storage *out)
 typedef struct target_rt {
     const sl_target_conf_t *conf;
     target_addr_t addr;
-    atomic_int resolved; /* 1 resolved (at least once), 0 pending, -1 never resolved */
+    atomic_int resolved;     /* 1 resolved (at least once), 0 pending, -1 never resolved */
+    atomic_bool tls_failing; /* a TLS handshake failure was logged; cleared by the next success */
     sl_target_state_t *state;
     /* main thread only */
     uv_getaddrinfo_t gai;
@@ -278,6 +282,8 @@ static upstream_rt_t *upstream_rt_create(sl_config_t *cfg, size_t index, uv_loop
         atomic_fetch_or(&t->state->flags, SL_TARGET_UNRESOLVED);
         resolve_start(t, main_loop);
     }
+    if (up->conf->tls.enabled && !up->conf->tls.verify)
+        sl_log_warn("upstream %.*s: tls.verify is false: its certificates are not checked", SL_STR_FMT(up->conf->name));
     up->outlier = sl_outlier_create(up->conf, up->states, up->ntargets, NULL);
     up->breaker = sl_breaker_create(up->conf, up->states, up->ntargets, NULL);
     int err = sl_balancer_create(up->conf, up->states, &up->balancer);
@@ -489,6 +495,14 @@ typedef struct proxy {
 
 static void proxy_connect(proxy_t *px);
 static void response_process(proxy_t *px);
+
+/* The upstream's config in the snapshot this exchange runs under. `px->up->conf` may belong to
+ * an older generation with the same fingerprint; the TLS context must be the newest, so a
+ * reload with new certificate files applies to new connections. */
+static const sl_upstream_conf_t *upstream_conf_now(const proxy_t *px)
+{
+    return &px->x->snap->cfg->upstreams[px->up_index];
+}
 
 static sl_timeqs_t *timeqs_of(proxy_t *px)
 {
@@ -731,7 +745,10 @@ static void on_route_timeout(sl_timeq_entry_t *e)
 static void on_connect_timeout(sl_timeq_entry_t *e)
 {
     proxy_t *px = SL_CONTAINER_OF(e, proxy_t, phase_timeout);
-    try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, "connect timed out", SL_RETRY_ON_CONNECT_FAILURE);
+    /* The handshake counts in the connect phase: its time, its timeout, its cause. */
+    bool handshaking = px->conn != NULL && px->conn->connected && px->conn->tls != NULL;
+    try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, handshaking ? "tls: handshake timed out" : "connect timed out",
+               SL_RETRY_ON_CONNECT_FAILURE);
 }
 
 static void on_read_timeout(sl_timeq_entry_t *e)
@@ -983,8 +1000,7 @@ static void on_upstream_written(uv_write_t *req, int status)
 /* The same contract as sl_stream_write; a queued remainder arms the send timeout. */
 static int upstream_write(proxy_t *px, uv_buf_t *iov, unsigned n)
 {
-    sl_upconn_t *c = px->conn;
-    int r = sl_stream_write((uv_stream_t *)&c->tcp, &c->write_req, iov, n, on_upstream_written);
+    int r = sl_upconn_write(px->conn, iov, n, on_upstream_written);
     if (r == 0) {
         px->req_writing = true;
         if (px->state == PX_AWAIT_HEAD)
@@ -1072,9 +1088,51 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     }
     c->connected = true;
-    px->x->upstream_connect_ns = (int64_t)(sl_time_mono_ns() - px->connect_start_ns);
     uv_tcp_nodelay(&c->tcp, 1);
     uv_read_start((uv_stream_t *)&c->tcp, sl__connpool_on_alloc, sl__connpool_on_read);
+    const sl_upstream_conf_t *uc = upstream_conf_now(px);
+    if (uc->tls.ctx != NULL) {
+        /* The request goes once the handshake is done (sl__proxy_on_upstream_handshake). */
+        const char *sni, *name;
+        sl_upconn_tls_names(uc, px->target->conf, &sni, &name);
+        if (sl_upconn_tls_start(c, uc->tls.ctx, sni, name) < 0)
+            try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, "tls: cannot send the handshake",
+                       SL_RETRY_ON_CONNECT_FAILURE);
+        return;
+    }
+    px->x->upstream_connect_ns = (int64_t)(sl_time_mono_ns() - px->connect_start_ns);
+    send_request(px);
+}
+
+void sl__proxy_on_upstream_handshake(sl_upconn_t *c, int status)
+{
+    proxy_t *px = c->user;
+    if (px == NULL || px->state != PX_CONNECTING)
+        return;
+    if (status < 0) {
+        /* The detail is the log's (never the client's): which check failed, or how it ended. */
+        sl_exchange_t *x = px->x;
+        char *detail = sl_arena_alloc(&x->arena, 160);
+        if (status == SL_EINVALID) {
+            char why[128];
+            snprintf(detail, 160, "tls: %s", sl_tls_conn_error(c->tls, why, sizeof(why)));
+        } else if (status == UV_EOF) {
+            snprintf(detail, 160, "tls: connection closed during the handshake");
+        } else {
+            snprintf(detail, 160, "tls: %s during the handshake", uv_strerror(status));
+        }
+        /* One line per target and change, not per request: every worker may see it at once. */
+        if (!atomic_exchange_explicit(&px->target->tls_failing, true, memory_order_relaxed))
+            sl_log_warn("upstream %.*s target %.*s: %s (logged again after a handshake succeeds)",
+                        SL_STR_FMT(px->up->conf->name), SL_STR_FMT(px->target->conf->address), detail);
+        try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, detail, SL_RETRY_ON_CONNECT_FAILURE);
+        return;
+    }
+    if (atomic_load_explicit(&px->target->tls_failing, memory_order_relaxed) &&
+        atomic_exchange_explicit(&px->target->tls_failing, false, memory_order_relaxed))
+        sl_log_info("upstream %.*s target %.*s: tls handshakes succeed again", SL_STR_FMT(px->up->conf->name),
+                    SL_STR_FMT(px->target->conf->address));
+    px->x->upstream_connect_ns = (int64_t)(sl_time_mono_ns() - px->connect_start_ns);
     send_request(px);
 }
 
@@ -1090,7 +1148,15 @@ static void proxy_connect(proxy_t *px)
                    SL_RETRY_ON_CONNECT_FAILURE);
         return;
     }
-    sl_connpool_t *pool = sl_connpool_get(x->worker, (struct sockaddr *)&ss, sslen);
+    const sl_upstream_conf_t *uc = upstream_conf_now(px);
+    sl_connpool_t *pool;
+    if (uc->tls.ctx != NULL) {
+        const char *sni, *name;
+        sl_upconn_tls_names(uc, t->conf, &sni, &name);
+        pool = sl_connpool_get(x->worker, (struct sockaddr *)&ss, sslen, sl_tls_client_ctx_id(uc->tls.ctx), sni);
+    } else {
+        pool = sl_connpool_get(x->worker, (struct sockaddr *)&ss, sslen, 0, NULL);
+    }
     sl_upconn_t *c = px->retried ? NULL : sl_connpool_acquire(pool);
     if (c != NULL) {
         px->conn = c;
@@ -1113,6 +1179,26 @@ static void proxy_connect(proxy_t *px)
 }
 
 /* ---- the response ------------------------------------------------------------------------ */
+
+/* TLS: response bytes TLS already holds, which no socket read will announce (it stopped for a
+ * full rbuf, or one read brought more than fitted). True when rbuf or the EOF state changed, so
+ * the caller looks again. Plain connections: false at once. */
+static bool refill(proxy_t *px)
+{
+    sl_upconn_t *c = px->conn;
+    if (c->tls == NULL || px->upstream_eof)
+        return false;
+    ssize_t r = sl_upconn_fill(c);
+    if (r == 0)
+        return false;
+    if (r > 0) {
+        px->got_response_bytes = true;
+        return true;
+    }
+    px->upstream_eof = true; /* close_notify, or a fatal TLS error: the response ends here */
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    return true;
+}
 
 static void cache_commit(proxy_t *px);
 
@@ -1274,6 +1360,8 @@ static void response_process(proxy_t *px)
         size_t avail = b ? b->len - b->off : 0;
         if (px->state == PX_AWAIT_HEAD) {
             if (avail == 0) {
+                if (refill(px))
+                    continue;
                 if (px->upstream_eof)
                     try_failed(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed before responding", SL_RETRY_ON_RESET);
                 return;
@@ -1285,6 +1373,8 @@ static void response_process(proxy_t *px)
                 .max_head_bytes = b->cap - 1024, .max_uri_bytes = 0, .max_headers = MAX_RESP_HEADERS};
             int r = sl_h1_parse_response(b->data + b->off, avail, &resp, &limits, x->method == SL_METHOD_HEAD);
             if (r == SL_EINCOMPLETE) {
+                if (refill(px))
+                    continue;
                 if (px->upstream_eof)
                     try_failed(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed in the response head", SL_RETRY_ON_RESET);
                 return;
@@ -1330,6 +1420,8 @@ static void response_process(proxy_t *px)
                 return;
             }
             if (avail == 0) {
+                if (refill(px))
+                    continue;
                 if (px->upstream_eof)
                     proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed mid-body");
                 return;
@@ -1344,6 +1436,8 @@ static void response_process(proxy_t *px)
         }
         if (px->resp_kind == SL_H1_BODY_CLOSE) {
             if (avail == 0) {
+                if (refill(px))
+                    continue;
                 if (px->upstream_eof)
                     response_done(px);
                 return;
@@ -1356,6 +1450,8 @@ static void response_process(proxy_t *px)
         }
         /* chunked */
         if (avail == 0) {
+            if (refill(px))
+                continue;
             if (px->upstream_eof)
                 proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed mid-body");
             return;
@@ -1370,6 +1466,8 @@ static void response_process(proxy_t *px)
         b->off += consumed;
         if (r == SL_H1_CHUNK_NEED_MORE) {
             /* A partial size or trailer line stays unconsumed until more bytes arrive. */
+            if (refill(px))
+                continue;
             if (px->upstream_eof)
                 proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed mid-body");
             return;
@@ -1395,7 +1493,6 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
         return;
     }
     if (nread > 0) {
-        c->rbuf->len += (size_t)nread;
         px->got_response_bytes = true;
         if (px->state == PX_AWAIT_HEAD || !px->client_writing)
             phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
@@ -1413,9 +1510,20 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
     /* EOF or error from the upstream. */
     px->upstream_eof = true;
     uv_read_stop((uv_stream_t *)&c->tcp);
+    if (nread == UV_EPROTO && c->tls != NULL && c->requests == 0 && !px->got_response_bytes &&
+        px->state == PX_AWAIT_HEAD) {
+        /* A TLS alert in place of the first response: the server refused the session after the
+         * handshake (TLS 1.3 checks the client certificate then), so nothing was served. */
+        char *detail = sl_arena_alloc(&px->x->arena, 160), why[128];
+        snprintf(detail, 160, "tls: %s", sl_tls_conn_error(c->tls, why, sizeof(why)));
+        try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, detail, SL_RETRY_ON_CONNECT_FAILURE);
+        return;
+    }
     if (!px->got_response_bytes && px->reused && !px->retried && !px->req_body_started) {
-        /* Closed under us right as we reused it (the keep-alive race): retry once, fresh. */
+        /* Closed under us right as we reused it (the keep-alive race): retry once, fresh. The
+         * EOF was that connection's, not the next one's. */
         px->retried = true;
+        px->upstream_eof = false;
         conn_drop(px);
         proxy_connect(px);
         return;
@@ -1519,9 +1627,8 @@ static bool tunnel_maybe_end(proxy_t *px)
 
 static bool tunnel_shut_upstream(proxy_t *px)
 {
-    uv_os_fd_t fd;
     px->up_shut = true;
-    if (uv_fileno((uv_handle_t *)&px->conn->tcp, &fd) != 0 || shutdown(fd, SHUT_WR) != 0) {
+    if (sl_upconn_shutdown(px->conn) != 0) {
         tunnel_end(px, true);
         return false;
     }
@@ -1541,6 +1648,8 @@ static bool tunnel_pump(proxy_t *px)
         sl_buf_t *b = px->conn->rbuf;
         size_t avail = b != NULL ? b->len - b->off : 0;
         if (avail == 0 && !px->tunnel_head_unsent) {
+            if (refill(px))
+                continue;
             if (px->upstream_eof && !px->down_shut) {
                 px->down_shut = true;
                 if (x->down->tunnel_shutdown(x) != 0) {
@@ -1595,7 +1704,6 @@ static void tunnel_upstream_read(proxy_t *px, ssize_t nread)
 {
     sl_upconn_t *c = px->conn;
     if (nread > 0) {
-        c->rbuf->len += (size_t)nread;
         tunnel_touch(px);
         if (!px->client_writing)
             tunnel_pump(px);

@@ -7,6 +7,8 @@
  * upstream_timeout). An upgrade request (WebSocket; never h2c) keeps Upgrade/Connection, and
  * after the upstream's 101 the two connections become a byte tunnel with backpressure, half-close
  * and timeouts.tunnel_idle (docs/websocket.md); that upstream connection is never pooled again.
+ * An upstream with `tls` is spoken to over verified TLS (docs/tls.md "Upstream TLS"); a failed
+ * handshake is upstream_connect_failed with the reason as the log's detail.
  * All of it runs on the exchange's worker thread.
  */
 #ifndef SL_UPSTREAM_PROXY_H

@@ -74,7 +74,7 @@ if command -v dpkg-deb >/dev/null && command -v cpack >/dev/null; then
   if [ -n "$DEB" ]; then
     dpkg-deb -I "$DEB" >"$T/info.txt"; dpkg-deb -c "$DEB" >"$T/list.txt"
     deps=$(dpkg-deb -f "$DEB" Depends)
-    for p in libuv1 libssl3 libfyaml0 libjansson4 libhiredis0.14 libpcre2-8-0 libcrypt1 libc6; do
+    for p in libuv1 libssl3 libnghttp2-14 libfyaml0 libjansson4 libhiredis0.14 libpcre2-8-0 libcrypt1 libc6; do
       t "Depends has $p" grep -q "\b$p\b" <<<"$deps"
     done
     for f in ./usr/bin/sluice ./usr/share/man/man1/sluice.1 ./usr/lib/systemd/system/sluice.service ./etc/sluice/sluice.yaml; do

@@ -157,6 +157,12 @@ def test_curl_with_sni_to_two_hosts(env, certs):
         assert r.returncode == 0, r.stderr
         assert r.stdout == "hello\n"
         assert f"CN={host}" in r.stderr
+        # curl offers h2 and http/1.1: the listener prefers h2 (docs/http2.md)
+        assert "ALPN: server accepted h2" in r.stderr or "ALPN, server accepted to use h2" in r.stderr
+        r = subprocess.run(["curl", "-sS", "-v", "--http1.1", "--resolve", f"{host}:{gw.tls_port}:127.0.0.1",
+                            "--cacert", str(certs / "ca.crt"), f"https://{host}:{gw.tls_port}/"],
+                           capture_output=True, text=True, timeout=harness.slack(15))
+        assert r.stdout == "hello\n"
         assert "ALPN: server accepted http/1.1" in r.stderr or "ALPN, server accepted to use http/1.1" in r.stderr
 
 
@@ -582,3 +588,74 @@ def test_jwks_over_https_is_verified(env, certs, tmp_path):
         for srv, _ in servers:
             srv.shutdown()
             srv.server_close()
+
+
+# ---- OCSP stapling ----------------------------------------------------------------------------------
+
+
+def _ocsp_response(d, cert, out, status="V", minutes=None):
+    """A DER OCSP response about `cert` signed by the test CA (openssl's own responder code)."""
+    serial = subprocess.run(["openssl", "x509", "-in", f"{cert}.crt", "-noout", "-serial"], cwd=d, check=True,
+                            capture_output=True, text=True).stdout.strip().split("=")[1]
+    _run("openssl", "ocsp", "-issuer", "ca.crt", "-cert", f"{cert}.crt", "-reqout", f"{out}.req", "-no_nonce", cwd=d)
+    exp = time.strftime("%y%m%d%H%M%SZ", time.gmtime(time.time() + 2 * 86400))
+    revoked = time.strftime("%y%m%d%H%M%SZ", time.gmtime(time.time() - 3600)) if status == "R" else ""
+    (d / f"{out}.index").write_text(f"{status}\t{exp}\t{revoked}\t{serial}\tunknown\t/CN=x\n")
+    validity = ["-nmin", str(minutes)] if minutes else ["-ndays", "1"]
+    _run("openssl", "ocsp", "-index", f"{out}.index", "-rsigner", "ca.crt", "-rkey", "ca.key", "-CA", "ca.crt",
+         "-reqin", f"{out}.req", "-respout", f"{out}.der", *validity, cwd=d)
+    return d / f"{out}.der"
+
+
+def _s_client_status(port, name, certs):
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name, "-status",
+                        "-CAfile", str(certs / "ca.crt")], input="", capture_output=True, text=True,
+                       timeout=harness.slack(15))
+    return r.stdout
+
+
+def test_ocsp_staple_served_per_certificate_and_checked_at_load(env, certs, tmp_path):
+    good = _ocsp_response(certs, "a", "a-good")
+    tport = harness.free_port()
+    tls = tls_block(certs, "a", "b")
+    tls["certificates"][0]["ocsp"] = str(good)
+    gw = env.gateway(routes=RESPOND, start=False)
+    gw.config["listen"].append({"address": f"127.0.0.1:{tport}", "tls": tls})
+    gw.start()
+    for proto in ([], ["-tls1_2"]):
+        out = _s_client_status(tport, "a.test", certs) if not proto else subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{tport}", "-servername", "a.test", "-status", "-tls1_2",
+             "-CAfile", str(certs / "ca.crt")], input="", capture_output=True, text=True,
+            timeout=harness.slack(15)).stdout
+        assert "OCSP Response Status: successful" in out and "Cert Status: good" in out, out
+    # b.test has no staple: the client asked and got none
+    out = _s_client_status(tport, "b.test", certs)
+    assert "OCSP response: no response sent" in out, out
+    # a fresh staple is healthy for the doctor; one an hour from stale is a finding
+    def ocsp_findings():
+        status, _, body = gw.admin_get("/doctor")
+        assert status == 200
+        return [f for f in json.loads(body)["findings"] if "OCSP" in f["summary"]]
+
+    assert not ocsp_findings()
+    soon = _ocsp_response(certs, "a", "a-soon", minutes=60)
+    cfg = dict(gw.config)
+    cfg["listen"][1]["tls"]["certificates"][0]["ocsp"] = str(soon)
+    gw.reload(cfg)
+    found = wait_for(ocsp_findings)
+    assert found and found[0]["where"]["listener"] == f"127.0.0.1:{tport}", found
+    assert found[0]["cause"] == "connectivity" and "goes stale at" in found[0]["summary"]
+    # bad staples are refused with the position of the `ocsp:` key
+    revoked = _ocsp_response(certs, "a", "a-revoked", status="R")
+    about_b = _ocsp_response(certs, "b", "b-good")
+    for path, message in ((revoked, "says the certificate was revoked"), (about_b, "is not about this certificate"),
+                          (certs / "a.crt", "is not a DER OCSP response"), (certs / "nope.der", "cannot read")):
+        cfg = tmp_path / "ocsp.yaml"
+        cfg.write_text(harness.to_yaml({"listen": [{"address": f"127.0.0.1:{harness.free_port()}", "tls": {
+            "certificates": [{"cert": str(certs / "a.crt"), "key": str(certs / "a.key"), "ocsp": str(path)}]}}],
+            "routes": RESPOND}))
+        r = harness.run_cli(["check", "-c", str(cfg)])
+        out = r.stdout + r.stderr
+        line = yaml_line_of(cfg, f'ocsp: "{path}"')
+        m = re.search(rf"{re.escape(str(cfg))}:(\d+):(\d+): tls: .*{re.escape(message)}", out)
+        assert r.returncode == 1 and m and int(m.group(1)) == line, out

@@ -1,5 +1,6 @@
 """Graceful drain: on SIGTERM/SIGINT the listeners close at once (new connections refused),
-requests in flight (also ones still uploading) complete, idle connections are closed, the process
+requests in flight (also ones still uploading) complete, idle connections are closed after a
+one-second grace (a request already on the wire is answered with Connection: close), the process
 exits 0 — and the drain timeout bounds how long that may take."""
 import signal
 import socket
@@ -90,6 +91,25 @@ def test_idle_connections_do_not_hold_up_exit(env):
     rc = gw.wait(3)
     assert rc == 0, f"exit code {rc} (None = still running)"
     assert time.monotonic() - t0 < slack(3)
+    idle.close()
+
+
+def test_request_already_sent_on_an_idle_connection_is_answered(env):
+    """HTTP/1.1 has no GOAWAY: an idle keep-alive connection gets a one-second grace on drain, so a
+    request the client sent just as the drain began is answered (with Connection: close) instead
+    of meeting a closed connection and a retry."""
+    gw, _ = start(env, drain="10s")
+    idle = gw.conn()
+    idle.request("GET", "/upload", body=b"x")
+    assert idle.read_response().status == 200
+    gw.send_signal(signal.SIGTERM)
+    time.sleep(0.2)  # the drain has begun (listeners close at once)
+    assert refused_within(gw.port, 2)
+    idle.request("GET", "/upload", body=b"y")
+    r = idle.read_response()
+    assert r.status == 200 and r.header("Connection") == "close", r
+    assert idle.wait_closed(2)[0]
+    assert gw.wait(3) == 0
     idle.close()
 
 

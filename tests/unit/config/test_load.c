@@ -440,7 +440,7 @@ static void test_unknown_keys(void **state)
     /* x- keys are ignored only at the top level, where anchors live. */
     EXPECT_ERRORS(LISTEN "x-anything: { whatever: 1 }\nlimits: { x-max: 1 }\n",
                   "3:11: unknown key 'x-max' in limits (allowed: max_connections, max_header_bytes, max_uri_bytes, "
-                  "max_body_bytes, max_inflight, max_loop_lag, cache_memory)");
+                  "max_body_bytes, max_inflight, max_loop_lag, cache_memory, max_concurrent_streams)");
 }
 
 static void test_wrong_types(void **state)
