@@ -215,17 +215,6 @@ static bool is_get(const admin_conn_t *c)
     return method_is(c, SL_METHOD_GET) || method_is(c, SL_METHOD_HEAD);
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes `in` into `out` (cap bytes with the NUL); false on a bad escape, a NUL or
  * overflow. */
 static bool pct_decode(sl_str_t in, char *out, size_t cap)
@@ -236,7 +225,7 @@ static bool pct_decode(sl_str_t in, char *out, size_t cap)
         if (ch == '%') {
             if (i + 2 >= in.len)
                 return false;
-            int hi = hexval(in.ptr[i + 1]), lo = hexval(in.ptr[i + 2]);
+            int hi = sl_hex_value(in.ptr[i + 1]), lo = sl_hex_value(in.ptr[i + 2]);
             if (hi < 0 || lo < 0)
                 return false;
             ch = (char)(hi * 16 + lo);

@@ -78,6 +78,18 @@ static inline char *sl_put_u64(char *p, unsigned long long v)
     return p;
 }
 
+/** The value of a hex digit (either case), or -1. */
+static inline int sl_hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /** Parses an unsigned decimal with no sign, no spaces, no overflow; false on anything else. */
 bool sl_str_to_u64(sl_str_t s, unsigned long long *out);
 

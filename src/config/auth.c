@@ -269,17 +269,6 @@ static int read_named_map(sl__config_ctx_t *ctx, const char *what, const sl__con
 
 /* ---- consumers ----------------------------------------------------------------------------- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int parse_sha256(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)
 {
     sl_api_key_conf_t *key = field;
@@ -288,7 +277,7 @@ static int parse_sha256(sl__config_ctx_t *ctx, const sl__config_key_t *k, const 
         return -1;
     bool ok = s.len == 64;
     for (size_t i = 0; ok && i < 32; i++) {
-        int hi = hexval(s.ptr[2 * i]), lo = hexval(s.ptr[2 * i + 1]);
+        int hi = sl_hex_value(s.ptr[2 * i]), lo = sl_hex_value(s.ptr[2 * i + 1]);
         ok = hi >= 0 && lo >= 0;
         if (ok)
             key->sha256[i] = (uint8_t)(hi << 4 | lo);

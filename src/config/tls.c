@@ -13,19 +13,24 @@
 #include "config/internal.h"
 #include "tls/tls.h"
 
-/* A file path, with its position kept for the errors of loading the file later. */
-static int read_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, sl_str_t *out,
-                     sl_config_pos_t *pos)
+int sl__config_read_file_path(sl__config_ctx_t *ctx, const char *name, const sl__config_node_t *v, sl_str_t *out,
+                              sl_config_pos_t *pos)
 {
     v = sl__config_node_deref(v);
-    if (sl__config_read_str(ctx, k->name, v, out) != 0)
+    if (sl__config_read_str(ctx, name, v, out) != 0)
         return -1;
     *pos = v->pos;
     if (out->len == 0) {
-        sl__config_error(ctx, v, "%s: expected a file path", k->name);
+        sl__config_error(ctx, v, "%s: expected a file path", name);
         return -1;
     }
     return 0;
+}
+
+static int read_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, sl_str_t *out,
+                     sl_config_pos_t *pos)
+{
+    return sl__config_read_file_path(ctx, k->name, v, out, pos);
 }
 
 static int parse_cert_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)

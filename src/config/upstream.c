@@ -93,15 +93,9 @@ static int parse_targets(sl__config_ctx_t *ctx, const sl__config_key_t *k, const
 static int read_tls_path(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, sl_str_t *out,
                          sl_config_pos_t *pos)
 {
-    v = sl__config_node_deref(v);
-    if (sl__config_read_str(ctx, k->name, v, out) != 0)
-        return -1;
-    *pos = v->pos;
-    if (out->len == 0) {
-        sl__config_error(ctx, v, "tls.%s: expected a file path", k->name);
-        return -1;
-    }
-    return 0;
+    char name[64];
+    snprintf(name, sizeof(name), "tls.%s", k->name);
+    return sl__config_read_file_path(ctx, name, v, out, pos);
 }
 
 static int parse_tls_ca(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v, void *field)

@@ -540,20 +540,12 @@ static ssize_t tls_fill(sl_h1_conn_t *c)
     sl_buf_t *b = c->rbuf;
     if (b->len == b->cap && c->act == NULL && b->off > 0)
         sl_buf_compact(b);
-    size_t added = 0;
-    while (b->len < b->cap) {
-        int n = sl_tls_conn_read(c->tls, b->data + b->len, b->cap - b->len);
-        if (n == 0)
-            break;
-        if (n < 0) {
-            if (added > 0 && n == SL_ECLOSED)
-                break; /* the bytes first; the socket's EOF follows the close_notify */
-            return n;
-        }
-        b->len += (size_t)n;
-        added += (size_t)n;
-    }
-    return (ssize_t)added;
+    /* After bytes, the socket's EOF follows the close_notify. */
+    bool closed = false;
+    ssize_t added = sl_tls_conn_read_many(c->tls, b->data + b->len, b->cap - b->len, &closed);
+    if (added > 0)
+        b->len += (size_t)added;
+    return added;
 }
 
 static bool rbuf_full(const sl_h1_conn_t *c)

@@ -202,6 +202,25 @@ bool sl_tls_conn_has_input(const sl_tls_conn_t *t)
     return SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(t->rbio) > 0;
 }
 
+ssize_t sl_tls_conn_read_many(sl_tls_conn_t *t, char *dst, size_t cap, bool *closed)
+{
+    size_t added = 0;
+    while (added < cap) {
+        int n = sl_tls_conn_read(t, dst + added, cap - added);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (n == SL_ECLOSED)
+                *closed = true;
+            if (added > 0 && n == SL_ECLOSED)
+                break;
+            return n;
+        }
+        added += (size_t)n;
+    }
+    return (ssize_t)added;
+}
+
 int sl_tls_conn_read(sl_tls_conn_t *t, char *buf, size_t cap)
 {
     if (cap > INT32_MAX)

@@ -15,6 +15,7 @@
 
 #include "common/bug.h"
 #include "common/error.h"
+#include "common/str.h"
 #include "tls/internal.h"
 #include "tls/peer.h"
 
@@ -205,17 +206,6 @@ const char *sl_tls_peer_san(sl_tls_conn_t *t, size_t i, size_t *len, enum sl_tls
     return p->sans[i].s;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int sl_tls_fingerprint_parse(const char *s, size_t len, uint8_t out[SL_TLS_FINGERPRINT_LEN])
 {
     /* 64 digits, or 32 pairs with a ':' between each two: 95 characters. */
@@ -226,7 +216,7 @@ int sl_tls_fingerprint_parse(const char *s, size_t len, uint8_t out[SL_TLS_FINGE
     size_t step = colons ? 3 : 2;
     for (size_t i = 0; i < SL_TLS_FINGERPRINT_LEN; i++) {
         const char *d = s + i * step;
-        int hi = hexval(d[0]), lo = hexval(d[1]);
+        int hi = sl_hex_value(d[0]), lo = sl_hex_value(d[1]);
         if (hi < 0 || lo < 0 || (colons && i + 1 < SL_TLS_FINGERPRINT_LEN && d[2] != ':'))
             return SL_EINVALID;
         b[i] = (uint8_t)(hi << 4 | lo);

@@ -160,6 +160,13 @@ bool sl_tls_conn_has_input(const sl_tls_conn_t *t);
  * error (bad record, alert). Queue any output with sl_tls_conn_flush afterwards.
  */
 int sl_tls_conn_read(sl_tls_conn_t *t, char *buf, size_t cap);
+/**
+ * Decrypts into dst[0..cap) as much as TLS holds, in as many reads as it takes: the bytes
+ * written (0: nothing yet), or SL_ECLOSED for a close_notify before any byte, or another
+ * negative code for a fatal error. `*closed` is set whenever a close_notify was read (also after
+ * some bytes, which then come first): the caller remembers it, TLS does not say it twice.
+ */
+ssize_t sl_tls_conn_read_many(sl_tls_conn_t *t, char *dst, size_t cap, bool *closed);
 
 /**
  * Encrypts iov[0..n) and writes it, with sl_stream_write's contract: 1 when everything went to

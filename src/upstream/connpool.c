@@ -291,25 +291,18 @@ ssize_t sl_upconn_fill(sl_upconn_t *c)
     sl_buf_t *b = c->rbuf;
     if (b->len == b->cap && b->off > 0 && !c->pinned)
         sl_buf_compact(b);
-    size_t added = 0;
-    while (b->len < b->cap) {
-        int n = sl_tls_conn_read(c->tls, b->data + b->len, b->cap - b->len);
-        if (n == 0)
-            break;
-        if (n < 0) {
-            if (n == SL_ECLOSED)
-                c->tls_eof = true;
-            if (added > 0 && n == SL_ECLOSED)
-                break; /* the bytes first; the EOF is reported by the next fill */
-            return n;
-        }
-        b->len += (size_t)n;
-        added += (size_t)n;
-    }
+    /* After bytes, a close_notify is reported by the next fill (tls_eof). */
+    bool closed = false;
+    ssize_t added = sl_tls_conn_read_many(c->tls, b->data + b->len, b->cap - b->len, &closed);
+    if (closed)
+        c->tls_eof = true;
+    if (added < 0)
+        return added;
+    b->len += (size_t)added;
     /* Anything TLS must answer on its own (a key update). */
     if (sl_tls_conn_flush(c->tls) < 0)
         return SL_ECLOSED;
-    return (ssize_t)added;
+    return added;
 }
 
 static void tls_on_read(sl_upconn_t *c, const char *p, size_t n)
