@@ -210,6 +210,8 @@ int sl__config_parse_global_rate_limits(sl__config_ctx_t *ctx, const sl__config_
 /* src/config/tls.c: a listener's `tls` mapping; loads the certificates and builds the context. */
 /** A non-empty string naming a file, its position kept for the errors of loading it later
  *  (tls.c). `name` is the key as the error message names it. */
+/** `path` as a file name: relative ones are relative to the config file's directory (tls.c). */
+void sl__config_resolve_path(const sl__config_ctx_t *ctx, sl_str_t path, char *out, size_t size);
 int sl__config_read_file_path(sl__config_ctx_t *ctx, const char *name, const sl__config_node_t *v, sl_str_t *out,
                               sl_config_pos_t *pos);
 int sl__config_parse_listen_tls(sl__config_ctx_t *ctx, const sl__config_key_t *k, const sl__config_node_t *v,

@@ -163,7 +163,7 @@ int sl__config_parse_listen_tls(sl__config_ctx_t *ctx, const sl__config_key_t *k
 
 /* ---- loading, after the whole listen list is read ----------------------------------------- */
 
-static void resolve(const sl__config_ctx_t *ctx, sl_str_t path, char *out, size_t size)
+void sl__config_resolve_path(const sl__config_ctx_t *ctx, sl_str_t path, char *out, size_t size)
 {
     if (path.ptr[0] == '/' || ctx->file.len == 0 || ctx->file.ptr[0] == '<') {
         snprintf(out, size, "%s", path.ptr);
@@ -193,8 +193,8 @@ static void build_listener(sl__config_ctx_t *ctx, sl_listen_conf_t *l, unsigned 
     for (size_t i = 0; i < t->ncertificates; i++) {
         const sl_tls_cert_conf_t *c = &t->certificates[i];
         char cert_path[PATH_MAX], key_path[PATH_MAX], msg[512];
-        resolve(ctx, c->cert, cert_path, sizeof(cert_path));
-        resolve(ctx, c->key, key_path, sizeof(key_path));
+        sl__config_resolve_path(ctx, c->cert, cert_path, sizeof(cert_path));
+        sl__config_resolve_path(ctx, c->key, key_path, sizeof(key_path));
         enum sl_tls_cert_part part = SL_TLS_PART_CERT;
         sl_tls_cert_t *cert;
         if (sl_tls_cert_load(cert_path, key_path, &cert, &part, msg, sizeof(msg)) != 0) {
@@ -204,7 +204,7 @@ static void build_listener(sl__config_ctx_t *ctx, sl_listen_conf_t *l, unsigned 
         }
         if (c->ocsp.len) {
             char ocsp_path[PATH_MAX];
-            resolve(ctx, c->ocsp, ocsp_path, sizeof(ocsp_path));
+            sl__config_resolve_path(ctx, c->ocsp, ocsp_path, sizeof(ocsp_path));
             if (sl_tls_cert_set_ocsp(cert, ocsp_path, msg, sizeof(msg)) != 0) {
                 sl__config_error_at(ctx, c->ocsp_pos, "tls: %s", msg);
                 sl_tls_cert_free(cert);
@@ -221,7 +221,7 @@ static void build_listener(sl__config_ctx_t *ctx, sl_listen_conf_t *l, unsigned 
     }
     char msg[512], ca_path[PATH_MAX];
     if (t->client_ca.len)
-        resolve(ctx, t->client_ca, ca_path, sizeof(ca_path));
+        sl__config_resolve_path(ctx, t->client_ca, ca_path, sizeof(ca_path));
     sl_tls_options_t o = {
         .min_version = (enum sl_tls_version)t->min_version,
         .ciphers = t->ciphers.len ? t->ciphers.ptr : NULL,

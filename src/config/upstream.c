@@ -199,20 +199,6 @@ static const sl__config_section_t upstream_tls_section = {
     .check = tls_check,
 };
 
-/* Relative paths are relative to the config file's directory. */
-static void tls_resolve(const sl__config_ctx_t *ctx, sl_str_t path, char *out, size_t size)
-{
-    const char *slash = NULL;
-    if (path.ptr[0] != '/' && ctx->file.len > 0 && ctx->file.ptr[0] != '<')
-        for (size_t i = 0; i < ctx->file.len; i++)
-            if (ctx->file.ptr[i] == '/')
-                slash = ctx->file.ptr + i;
-    if (slash == NULL)
-        snprintf(out, size, "%s", path.ptr);
-    else
-        snprintf(out, size, "%.*s/%s", (int)(slash - ctx->file.ptr), ctx->file.ptr, path.ptr);
-}
-
 static void release_client_ctx(void *data)
 {
     sl_tls_client_ctx_unref(data);
@@ -224,10 +210,10 @@ static void tls_build(sl__config_ctx_t *ctx, sl_upstream_conf_t *up)
 {
     char ca[PATH_MAX], cert[PATH_MAX], key[PATH_MAX], msg[512];
     if (up->tls.ca.len)
-        tls_resolve(ctx, up->tls.ca, ca, sizeof(ca));
+        sl__config_resolve_path(ctx, up->tls.ca, ca, sizeof(ca));
     if (up->tls.client_cert.len) {
-        tls_resolve(ctx, up->tls.client_cert, cert, sizeof(cert));
-        tls_resolve(ctx, up->tls.client_key, key, sizeof(key));
+        sl__config_resolve_path(ctx, up->tls.client_cert, cert, sizeof(cert));
+        sl__config_resolve_path(ctx, up->tls.client_key, key, sizeof(key));
     }
     sl_tls_client_options_t o = {
         .ca = up->tls.ca.len ? ca : NULL,

@@ -948,6 +948,18 @@ def wait_for(pred, timeout, what, interval=0.05):
         time.sleep(interval)
 
 
+def poll_value(pred, timeout=5.0, interval=0.05):
+    """Polls `pred` until it returns something true and returns that (or its last falsy value
+    after `timeout` seconds, scaled by slack())."""
+    deadline = time.monotonic() + slack(timeout)
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
+
+
 def serve_json(doc, port=None, ssl_context=None, on_get=None):
     """Serves a JSON document to every GET on 127.0.0.1 from a thread: `doc` is the document or a
     callable returning it (read at each request); `on_get()` runs first when given. Returns

@@ -114,14 +114,7 @@ def metric(gw, family, **labels):
     return total
 
 
-def wait_for(pred, timeout=5.0):
-    deadline = time.monotonic() + harness.slack(timeout)
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
+wait_for = harness.poll_value
 
 
 RESPOND = [{"name": "hello", "match": {"path_prefix": "/"},

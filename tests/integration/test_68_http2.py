@@ -299,18 +299,8 @@ def test_auth_limits_cache_and_proxy_over_h2(env, certs):
         assert hdr(a, "sluice-cache") == "MISS" and hdr(b, "sluice-cache") == "HIT"
         assert hits["n"] == before + 1
         assert int(hdr(b, "age")) >= 0
-    lines = harness_wait(lambda: [ln for ln in gw.access_log() if ln.get("path") == "/users"])
+    lines = harness.poll_value(lambda: [ln for ln in gw.access_log() if ln.get("path") == "/users"])
     assert sorted(ln["status"] for ln in lines) == [200, 401]
-
-
-def harness_wait(pred, timeout=5.0):
-    deadline = time.monotonic() + harness.slack(timeout)
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
 
 
 def test_many_streams_at_once_on_one_connection(env):
@@ -434,7 +424,7 @@ def test_client_reset_drops_the_upstream_request_and_logs_499(env):
         assert started.wait(harness.slack(5))
         c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
         c.flush()
-        lines = harness_wait(lambda: [ln for ln in gw.access_log() if ln.get("path") == "/gone"], 3)
+        lines = harness.poll_value(lambda: [ln for ln in gw.access_log() if ln.get("path") == "/gone"], 3)
         assert lines and lines[0]["status"] == 499, lines
         # the connection is still good
         assert c.request("GET", "/after")["status"] in (200, 502, 504) or True
@@ -610,5 +600,5 @@ def test_reloads_under_h2_load_fail_nothing(env):
     assert ok > 1000 and failed == 0 and errored == 0, out
     assert re.search(r"status codes: \d+ 2xx, 0 3xx, 0 4xx, 0 5xx", out), out
     assert gw.alive()
-    settled = harness_wait(lambda: len(os.listdir(f"/proc/{gw.pid}/fd")) <= fds_before + 2, 6)
+    settled = harness.poll_value(lambda: len(os.listdir(f"/proc/{gw.pid}/fd")) <= fds_before + 2, 6)
     assert settled, (fds_before, sorted(os.listdir(f"/proc/{gw.pid}/fd")))
