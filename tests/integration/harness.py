@@ -948,6 +948,44 @@ def wait_for(pred, timeout, what, interval=0.05):
         time.sleep(interval)
 
 
+def _symbolizer_pipes(pid):
+    """Pipes `pid` shares with a child llvm-symbolizer: a sanitizer starts one (two pipes) the
+    first time it symbolizes a report, a suppressed one too; they are the sanitizer's, not
+    descriptors the gateway opened."""
+    inodes = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+            if f"\nPPid:\t{pid}\n" not in text or "symboliz" not in text.split("\n", 1)[0]:
+                continue
+            fd_dir = status.parent / "fd"
+            for fd in fd_dir.iterdir():
+                target = os.readlink(fd)
+                if target.startswith("pipe:"):
+                    inodes.add(target)
+        except OSError:
+            continue
+    return inodes
+
+
+def fd_count(pid, looks=5):
+    """Open descriptors of `pid`: the fewest over a few looks (the doctor's 2 s sample opens
+    /proc/self/fd for a moment), not counting a sanitizer's symbolizer pipes."""
+    counts = []
+    for i in range(looks):
+        if i:
+            time.sleep(0.03)
+        targets = []
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                pass
+        pipes = _symbolizer_pipes(pid) if SANITIZED else set()
+        counts.append(sum(1 for t in targets if t not in pipes))
+    return min(counts)
+
+
 def poll_value(pred, timeout=5.0, interval=0.05):
     """Polls `pred` until it returns something true and returns that (or its last falsy value
     after `timeout` seconds, scaled by slack())."""

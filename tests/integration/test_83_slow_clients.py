@@ -18,7 +18,6 @@ own CPU use (it is on the same 2 cores here, unlike real attackers) is not what 
   made the gateway allocate is mostly reused; a per-connection leak would add as much again).
 Figures are printed (run with -s) and recorded in docs/hardening.md."""
 import json
-import os
 import resource
 import signal
 import statistics
@@ -181,8 +180,7 @@ def raise_nofile():
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+fd_count = harness.fd_count
 
 
 def latencies(gw, n=200):

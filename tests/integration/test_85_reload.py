@@ -16,14 +16,7 @@ CLIENTS = 8
 pytestmark = pytest.mark.deadline(120)
 
 
-def fd_count(pid):
-    """The fewest open fds over a few looks: the doctor's 2 s sample opens /proc/self/fd for a
-    moment, and one look can land inside that window (slow under sanitizers)."""
-    counts = []
-    for _ in range(5):
-        counts.append(len(os.listdir(f"/proc/{pid}/fd")))
-        time.sleep(0.03)
-    return min(counts)
+fd_count = harness.fd_count
 
 
 def config(up, generation):

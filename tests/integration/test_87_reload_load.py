@@ -23,8 +23,7 @@ RSS_BOUND_KB = 10 * 1024
 pytestmark = pytest.mark.deadline(150)
 
 
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+fd_count = harness.fd_count
 
 
 def config(stable, flip, variant):

@@ -9,7 +9,10 @@ For the whole run, at once: wrk on a keep-alive route (if installed), clients op
 connection per request, uploads of 256 KiB (echoed back as a digest), requests that fail
 upstream (500s, resets mid-body, a dead target: retries and the breaker), unknown routes, bad
 requests, an API-key route with good and bad keys, a rate-limited route, admin scrapes, and a
-config reload every 5 s alternating between two configs.
+config reload every 5 s alternating between two configs. HTTP/2 too (when python3-h2 and h2load
+are installed): h2load on the keep-alive route over h2c, and a checked HTTP/2 client running
+several streams at once on one connection (a GET, an upload with its digest, an unknown route,
+and a stream it resets while the upstream is still answering).
 
 Every checked answer must be the one its request calls for (the status and, for errors, the
 cause). Every 5 s RSS and open descriptors are sampled into OUT/samples.tsv. At the end, once the
@@ -20,8 +23,10 @@ is alive and answers. Exit status 0 when all of that holds; the summary is OUT/s
 """
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -84,7 +89,7 @@ def config(up, generation, dead_port):
 
 
 def fd_count(pid):
-    return min(len(os.listdir(f"/proc/{pid}/fd")) for _ in range(3))
+    return harness.fd_count(pid, looks=3)
 
 
 class Load:
@@ -214,6 +219,37 @@ def main():
         st, _, body = gw.admin_get("/doctor", timeout=10)
         return st == 200, f"/doctor {st}"
 
+    h2_state = {"conn": None, "used": 0}
+
+    def h2_streams():
+        # One connection for 50 rounds, then a new one; each round four streams at once.
+        from h2client import H2Client, hdr
+        import h2.errors
+        if h2_state["conn"] is None or h2_state["used"] >= 50 or h2_state["conn"].closed:
+            if h2_state["conn"] is not None:
+                h2_state["conn"].close()
+            h2_state["conn"], h2_state["used"] = H2Client(gw.port, timeout=10), 0
+        c = h2_state["conn"]
+        h2_state["used"] += 1
+        body = os.urandom(64 * 1024)
+        get = c.start("GET", "/fast/h2")
+        up = c.start("POST", "/app/upload", body=body)
+        lost = c.start("GET", "/nowhere")
+        gone = c.start("GET", "/app/slow")
+        c.conn.reset_stream(gone, h2.errors.ErrorCodes.CANCEL)
+        c.flush()
+        g, u, n = c.wait([get, up, lost], timeout=20)
+        for sid in (get, up, lost, gone):
+            c.streams.pop(sid, None)
+        if g["status"] != 200 or bytes(g["body"]) != b"ok":
+            return False, f"h2 GET {g['status']} {bytes(g['body'])[:100]!r}"
+        want = f"{len(body)} {hashlib.md5(body).hexdigest()}".encode()
+        if u["status"] != 200 or bytes(u["body"]) != want:
+            return False, f"h2 upload {u['status']} {bytes(u['body'])[:100]!r}"
+        if n["status"] != 404 or hdr(n, "sluice-error") != "route_not_found":
+            return False, f"h2 unknown route {n['status']} {hdr(n, 'sluice-error')}"
+        return True, ""
+
     def slow_keepalive():
         with harness.RawConn(gw.port, timeout=10) as c:
             for _ in range(5):
@@ -225,6 +261,10 @@ def main():
     jobs = [("new_conn", new_conn_fast)] * 3 + [("upload", upload)] * 2 + [("errors", errors), ("flaky", flaky),
                                                                              ("reset", resets), ("limited", limited),
                                                                              ("admin", admin), ("slow", slow_keepalive)]
+    if importlib.util.find_spec("h2") is not None:  # python3-h2: the HTTP/2 job needs it
+        jobs.append(("h2", h2_streams))
+    else:
+        print("soak: python3-h2 missing: no checked HTTP/2 client", flush=True)
     threads = [threading.Thread(target=load.loop, args=job, daemon=True) for job in jobs]
     for t in threads:
         t.start()
@@ -233,6 +273,12 @@ def main():
     if shutil.which("wrk"):
         wrk_proc = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{args.seconds}s", f"http://127.0.0.1:{gw.port}/fast/w"],
                                     stdout=open(out / "wrk.txt", "w"), stderr=subprocess.STDOUT)
+
+    h2load_proc = None
+    if shutil.which("h2load"):
+        h2load_proc = subprocess.Popen(["h2load", "-D", str(args.seconds), "-c", "8", "-m", "8",
+                                        f"http://127.0.0.1:{gw.port}/fast/h2load"],
+                                       stdout=open(out / "h2load.txt", "w"), stderr=subprocess.STDOUT)
 
     samples = open(out / "samples.tsv", "w")
     samples.write("t_s\trss_kb\tfds\treloads\n")
@@ -270,6 +316,16 @@ def main():
             wrk_proc.kill()
         wrk_out = (out / "wrk.txt").read_text()
 
+    h2load_out = ""
+    if h2load_proc:
+        try:
+            h2load_proc.wait(60)
+        except subprocess.TimeoutExpired:
+            h2load_proc.kill()
+        h2load_out = (out / "h2load.txt").read_text()
+    if h2_state["conn"] is not None:
+        h2_state["conn"].close()
+
     problems = []
     if not gw.alive():
         problems.append(f"sluice died: {gw.log_tail()}")
@@ -299,6 +355,17 @@ def main():
             wrk_reqs = int(line.split()[0])
         if "Non-2xx" in line or "Socket errors" in line:
             problems.append(f"wrk: {line.strip()}")
+    h2load_reqs = 0
+    if h2load_proc:
+        m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored",
+                      h2load_out)
+        codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", h2load_out)
+        if not m or not codes:
+            problems.append(f"h2load: no result\n{h2load_out[-500:]}")
+        else:
+            h2load_reqs = int(m.group(1))
+            if int(m.group(2)) or int(m.group(3)) or sum(int(codes.group(k)) for k in (2, 3, 4)):
+                problems.append(f"h2load: {m.group(0)}; {codes.group(0)}")
 
     if gw.alive():
         rc = gw.stop(signal.SIGTERM, timeout=120 if valgrind else 30)
@@ -315,6 +382,7 @@ def main():
 
     total = sum(c[0] for c in load.counts.values())
     lines = [f"soak: {args.seconds}s, {reloads} reloads, {wrk_reqs} wrk keep-alive requests, "
+             f"{h2load_reqs} h2load HTTP/2 requests, "
              f"{total} checked requests ({', '.join(f'{k} {v[0]}' for k, v in sorted(load.counts.items()))}), "
              f"failed {sum(c[1] for c in load.counts.values())}"]
     try:

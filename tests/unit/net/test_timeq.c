@@ -69,7 +69,9 @@ static void test_readd_postpones_and_cancel_prevents(void **state)
     sl_timeqs_init(&t, &loop);
     nfired = 0;
     probe_t a = {.id = 1}, b = {.id = 2}, c = {.id = 3};
-    sl_timeq_t *q = sl_timeqs_get(&t, 30);
+    /* 500 ms against c's 10: the assertions hold unless the machine stalls the test for half a
+     * second between two lines (30 ms did happen under a loaded 2-core CI box). */
+    sl_timeq_t *q = sl_timeqs_get(&t, 500);
     sl_timeq_add(&t, q, &a.e, on_fire);
     sl_timeq_add(&t, q, &b.e, on_fire);
     sl_timeq_add(&t, sl_timeqs_get(&t, 10), &c.e, on_fire);
@@ -77,12 +79,12 @@ static void test_readd_postpones_and_cancel_prevents(void **state)
     sl_timeq_cancel(&b.e);      /* idempotent */
     uv_run(&loop, UV_RUN_ONCE); /* c fires at 10 ms */
     assert_int_equal(nfired, 1);
-    sl_timeq_add(&t, q, &a.e, on_fire); /* postpone a by another 30 ms */
+    sl_timeq_add(&t, q, &a.e, on_fire); /* postpone a by another 500 ms */
     uint64_t readded = uv_now(&loop);
     while (nfired < 2)
         uv_run(&loop, UV_RUN_ONCE);
     assert_int_equal(fired[1], 1);
-    assert_true(a.fired_at - readded >= 30);
+    assert_true(a.fired_at - readded >= 500);
     assert_false(sl_timeq_linked(&b.e));
     sl_timeqs_close(&t);
     uv_run(&loop, UV_RUN_DEFAULT);
