@@ -278,8 +278,10 @@ def test_stale_if_error_with_the_origin_killed(env):
     assert b"n=1" in r.body
     entries = gw.wait_access_log(lambda e: e.get("cause") == "upstream_connect_failed" and e.get("status") == 200)
     assert entries, gw.access_log()[-3:]
-    # past the response's own stale-if-error window: the outage shows
-    time.sleep(1.5)
+    # past the response's own stale-if-error window: the outage shows. Age is whole seconds
+    # (RFC 9111 §4.2.3), so t2 must be at least 3 s old (staleness 2 > 1) whatever the rounding:
+    # 1.3 + 1.5 s once left it at Age 2 (staleness 1, still inside) on a slow TSan run.
+    time.sleep(2.5)
     r2 = get(gw, t2)
     harness.assert_gateway_error(r2, 502, "upstream_connect_failed")
 
