@@ -68,3 +68,15 @@ sl_str_t sl_headers_cookie(const sl_headers_t *h, sl_str_t want)
     }
     return SL_STR_NULL;
 }
+
+sl_str_t sl_host_without_port(sl_str_t authority)
+{
+    if (authority.len == 0)
+        return authority;
+    if (authority.ptr[0] == '[') {
+        const char *end = memchr(authority.ptr, ']', authority.len);
+        return end ? (sl_str_t){authority.ptr + 1, (size_t)(end - authority.ptr - 1)} : authority;
+    }
+    const char *colon = memchr(authority.ptr, ':', authority.len);
+    return colon ? (sl_str_t){authority.ptr, (size_t)(colon - authority.ptr)} : authority;
+}

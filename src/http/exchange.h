@@ -168,6 +168,10 @@ size_t sl_headers_remove(sl_headers_t *h, sl_str_t name);
 /** The first field named `name`, or NULL. */
 const sl_header_t *sl_headers_find(const sl_headers_t *h, sl_str_t name);
 
+/** The host of a Host / :authority value: without the port, and without the brackets of an
+ *  IPv6 literal ("[::1]:8080" -> "::1"). A slice of `authority`. */
+sl_str_t sl_host_without_port(sl_str_t authority);
+
 /** The value of cookie `name` from the Cookie fields (RFC 6265 §4.2.1: `a=1; b=2`, possibly
  *  over several fields; the first match wins), or an empty slice. Points into `h`'s values. */
 sl_str_t sl_headers_cookie(const sl_headers_t *h, sl_str_t name);

@@ -64,8 +64,7 @@ enum conn_flag {
     CONN_PROCESS_PENDING = 1 << 5, /* a pipelined request waits for the outer conn_process */
     CONN_COUNTED_ACTIVE = 1 << 6,  /* the connections{state="active"} gauge counts it */
     CONN_TLS_READY = 1 << 7,       /* the TLS handshake is done: bytes are HTTP from here */
-    CONN_H2 = 1 << 8,              /* an HTTP/2 session owns the bytes (c->h2) */
-    CONN_H2C_OK = 1 << 9,          /* plain listener with http2: the first bytes may be the h2 preface */
+    CONN_H2C_OK = 1 << 8,          /* plain listener with http2: the first bytes may be the h2 preface */
 };
 
 struct sl_h1_conn {
@@ -729,7 +728,6 @@ static int conn_start_h2(sl_h1_conn_t *c)
         conn_close(c);
         return -1;
     }
-    c->flags |= CONN_H2;
     c->flags &= ~(CONN_H2C_OK | CONN_SAW_BYTES);
     sl_timeq_cancel(&c->timeout); /* the session keeps its own */
     if (c->rbuf != NULL && c->rbuf->len > c->rbuf->off)
@@ -755,20 +753,6 @@ static void h2_feed(sl_h1_conn_t *c)
 }
 
 /* ---- request heads ---------------------------------------------------------------------- */
-
-static sl_str_t host_without_port(sl_str_t authority)
-{
-    if (authority.len == 0)
-        return authority;
-    if (authority.ptr[0] == '[') {
-        const char *end = memchr(authority.ptr, ']', authority.len);
-        if (end)
-            return (sl_str_t){authority.ptr + 1, (size_t)(end - authority.ptr - 1)};
-        return authority;
-    }
-    const char *colon = memchr(authority.ptr, ':', authority.len);
-    return colon ? (sl_str_t){authority.ptr, (size_t)(colon - authority.ptr)} : authority;
-}
 
 static void reply_parse_error(sl_h1_conn_t *c, int err)
 {
@@ -866,7 +850,7 @@ static void conn_process_one(sl_h1_conn_t *c)
     x->path = req.path;
     x->query = req.query;
     x->authority = req.host;
-    x->host = host_without_port(req.host);
+    x->host = sl_host_without_port(req.host);
     x->minor_version = req.minor_version;
     x->req_headers.items = a->parsed;
     x->req_headers.len = req.nheaders;

@@ -74,9 +74,7 @@ struct h2_stream {
     bool closed;      /* nghttp2 closed the stream */
     bool done;        /* the handler finished or aborted: it will not touch the exchange again */
     bool logged;      /* the log phase ran */
-    bool aborted;     /* RST_STREAM sent or received before a complete response */
     bool end_on_wire; /* our END_STREAM was sent */
-    bool submitted;   /* the response head went to nghttp2 */
     bool no_body;     /* HEAD, 1xx, 204, 304: the head ends the stream */
     bool deferred;    /* the data source said DEFERRED: resume when there is more */
     bool in_ready;
@@ -482,7 +480,6 @@ static void stream_abort_exchange(h2_stream_t *st)
     if (st->done)
         return;
     st->done = true;
-    st->aborted = true;
     st->write_cb = NULL;
     if (st->dispatched && st->x.on_abort != NULL) {
         void (*abort_cb)(sl_exchange_t *) = st->x.on_abort;
@@ -499,18 +496,6 @@ static void stream_abort_exchange(h2_stream_t *st)
 }
 
 /* ---- request heads ---------------------------------------------------------------------------- */
-
-static sl_str_t host_without_port(sl_str_t authority)
-{
-    if (authority.len == 0)
-        return authority;
-    if (authority.ptr[0] == '[') {
-        const char *end = memchr(authority.ptr, ']', authority.len);
-        return end ? (sl_str_t){authority.ptr + 1, (size_t)(end - authority.ptr - 1)} : authority;
-    }
-    const char *colon = memchr(authority.ptr, ':', authority.len);
-    return colon ? (sl_str_t){authority.ptr, (size_t)(colon - authority.ptr)} : authority;
-}
 
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
 {
@@ -589,7 +574,7 @@ static void stream_dispatch(h2_stream_t *st)
 {
     sl_exchange_t *x = &st->x;
     st->dispatched = true;
-    x->host = host_without_port(x->authority);
+    x->host = sl_host_without_port(x->authority);
     if (st->req_eos) {
         x->req_body_kind = SL_BODY_NONE;
         x->req_content_length = 0;
@@ -867,9 +852,9 @@ static int h2_send_head(sl_exchange_t *x)
     for (size_t i = 1; i < n && !have_date; i++)
         have_date = nv[i].namelen == 4 && memcmp(nv[i].name, "date", 4) == 0;
     if (!have_date) {
+        /* nghttp2 copies the fields at submit: the worker's cached date needs no copy. */
         sl_str_t d = sl_worker_http_date(s->hw->w);
-        char *copy = sl_arena_strndup(&x->arena, d.ptr, d.len);
-        nv[n++] = make_nv("date", 4, copy, d.len);
+        nv[n++] = make_nv("date", 4, d.ptr, d.len);
     }
     if (!bodiless_status && (x->resp_body_kind == SL_BODY_LENGTH || x->resp_body_kind == SL_BODY_NONE)) {
         char *cl = sl_arena_alloc(&x->arena, 24);
@@ -894,7 +879,6 @@ static int h2_send_head(sl_exchange_t *x)
         sl_log_debug("h2: submit_response: %s", nghttp2_strerror(rv));
         return SL_EINVALID;
     }
-    st->submitted = true;
     session_kick(s);
     return 0;
 }
@@ -962,7 +946,6 @@ static void h2_abort(sl_exchange_t *x)
         return; /* already being aborted: the caller releases it */
     st->x.on_abort = NULL;
     st->done = true;
-    st->aborted = true;
     st->write_cb = NULL;
     stream_log(st);
     if (st->closed) {

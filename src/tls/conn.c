@@ -469,6 +469,18 @@ const char *sl_tls_conn_error(const sl_tls_conn_t *t, char *buf, size_t len)
     return buf;
 }
 
+const char *sl_tls_handshake_failure(const sl_tls_conn_t *t, int status, char *buf, size_t len)
+{
+    char why[128];
+    if (status == SL_EINVALID)
+        snprintf(buf, len, "tls: %s", sl_tls_conn_error(t, why, sizeof(why)));
+    else if (status == UV_EOF)
+        snprintf(buf, len, "tls: connection closed during the handshake");
+    else
+        snprintf(buf, len, "tls: %s during the handshake", uv_strerror(status));
+    return buf;
+}
+
 void sl_tls_session_free(struct ssl_session_st *s)
 {
     SSL_SESSION_free(s);

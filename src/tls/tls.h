@@ -280,6 +280,10 @@ void sl_tls_upstream_conn_create(const sl_tls_client_ctx_t *ctx, uv_stream_t *st
  *  local issuer certificate", "tlsv13 alert certificate required", ... Writes at most `len`
  *  bytes (NUL included) into `buf` and returns it. */
 const char *sl_tls_conn_error(const sl_tls_conn_t *t, char *buf, size_t len);
+/** The detail of a failed client handshake for logs and health results, from its status:
+ *  SL_EINVALID ("tls: " + sl_tls_conn_error), UV_EOF (closed during the handshake) or another
+ *  libuv error. Writes at most `len` bytes (NUL included) into `buf` and returns it. */
+const char *sl_tls_handshake_failure(const sl_tls_conn_t *t, int status, char *buf, size_t len);
 /** Drops a session reference (NULL is ignored). */
 void sl_tls_session_free(struct ssl_session_st *s);
 

@@ -231,14 +231,8 @@ static void on_probe_write(uv_write_t *w, int status);
 
 static void probe_tls_failed(probe_t *p, int err)
 {
-    char why[100], reason[RESULT_MAX];
-    if (err == SL_EINVALID)
-        snprintf(reason, sizeof(reason), "tls: %s", sl_tls_conn_error(p->tls, why, sizeof(why)));
-    else if (err == UV_EOF)
-        snprintf(reason, sizeof(reason), "tls: connection closed during the handshake");
-    else
-        snprintf(reason, sizeof(reason), "tls: %s during the handshake", uv_strerror(err));
-    probe_finish(p, false, reason);
+    char reason[RESULT_MAX];
+    probe_finish(p, false, sl_tls_handshake_failure(p->tls, err, reason, sizeof(reason)));
 }
 
 /* Ciphertext arrived: the handshake (then the request), or response bytes into rbuf. */

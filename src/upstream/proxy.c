@@ -1111,16 +1111,8 @@ void sl__proxy_on_upstream_handshake(sl_upconn_t *c, int status)
         return;
     if (status < 0) {
         /* The detail is the log's (never the client's): which check failed, or how it ended. */
-        sl_exchange_t *x = px->x;
-        char *detail = sl_arena_alloc(&x->arena, 160);
-        if (status == SL_EINVALID) {
-            char why[128];
-            snprintf(detail, 160, "tls: %s", sl_tls_conn_error(c->tls, why, sizeof(why)));
-        } else if (status == UV_EOF) {
-            snprintf(detail, 160, "tls: connection closed during the handshake");
-        } else {
-            snprintf(detail, 160, "tls: %s during the handshake", uv_strerror(status));
-        }
+        char *detail = sl_arena_alloc(&px->x->arena, 160);
+        sl_tls_handshake_failure(c->tls, status, detail, 160);
         /* One line per target and change, not per request: every worker may see it at once. */
         if (!atomic_exchange_explicit(&px->target->tls_failing, true, memory_order_relaxed))
             sl_log_warn("upstream %.*s target %.*s: %s (logged again after a handshake succeeds)",
@@ -1514,8 +1506,8 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
         px->state == PX_AWAIT_HEAD) {
         /* A TLS alert in place of the first response: the server refused the session after the
          * handshake (TLS 1.3 checks the client certificate then), so nothing was served. */
-        char *detail = sl_arena_alloc(&px->x->arena, 160), why[128];
-        snprintf(detail, 160, "tls: %s", sl_tls_conn_error(c->tls, why, sizeof(why)));
+        char *detail = sl_arena_alloc(&px->x->arena, 160);
+        sl_tls_handshake_failure(c->tls, SL_EINVALID, detail, 160);
         try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, detail, SL_RETRY_ON_CONNECT_FAILURE);
         return;
     }

@@ -278,6 +278,19 @@ def test_bodies_over_max_body_bytes_get_413(env):
     assert not [q for q in up.wait_requests(1) if q.path == "/declared"]
 
 
+def test_stalled_upload_gets_408_and_the_connection_goes_on(env):
+    up = env.backend(digest_of_body, name="up")
+    gw = env.gateway(routes=[{"name": "p", "match": {"path_prefix": "/"}, "upstream": "up"}],
+                     upstreams={"up": harness.upstream(up)}, timeouts={"client_body": "1s"})
+    with H2Client(gw.port) as c:
+        sid = c.start("POST", "/stalled", body=b"x" * 1000, end=False)  # never ends the stream
+        (st,) = c.wait([sid], timeout=10)
+        assert st["status"] == 408 and hdr(st, "sluice-error") == "client_timeout", st
+        # the other streams of the connection are not affected
+        st = c.request("POST", "/after", body=b"y" * 5000)
+        assert st["status"] == 200 and json.loads(st["body"])["len"] == 5000
+
+
 def test_client_reset_drops_the_upstream_request_and_logs_499(env):
     started = threading.Event()
 
