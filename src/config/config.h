@@ -74,6 +74,12 @@ typedef struct sl_target_conf {
     sl_config_pos_t pos;
 } sl_target_conf_t;
 
+/* `protocol`: how the proxy speaks to an upstream's targets (docs/grpc.md). */
+enum sl_upstream_protocol {
+    SL_UPSTREAM_HTTP1 = 1, /* HTTP/1.1, one request per connection at a time (default) */
+    SL_UPSTREAM_H2,        /* HTTP/2: h2c prior knowledge, or ALPN h2 over tls; streams multiplexed */
+};
+
 enum sl_balance {
     SL_BALANCE_ROUND_ROBIN = 1,
     SL_BALANCE_LEAST_CONN,
@@ -106,6 +112,7 @@ typedef struct sl_upstream_conf {
     sl_str_t name;
     sl_target_conf_t *targets;
     size_t ntargets;
+    enum sl_upstream_protocol protocol; /* default http1 */
     enum sl_balance balance;            /* default round_robin */
     enum sl_hash_on hash_on;            /* set (default ip) exactly when balance is hash */
     sl_str_t hash_on_name;              /* header or cookie name of `header:NAME` / `cookie:NAME`; NUL-terminated */

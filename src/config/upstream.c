@@ -221,6 +221,7 @@ static void tls_build(sl__config_ctx_t *ctx, sl_upstream_conf_t *up)
         .client_cert = up->tls.client_cert.len ? cert : NULL,
         .client_key = up->tls.client_cert.len ? key : NULL,
         .min_version = (enum sl_tls_version)up->tls.min_version,
+        .alpn_h2 = up->protocol == SL_UPSTREAM_H2,
     };
     enum sl_tls_client_part part;
     if (sl_tls_client_ctx_create(&o, &up->tls.ctx, &part, msg, sizeof(msg)) != 0) {
@@ -283,6 +284,12 @@ static const sl__config_enum_t balances[] = {
     {"least_conn", SL_BALANCE_LEAST_CONN, false},
     {"hash", SL_BALANCE_HASH, false},
     {"p2c_ewma", SL_BALANCE_P2C_EWMA, false},
+    {NULL, 0, false},
+};
+
+static const sl__config_enum_t protocols[] = {
+    {"http1", SL_UPSTREAM_HTTP1, false},
+    {"h2", SL_UPSTREAM_H2, false},
     {NULL, 0, false},
 };
 
@@ -371,6 +378,13 @@ static void upstream_check(sl__config_ctx_t *ctx, const sl__config_node_t *map, 
                          balance_name(up->balance));
     if (up->balance == SL_BALANCE_HASH && up->hash_on == SL_HASH_ON_NONE)
         up->hash_on = SL_HASH_ON_IP;
+    /* Probes are HTTP/1.1 requests, which an h2-only server (gRPC) does not answer: they would
+     * mark every target down. Passive health and the circuit breaker see h2 traffic. */
+    if (up->protocol == SL_UPSTREAM_H2 && up->health_active.enabled)
+        sl__config_error(ctx, sl__config_node_map_key(map, "health"),
+                         "health.active is not supported with protocol: h2 (probes speak HTTP/1.1); use "
+                         "health.passive and circuit_breaker for upstream %s",
+                         sl__config_quote(q, sizeof(q), up->name));
     if (clean)
         https_targets(ctx, map, up);
     if (clean && up->tls.enabled)
@@ -803,6 +817,11 @@ static const sl__config_key_t upstream_keys[] = {
      .dflt = "round_robin",
      .enums = balances},
     {.name = "hash_on", .type = SL__CT_CUSTOM, .parse = parse_hash_on},
+    {.name = "protocol",
+     .type = SL__CT_ENUM,
+     .offset = offsetof(sl_upstream_conf_t, protocol),
+     .dflt = "http1",
+     .enums = protocols},
     {.name = "timeouts", .type = SL__CT_SECTION, .section = &upstream_timeouts_section},
     {.name = "keepalive", .type = SL__CT_SECTION, .section = &keepalive_section},
     {.name = "dns_refresh",

@@ -54,3 +54,50 @@ const char *sl_failure_name(enum sl_failure f)
                                                          "rate_limit", "latency",      "resources"};
     return (unsigned)f < SL_FAILURE__COUNT ? names[f] : "";
 }
+
+int sl_cause_grpc_status(enum sl_cause c)
+{
+    enum {
+        UNKNOWN = 2,
+        DEADLINE_EXCEEDED = 4,
+        PERMISSION_DENIED = 7,
+        RESOURCE_EXHAUSTED = 8,
+        UNIMPLEMENTED = 12,
+        INTERNAL = 13,
+        UNAVAILABLE = 14,
+        UNAUTHENTICATED = 16
+    };
+    switch (c) {
+    case SL_CAUSE_AUTH_MISSING:
+    case SL_CAUSE_AUTH_INVALID:
+    case SL_CAUSE_AUTH_EXPIRED:
+        return UNAUTHENTICATED;
+    case SL_CAUSE_FORBIDDEN:
+        return PERMISSION_DENIED;
+    case SL_CAUSE_ROUTE_NOT_FOUND:
+    case SL_CAUSE_METHOD_NOT_ALLOWED:
+        return UNIMPLEMENTED;
+    case SL_CAUSE_CLIENT_TIMEOUT:
+    case SL_CAUSE_UPSTREAM_TIMEOUT:
+        return DEADLINE_EXCEEDED;
+    case SL_CAUSE_REQUEST_TOO_LARGE:
+    case SL_CAUSE_URI_TOO_LONG:
+    case SL_CAUSE_HEADER_TOO_LARGE:
+    case SL_CAUSE_RATE_LIMITED:
+    case SL_CAUSE_QUOTA_EXCEEDED:
+        return RESOURCE_EXHAUSTED;
+    case SL_CAUSE_UPSTREAM_CONNECT_FAILED:
+    case SL_CAUSE_UPSTREAM_RESET:
+    case SL_CAUSE_NO_HEALTHY_UPSTREAM:
+    case SL_CAUSE_CIRCUIT_OPEN:
+    case SL_CAUSE_UPSTREAM_OVERLOADED:
+    case SL_CAUSE_GATEWAY_OVERLOADED:
+        return UNAVAILABLE;
+    case SL_CAUSE_BAD_REQUEST:
+    case SL_CAUSE_UPSTREAM_BAD_RESPONSE:
+    case SL_CAUSE_INTERNAL_ERROR:
+        return INTERNAL;
+    default:
+        return UNKNOWN;
+    }
+}

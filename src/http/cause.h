@@ -58,4 +58,10 @@ typedef struct sl_cause_info {
 const sl_cause_info_t *sl_cause_info(enum sl_cause c);
 const char *sl_failure_name(enum sl_failure f);
 
+/** The gRPC status code (grpc/doc/statuscodes.md) a gateway error with cause `c` is reported
+ *  as to a gRPC client (docs/grpc.md): UNAVAILABLE for connectivity, DEADLINE_EXCEEDED for
+ *  timeouts, UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED (no route), RESOURCE_EXHAUSTED
+ *  (limits and sizes), INTERNAL otherwise. */
+int sl_cause_grpc_status(enum sl_cause c);
+
 #endif

@@ -130,6 +130,10 @@ struct sl_exchange {
     sl_headers_t resp_headers;
     enum sl_body_kind resp_body_kind;
     uint64_t resp_content_length;
+    /* Trailer fields, sent by finish after the body (gRPC's grpc-status): HTTP/2 a trailing
+     * HEADERS frame; HTTP/1.1 the last chunk of a chunked response (dropped when the body has a
+     * Content-Length or none). Set before finish; slices live in the arena. */
+    sl_headers_t resp_trailers;
     bool head_sent;
     enum sl_cause cause;
     const char *cause_detail; /* static text for the log, e.g. "connection refused" */

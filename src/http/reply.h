@@ -12,8 +12,15 @@
 /** Answers `x` with `status`, `content_type` and `body` (copied into the arena), then finishes. */
 void sl_reply(sl_exchange_t *x, int status, sl_str_t content_type, sl_str_t body);
 
-/** Answers with the error body for `cause`; `message` NULL uses the cause's default sentence. */
+/** Answers with the error body for `cause`; `message` NULL uses the cause's default sentence.
+ *  A gRPC request (sl_exchange_is_grpc) gets a trailers-only response instead: status 200,
+ *  `grpc-status` from sl_cause_grpc_status, `grpc-message: <cause>: <sentence>`
+ *  (percent-encoded), and the same Sluice-Error field (docs/grpc.md). */
 void sl_reply_error(sl_exchange_t *x, enum sl_cause cause, const char *message);
+
+/** True when the request is gRPC: its Content-Type is application/grpc or application/grpc+X
+ *  or ;params (not gRPC-Web, whose errors are ordinary responses). */
+bool sl_exchange_is_grpc(const sl_exchange_t *x);
 
 /** Appends `s` to `out` as a JSON string body (without quotes), escaping as RFC 8259 says.
  *  `out` must have room for 6 * s.len bytes; returns the bytes written. */

@@ -1329,6 +1329,26 @@ static void finish_written(sl_h1_conn_t *c)
     exchange_end(c);
 }
 
+/* "0", the trailer fields, and the empty line (RFC 9112 §7.1.2), in the arena. Fields that
+ * cannot be trailers (framing, routing, auth: RFC 9110 §6.5.1) were never put there. */
+static uv_buf_t last_chunk_with_trailers(sl_exchange_t *x)
+{
+    size_t size = 7;
+    for (size_t i = 0; i < x->resp_trailers.len; i++)
+        size += x->resp_trailers.items[i].name.len + x->resp_trailers.items[i].value.len + 4;
+    char *buf = sl_arena_alloc(&x->arena, size), *p = buf;
+    p = sl_put(p, "0\r\n", 3);
+    for (size_t i = 0; i < x->resp_trailers.len; i++) {
+        const sl_header_t *h = &x->resp_trailers.items[i];
+        p = sl_put(p, h->name.ptr, h->name.len);
+        p = sl_put(p, ": ", 2);
+        p = sl_put(p, h->value.ptr, h->value.len);
+        p = sl_put(p, "\r\n", 2);
+    }
+    p = sl_put(p, "\r\n", 2);
+    return uv_buf_init(buf, (unsigned)(p - buf));
+}
+
 static void h1_finish(sl_exchange_t *x)
 {
     sl_h1_active_t *a = x->down_ctx;
@@ -1343,8 +1363,12 @@ static void h1_finish(sl_exchange_t *x)
         a->iov[n++] = uv_buf_init(a->head, (unsigned)a->head_len);
         a->head_pending = false;
     }
-    if (a->resp_chunked && !a->resp_no_body)
-        a->iov[n++] = uv_buf_init("0\r\n\r\n", 5);
+    if (a->resp_chunked && !a->resp_no_body) {
+        if (x->resp_trailers.len == 0)
+            a->iov[n++] = uv_buf_init("0\r\n\r\n", 5);
+        else
+            a->iov[n++] = last_chunk_with_trailers(x);
+    }
     a->finished = true; /* no abort from here on: only the write remains */
     if (n == 0) {
         finish_written(c);

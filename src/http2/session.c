@@ -756,6 +756,39 @@ static bool is_connection_specific(sl_str_t name)
     return false;
 }
 
+static void lower_copy(char *dst, sl_str_t s)
+{
+    for (size_t i = 0; i < s.len; i++)
+        dst[i] = sl_ascii_lower(s.ptr[i]);
+}
+
+static nghttp2_nv make_nv(const char *n, size_t nlen, const char *v, size_t vlen)
+{
+    return (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, nlen, vlen, NGHTTP2_NV_FLAG_NONE};
+}
+
+/* The last DATA frame: END_STREAM on it, or on the trailing HEADERS frame when the handler
+ * set trailers (nghttp2 lets the data source submit them here). */
+static void body_end(h2_stream_t *st, uint32_t *data_flags)
+{
+    *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    sl_exchange_t *x = &st->x;
+    if (x->resp_trailers.len == 0)
+        return;
+    nghttp2_nv *nv = sl_arena_alloc(&x->arena, x->resp_trailers.len * sizeof(*nv));
+    size_t n = 0;
+    for (size_t i = 0; i < x->resp_trailers.len; i++) {
+        const sl_header_t *h = &x->resp_trailers.items[i];
+        if (is_connection_specific(h->name) || h->name.len == 0)
+            continue;
+        char *name = sl_arena_alloc(&x->arena, h->name.len);
+        lower_copy(name, h->name);
+        nv[n++] = make_nv(name, h->name.len, h->value.ptr, h->value.len);
+    }
+    if (n > 0 && nghttp2_submit_trailer(st->s->ng, st->id, nv, n) == 0)
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+}
+
 static ssize_t on_data_source_read(nghttp2_session *ng, int32_t stream_id, uint8_t *buf, size_t length,
                                    uint32_t *data_flags, nghttp2_data_source *source, void *user)
 {
@@ -789,26 +822,15 @@ static ssize_t on_data_source_read(nghttp2_session *ng, int32_t stream_id, uint8
     st->x.bytes_out += copied;
     if (copied == 0 && st->nparts == 0) {
         if (st->done) {
-            *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+            body_end(st, data_flags);
             return 0;
         }
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
     }
     if (st->done && st->nparts == 0)
-        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        body_end(st, data_flags);
     return (ssize_t)copied;
-}
-
-static void lower_copy(char *dst, sl_str_t s)
-{
-    for (size_t i = 0; i < s.len; i++)
-        dst[i] = sl_ascii_lower(s.ptr[i]);
-}
-
-static nghttp2_nv make_nv(const char *n, size_t nlen, const char *v, size_t vlen)
-{
-    return (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, nlen, vlen, NGHTTP2_NV_FLAG_NONE};
 }
 
 /* The fields of the response head (or a 1xx), lower-cased into the arena, without the

@@ -173,8 +173,11 @@ int sl_tls_client_ctx_create(const sl_tls_client_options_t *o, sl_tls_client_ctx
     SSL_CTX_set_min_proto_version(ssl, o->min_version == SL_TLS_V1_3 ? TLS1_3_VERSION : TLS1_2_VERSION);
     /* No renegotiation: a server-initiated one would need writes from the read path. */
     SSL_CTX_set_options(ssl, SSL_OP_NO_RENEGOTIATION);
-    static const unsigned char alpn[] = "\x08http/1.1";
-    SSL_CTX_set_alpn_protos(ssl, alpn, sizeof(alpn) - 1);
+    static const unsigned char alpn_h1[] = "\x08http/1.1", alpn_h2[] = "\x02h2";
+    if (o->alpn_h2)
+        SSL_CTX_set_alpn_protos(ssl, alpn_h2, sizeof(alpn_h2) - 1);
+    else
+        SSL_CTX_set_alpn_protos(ssl, alpn_h1, sizeof(alpn_h1) - 1);
     /* Sessions are handed to the pool of the connection (sl__tls_upstream_new_session), never
      * looked up by OpenSSL: a client cache keyed by nothing would mix servers. */
     SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
@@ -182,7 +185,7 @@ int sl_tls_client_ctx_create(const sl_tls_client_options_t *o, sl_tls_client_ctx
     SSL_CTX_set_default_passwd_cb(ssl, no_passphrase);
 
     uint64_t id = 0xcbf29ce484222325ull;
-    unsigned char flags[2] = {o->verify ? 1 : 0, o->min_version == SL_TLS_V1_3 ? 13 : 12};
+    unsigned char flags[3] = {o->verify ? 1 : 0, o->min_version == SL_TLS_V1_3 ? 13 : 12, o->alpn_h2 ? 2 : 1};
     id = fnv(id, flags, sizeof(flags));
     char *pem;
     size_t len;

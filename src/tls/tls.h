@@ -242,6 +242,7 @@ typedef struct sl_tls_client_options {
     const char *client_cert;         /* PEM chain, leaf first; NULL: no client certificate */
     const char *client_key;          /* PEM key of client_cert; set exactly when client_cert is */
     enum sl_tls_version min_version; /* 0: TLS 1.2 */
+    bool alpn_h2;                    /* offer ALPN h2 alone (upstream `protocol: h2`), not http/1.1 */
 } sl_tls_client_options_t;
 
 /**

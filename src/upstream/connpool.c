@@ -28,6 +28,7 @@ struct sl_connpool {
      * the pool keeps up to that many, so a burst's connections survive its own ebb. */
     uint32_t peak_cur, peak_prev;
     uint64_t window_end;
+    void *mux; /* HTTP/2 connections (h2up.c) */
 };
 
 struct sl_upstream_worker {
@@ -35,7 +36,36 @@ struct sl_upstream_worker {
     size_t npools, cap;
     sl_timeq_entry_t *tick; /* the proxy's resilience tick; first member of its object */
     void (*tick_free)(void *);
+    sl_buf_pool_t h2_bufs; /* H2UP_BUF bytes each: h2 stream windows and output */
 };
+
+/* An h2 stream's receive window and an h2 connection's gathered output (h2up.c). */
+#define H2UP_BUF (64 * 1024)
+
+void **sl__connpool_mux(sl_connpool_t *p)
+{
+    return &p->mux;
+}
+
+sl_buf_pool_t *sl__connpool_h2_bufs(sl_worker_t *w)
+{
+    return &w->up->h2_bufs;
+}
+
+sl_worker_t *sl__connpool_worker(sl_connpool_t *p)
+{
+    return p->worker;
+}
+
+size_t sl__connpool_count(sl_worker_t *w)
+{
+    return w->up == NULL ? 0 : w->up->npools;
+}
+
+sl_connpool_t *sl__connpool_at(sl_worker_t *w, size_t i)
+{
+    return w->up->pools[i];
+}
 
 void sl__connpool_worker_set_tick(struct sl_upstream_worker *uw, void *tick, void (*tick_free)(void *))
 {
@@ -48,10 +78,31 @@ void sl__connpool_worker_set_tick(struct sl_upstream_worker *uw, void *tick, voi
 void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread);
 /* ... and the end of a TLS handshake (proxy.c). */
 void sl__proxy_on_upstream_handshake(sl_upconn_t *c, int status);
+/* HTTP/2 connections have their own (h2up.c). */
+void sl__h2up_on_read(sl_upconn_t *c, ssize_t nread);
+void sl__h2up_on_handshake(sl_upconn_t *c, int status);
+
+static void deliver_read(sl_upconn_t *c, ssize_t nread)
+{
+    if (c->mux)
+        sl__h2up_on_read(c, nread);
+    else
+        sl__proxy_on_upstream_read(c, nread);
+}
+
+static void deliver_handshake(sl_upconn_t *c, int status)
+{
+    if (c->mux)
+        sl__h2up_on_handshake(c, status);
+    else
+        sl__proxy_on_upstream_handshake(c, status);
+}
 
 struct sl_upstream_worker *sl__connpool_worker_create(void)
 {
-    return sl_xcalloc(1, sizeof(struct sl_upstream_worker));
+    struct sl_upstream_worker *uw = sl_xcalloc(1, sizeof(struct sl_upstream_worker));
+    sl_buf_pool_init(&uw->h2_bufs, H2UP_BUF, 64);
+    return uw;
 }
 
 void sl__connpool_worker_destroy(struct sl_upstream_worker *uw)
@@ -64,6 +115,7 @@ void sl__connpool_worker_destroy(struct sl_upstream_worker *uw)
         free(uw->pools[i]);
     }
     free(uw->pools);
+    sl_buf_pool_dispose(&uw->h2_bufs);
     if (uw->tick != NULL) {
         sl_timeq_cancel(uw->tick);
         uw->tick_free(uw->tick);
@@ -318,14 +370,14 @@ static void tls_on_read(sl_upconn_t *c, const char *p, size_t n)
         /* Our next flight, or the alert explaining a failure. */
         int f = sl_tls_conn_flush(c->tls);
         if (r < 0 || f < 0) {
-            sl__proxy_on_upstream_handshake(c, r < 0 ? r : f);
+            deliver_handshake(c, r < 0 ? r : f);
             return;
         }
         if (r == 0)
             return;
         c->tls_ready = true;
         void *user = c->user;
-        sl__proxy_on_upstream_handshake(c, 0);
+        deliver_handshake(c, 0);
         if (c->closing || c->user != user)
             return;
     }
@@ -334,14 +386,14 @@ static void tls_on_read(sl_upconn_t *c, const char *p, size_t n)
         ssize_t added = sl_upconn_fill(c);
         if (added == 0) {
             if (sl_tls_conn_has_input(c->tls) && c->rbuf != NULL && c->rbuf->len == c->rbuf->cap)
-                sl__proxy_on_upstream_read(c, UV_ENOBUFS); /* the proxy stops reading */
+                deliver_read(c, UV_ENOBUFS); /* the proxy stops reading */
             return;
         }
         if (added < 0) {
-            sl__proxy_on_upstream_read(c, added == SL_ECLOSED ? UV_EOF : UV_EPROTO);
+            deliver_read(c, added == SL_ECLOSED ? UV_EOF : UV_EPROTO);
             return;
         }
-        sl__proxy_on_upstream_read(c, added);
+        deliver_read(c, added);
         if (c->closing)
             return;
         if (c->user == NULL) {
@@ -377,15 +429,15 @@ void sl__connpool_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         if (!c->tls_ready) {
-            sl__proxy_on_upstream_handshake(c, (int)nread);
+            deliver_handshake(c, (int)nread);
             return;
         }
-        sl__proxy_on_upstream_read(c, nread);
+        deliver_read(c, nread);
         return;
     }
     if (nread > 0)
         c->rbuf->len += (size_t)nread;
-    sl__proxy_on_upstream_read(c, nread);
+    deliver_read(c, nread);
 }
 
 /* ---- TLS ----------------------------------------------------------------------------------- */

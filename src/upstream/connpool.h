@@ -47,6 +47,7 @@ struct sl_upconn {
     bool pinned;    /* rbuf bytes are being written to the client: do not compact */
     bool tls_ready; /* the handshake is done */
     bool tls_eof;   /* the server sent close_notify */
+    bool mux;       /* an HTTP/2 connection (h2up.h): `user` is its session, reads go there */
 };
 
 /**
@@ -103,6 +104,14 @@ int sl_upconn_shutdown(sl_upconn_t *c);
 
 /** Closes every idle connection of the worker. */
 void sl_connpool_close_idle(sl_worker_t *w);
+
+/* For h2up.c: the pool's list of HTTP/2 connections (owned by h2up.c), the worker's 64 KiB
+ * buffers for h2 streams and output, and the worker's pools in creation order. */
+void **sl__connpool_mux(sl_connpool_t *p);
+sl_buf_pool_t *sl__connpool_h2_bufs(sl_worker_t *w);
+sl_worker_t *sl__connpool_worker(sl_connpool_t *p);
+size_t sl__connpool_count(sl_worker_t *w);
+sl_connpool_t *sl__connpool_at(sl_worker_t *w, size_t i);
 
 struct sl_upstream_worker;
 struct sl_upstream_worker *sl__connpool_worker_create(void);

@@ -35,6 +35,7 @@
 #include "upstream/outlier.h"
 #include "upstream/split.h"
 #include "upstream/connpool.h"
+#include "upstream/h2up.h"
 
 void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 void sl__connpool_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -413,6 +414,7 @@ void sl_upstream_worker_init(sl_worker_t *w)
 
 void sl_upstream_worker_close_idle(sl_worker_t *w)
 {
+    sl_h2up_close_idle(w);
     sl_connpool_close_idle(w);
 }
 
@@ -491,6 +493,16 @@ typedef struct proxy {
     bool client_eof;         /* the client half-closed ... */
     bool up_shut;            /* ... and the upstream was told so (SHUT_WR) */
     bool down_shut;          /* the upstream's EOF was passed on to the client */
+    /* HTTP/2 upstream (`protocol: h2`, docs/grpc.md): a stream instead of a connection */
+    bool h2;            /* the upstream speaks h2: tries run as streams */
+    bool h2_active;     /* h2s was submitted and sl_h2up_stream_end not called yet */
+    bool h2_eos;        /* the upstream's response is complete */
+    bool h2_body_wait;  /* the request body starts once the connection is up */
+    bool grpc_deadline; /* the route timeout was shortened by grpc-timeout */
+    size_t h2_inflight; /* bytes of h2s.body being written to the client */
+    sl_buf_t *h2_held;  /* the stream's buffer while a failed exchange's write is still out */
+    sl_h2up_request_t h2req;
+    sl_h2up_stream_t h2s;
 } proxy_t;
 
 static void proxy_connect(proxy_t *px);
@@ -521,8 +533,23 @@ static uint64_t try_timeout_ms(const proxy_t *px)
     return per_try ? per_try : px->up->conf->read_timeout_ms;
 }
 
+/* The h2 stream is reset if still open (nghttp2 forgets it: it lives in the arena); a slice of
+ * its buffer being written to the client stays ours until that write ends. */
+static void h2_drop(proxy_t *px)
+{
+    if (!px->h2_active)
+        return;
+    px->h2_active = false;
+    if (px->client_writing) {
+        px->h2_held = px->h2s.body;
+        px->h2s.body = NULL;
+    }
+    sl_h2up_stream_end(&px->h2s);
+}
+
 static void conn_drop(proxy_t *px)
 {
+    h2_drop(px);
     if (px->conn != NULL) {
         px->conn->pinned = false;
         sl_upconn_close(px->conn);
@@ -532,6 +559,14 @@ static void conn_drop(proxy_t *px)
 
 /* An unfinished fill is dropped (upstream failed mid-body, client left) and the coalescing lock
  * released, so waiters look again and go upstream themselves. */
+static void h2_held_release(proxy_t *px)
+{
+    if (px->h2_held != NULL) {
+        sl_buf_put(sl__connpool_h2_bufs(px->x->worker), px->h2_held);
+        px->h2_held = NULL;
+    }
+}
+
 static void cache_abandon(proxy_t *px)
 {
     if (px->fill != NULL) {
@@ -558,6 +593,7 @@ static void proxy_cleanup(proxy_t *px)
         px->counted = false;
         atomic_fetch_sub_explicit(&px->up->states[px->target - px->up->targets].inflight, 1, memory_order_relaxed);
     }
+    h2_drop(px);
     sl_timeq_cancel(&px->phase_timeout);
     sl_timeq_cancel(&px->route_timeout);
     px->state = PX_DONE;
@@ -632,11 +668,9 @@ static void retry(proxy_t *px, const char *detail)
     upstream_rt_t *up = px->up;
     sl_log_debug("upstream %.*s: retrying after %s on %.*s", SL_STR_FMT(up->conf->name), detail,
                  SL_STR_FMT(px->target->conf->address));
-    if (px->conn != NULL) {
-        px->conn->pinned = false;
-        sl_upconn_close(px->conn);
-        px->conn = NULL;
-    }
+    conn_drop(px);
+    px->h2_eos = px->h2_body_wait = false;
+    px->h2_inflight = 0;
     sl_timeq_cancel(&px->phase_timeout);
     target_rt_t *failed = px->target, *next = NULL;
     for (int i = 0; i < 4 && (next == NULL || (next == failed && up->ntargets > 1)); i++)
@@ -733,13 +767,14 @@ static void proxy_on_abort(sl_exchange_t *x)
 {
     proxy_t *px = x->handler_data;
     conn_drop(px);
+    h2_held_release(px); /* the codec is done with every slice */
     proxy_cleanup(px);
 }
 
 static void on_route_timeout(sl_timeq_entry_t *e)
 {
     proxy_t *px = SL_CONTAINER_OF(e, proxy_t, route_timeout);
-    proxy_fail(px, SL_CAUSE_UPSTREAM_TIMEOUT, "route timeout");
+    proxy_fail(px, SL_CAUSE_UPSTREAM_TIMEOUT, px->grpc_deadline ? "grpc-timeout passed" : "route timeout");
 }
 
 static void on_connect_timeout(sl_timeq_entry_t *e)
@@ -822,6 +857,47 @@ static bool is_replaced_request_header(sl_str_t name)
            sl_str_caseeq(name, SL_STR_LIT("Forwarded")) || sl_str_caseeq(name, SL_STR_LIT("traceparent"));
 }
 
+/* X-Forwarded-For's value: every earlier hop's list (all fields, in order) plus this client.
+ * `any`: the request has such a field. */
+static char *put_xff(char *p, const sl_exchange_t *x, bool any)
+{
+    const sl_headers_t *h = &x->req_headers;
+    for (size_t i = 0; any && i < h->len; i++)
+        if (sl_str_caseeq(h->items[i].name, SL_STR_LIT("X-Forwarded-For")) && h->items[i].value.len) {
+            p = sl_put(p, h->items[i].value.ptr, h->items[i].value.len);
+            p = sl_put(p, ", ", 2);
+        }
+    return sl_put(p, x->client_ip, strlen(x->client_ip));
+}
+
+/* Forwarded's value (RFC 7239): earlier elements kept, ours appended; IPv6 quoted in brackets. */
+static char *put_forwarded(char *p, const sl_exchange_t *x, bool any)
+{
+    const sl_headers_t *h = &x->req_headers;
+    for (size_t i = 0; any && i < h->len; i++)
+        if (sl_str_caseeq(h->items[i].name, SL_STR_LIT("Forwarded")) && h->items[i].value.len) {
+            p = sl_put(p, h->items[i].value.ptr, h->items[i].value.len);
+            p = sl_put(p, ", ", 2);
+        }
+    size_t iplen = strlen(x->client_ip);
+    if (memchr(x->client_ip, ':', iplen) != NULL) {
+        p = sl_put(p, "for=\"[", 6);
+        p = sl_put(p, x->client_ip, iplen);
+        p = sl_put(p, "]\";proto=", 9);
+    } else {
+        p = sl_put(p, "for=", 4);
+        p = sl_put(p, x->client_ip, iplen);
+        p = sl_put(p, ";proto=", 7);
+    }
+    p = x->client_tls ? sl_put(p, "https", 5) : sl_put(p, "http", 4);
+    if (x->authority.len) {
+        p = sl_put(p, ";host=\"", 7);
+        p = sl_put(p, x->authority.ptr, x->authority.len);
+        *p++ = '"';
+    }
+    return p;
+}
+
 static int build_request_head(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
@@ -890,14 +966,8 @@ static int build_request_head(proxy_t *px)
         p = sl_put(p, host.ptr, host.len);
         p = sl_put(p, "\r\n", 2);
     }
-    /* X-Forwarded-For: every earlier hop's list (all fields, in order) plus this client. */
     p = sl_put(p, "X-Forwarded-For: ", 17);
-    for (size_t i = 0; xff != NULL && i < h->len; i++)
-        if (sl_str_caseeq(h->items[i].name, SL_STR_LIT("X-Forwarded-For")) && h->items[i].value.len) {
-            p = sl_put(p, h->items[i].value.ptr, h->items[i].value.len);
-            p = sl_put(p, ", ", 2);
-        }
-    p = sl_put(p, x->client_ip, strlen(x->client_ip));
+    p = put_xff(p, x, xff != NULL);
     p = x->client_tls ? sl_put(p, "\r\nX-Forwarded-Proto: https\r\n", 28)
                       : sl_put(p, "\r\nX-Forwarded-Proto: http\r\n", 27);
     if (x->authority.len) {
@@ -905,29 +975,8 @@ static int build_request_head(proxy_t *px)
         p = sl_put(p, x->authority.ptr, x->authority.len);
         p = sl_put(p, "\r\n", 2);
     }
-    /* Forwarded (RFC 7239): earlier elements kept, ours appended; IPv6 quoted in brackets. */
     p = sl_put(p, "Forwarded: ", 11);
-    for (size_t i = 0; fwd != NULL && i < h->len; i++)
-        if (sl_str_caseeq(h->items[i].name, SL_STR_LIT("Forwarded")) && h->items[i].value.len) {
-            p = sl_put(p, h->items[i].value.ptr, h->items[i].value.len);
-            p = sl_put(p, ", ", 2);
-        }
-    size_t iplen = strlen(x->client_ip);
-    if (memchr(x->client_ip, ':', iplen) != NULL) {
-        p = sl_put(p, "for=\"[", 6);
-        p = sl_put(p, x->client_ip, iplen);
-        p = sl_put(p, "]\";proto=", 9);
-    } else {
-        p = sl_put(p, "for=", 4);
-        p = sl_put(p, x->client_ip, iplen);
-        p = sl_put(p, ";proto=", 7);
-    }
-    p = x->client_tls ? sl_put(p, "https", 5) : sl_put(p, "http", 4);
-    if (x->authority.len) {
-        p = sl_put(p, ";host=\"", 7);
-        p = sl_put(p, x->authority.ptr, x->authority.len);
-        *p++ = '"';
-    }
+    p = put_forwarded(p, x, fwd != NULL);
     if (px->crevalidate && px->stale->etag.len) {
         p = sl_put(p, "\r\nIf-None-Match: ", 17);
         p = sl_put(p, px->stale->etag.ptr, px->stale->etag.len);
@@ -1009,21 +1058,27 @@ static int upstream_write(proxy_t *px, uv_buf_t *iov, unsigned n)
     return r;
 }
 
+/* The client's body failed (timeout, too large, bad chunk, gone): the upstream got a truncated
+ * request, so that connection cannot be reused (an h2 stream is reset). */
+static void request_body_failed(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    px->req_body_done = true;
+    conn_drop(px);
+    proxy_cleanup(px);
+    if (x->cause != SL_CAUSE_NONE && !x->head_sent)
+        sl_reply_error(x, x->cause, x->cause == SL_CAUSE_BAD_REQUEST ? x->cause_detail : NULL);
+    else
+        x->down->abort(x);
+}
+
 static void request_body_cb(sl_exchange_t *x, int status, const char *data, size_t len)
 {
     proxy_t *px = x->handler_data;
     if (px->state == PX_DONE)
         return;
     if (status < 0) {
-        /* The client's body failed (timeout, too large, bad chunk, gone): the upstream got a
-         * truncated request, so that connection cannot be reused. */
-        px->req_body_done = true;
-        conn_drop(px);
-        proxy_cleanup(px);
-        if (x->cause != SL_CAUSE_NONE && !x->head_sent)
-            sl_reply_error(x, x->cause, x->cause == SL_CAUSE_BAD_REQUEST ? x->cause_detail : NULL);
-        else
-            x->down->abort(x);
+        request_body_failed(px);
         return;
     }
     unsigned n = 0;
@@ -1104,6 +1159,22 @@ static void on_connected(uv_connect_t *req, int status)
     send_request(px);
 }
 
+/* One line per target and change, not per request: every worker may see it at once. */
+static void tls_failure_note(proxy_t *px, const char *detail)
+{
+    if (!atomic_exchange_explicit(&px->target->tls_failing, true, memory_order_relaxed))
+        sl_log_warn("upstream %.*s target %.*s: %s (logged again after a handshake succeeds)",
+                    SL_STR_FMT(px->up->conf->name), SL_STR_FMT(px->target->conf->address), detail);
+}
+
+static void tls_success_note(proxy_t *px)
+{
+    if (atomic_load_explicit(&px->target->tls_failing, memory_order_relaxed) &&
+        atomic_exchange_explicit(&px->target->tls_failing, false, memory_order_relaxed))
+        sl_log_info("upstream %.*s target %.*s: tls handshakes succeed again", SL_STR_FMT(px->up->conf->name),
+                    SL_STR_FMT(px->target->conf->address));
+}
+
 void sl__proxy_on_upstream_handshake(sl_upconn_t *c, int status)
 {
     proxy_t *px = c->user;
@@ -1113,20 +1184,16 @@ void sl__proxy_on_upstream_handshake(sl_upconn_t *c, int status)
         /* The detail is the log's (never the client's): which check failed, or how it ended. */
         char *detail = sl_arena_alloc(&px->x->arena, 160);
         sl_tls_handshake_failure(c->tls, status, detail, 160);
-        /* One line per target and change, not per request: every worker may see it at once. */
-        if (!atomic_exchange_explicit(&px->target->tls_failing, true, memory_order_relaxed))
-            sl_log_warn("upstream %.*s target %.*s: %s (logged again after a handshake succeeds)",
-                        SL_STR_FMT(px->up->conf->name), SL_STR_FMT(px->target->conf->address), detail);
+        tls_failure_note(px, detail);
         try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, detail, SL_RETRY_ON_CONNECT_FAILURE);
         return;
     }
-    if (atomic_load_explicit(&px->target->tls_failing, memory_order_relaxed) &&
-        atomic_exchange_explicit(&px->target->tls_failing, false, memory_order_relaxed))
-        sl_log_info("upstream %.*s target %.*s: tls handshakes succeed again", SL_STR_FMT(px->up->conf->name),
-                    SL_STR_FMT(px->target->conf->address));
+    tls_success_note(px);
     px->x->upstream_connect_ns = (int64_t)(sl_time_mono_ns() - px->connect_start_ns);
     send_request(px);
 }
+
+static void h2_submit(proxy_t *px, const sl_h2up_target_t *t);
 
 static void proxy_connect(proxy_t *px)
 {
@@ -1142,12 +1209,27 @@ static void proxy_connect(proxy_t *px)
     }
     const sl_upstream_conf_t *uc = upstream_conf_now(px);
     sl_connpool_t *pool;
+    const char *sni = NULL, *name = NULL;
     if (uc->tls.ctx != NULL) {
-        const char *sni, *name;
         sl_upconn_tls_names(uc, t->conf, &sni, &name);
         pool = sl_connpool_get(x->worker, (struct sockaddr *)&ss, sslen, sl_tls_client_ctx_id(uc->tls.ctx), sni);
     } else {
         pool = sl_connpool_get(x->worker, (struct sockaddr *)&ss, sslen, 0, NULL);
+    }
+    if (px->h2) {
+        sl_h2up_target_t ht = {
+            .pool = pool,
+            .addr = (struct sockaddr *)&ss,
+            .addrlen = sslen,
+            .tls = uc->tls.ctx,
+            .sni = sni,
+            .verify_name = name,
+            .connect_timeout_ms = uc->connect_timeout_ms,
+            .send_timeout_ms = uc->send_timeout_ms,
+            .idle_timeout_ms = uc->keepalive_idle_timeout_ms,
+        };
+        h2_submit(px, &ht);
+        return;
     }
     sl_upconn_t *c = px->retried ? NULL : sl_connpool_acquire(pool);
     if (c != NULL) {
@@ -1200,6 +1282,12 @@ static void response_done(proxy_t *px)
     sl_upconn_t *c = px->conn;
     if (px->fill != NULL)
         cache_commit(px);
+    if (px->h2) {
+        conn_drop(px); /* the stream is over: this only gives its buffer back */
+        proxy_cleanup(px);
+        x->down->finish(x);
+        return;
+    }
     px->conn = NULL;
     bool reusable = px->resp_keep_alive && px->resp_kind != SL_H1_BODY_CLOSE && !px->upstream_eof &&
                     (px->req_body_done || !px->req_has_body) && !px->req_writing;
@@ -1215,12 +1303,15 @@ static void response_done(proxy_t *px)
     x->down->finish(x);
 }
 
+static void h2_pump(proxy_t *px);
+
 static void on_client_written(sl_exchange_t *x, int status)
 {
     proxy_t *px = x->handler_data;
     px->client_writing = false;
     if (px->conn)
         px->conn->pinned = false;
+    h2_held_release(px);
     if (px->state == PX_DONE) {
         x->down->abort(x);
         return;
@@ -1232,6 +1323,13 @@ static void on_client_written(sl_exchange_t *x, int status)
         return;
     }
     phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+    if (px->h2) {
+        size_t n = px->h2_inflight;
+        px->h2_inflight = 0;
+        sl_h2up_stream_consume(&px->h2s, n);
+        h2_pump(px);
+        return;
+    }
     uv_read_start((uv_stream_t *)&px->conn->tcp, sl__connpool_on_alloc, sl__connpool_on_read);
     response_process(px);
 }
@@ -1251,11 +1349,13 @@ static bool forward_slice(proxy_t *px, const char *data, size_t len)
         }
     }
     px->client_writing = true;
-    px->conn->pinned = true;
+    if (px->conn)
+        px->conn->pinned = true;
     int r = x->down->send_body(x, &part, 1, on_client_written);
     if (r == 1) {
         px->client_writing = false;
-        px->conn->pinned = false;
+        if (px->conn)
+            px->conn->pinned = false;
         return true;
     }
     if (r < 0) {
@@ -1343,6 +1443,19 @@ static bool response_head(proxy_t *px, const sl_h1_response_t *resp, size_t head
 
 static void tunnel_begin(proxy_t *px, const sl_h1_response_t *resp, size_t head_len);
 
+/* Time to the upstream's first response byte: the log, the balancer's EWMA, the histogram. */
+static void note_first_byte(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    if (x->upstream_first_byte_ns >= 0)
+        return;
+    x->upstream_first_byte_ns = (int64_t)(sl_time_mono_ns() - x->start_ns);
+    sl_balancer_observe(&px->up->states[px->target - px->up->targets], (uint64_t)x->upstream_first_byte_ns);
+    if (x->worker->metrics != NULL && x->snap->metrics != NULL)
+        sl_metrics_observe_upstream(x->worker->metrics, x->snap->metrics, px->up_index,
+                                    (size_t)(px->target - px->up->targets), (uint64_t)x->upstream_first_byte_ns);
+}
+
 static void response_process(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
@@ -1375,14 +1488,7 @@ static void response_process(proxy_t *px)
                 proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, sl_h1_error_reason(r));
                 return;
             }
-            if (x->upstream_first_byte_ns < 0) {
-                x->upstream_first_byte_ns = (int64_t)(sl_time_mono_ns() - x->start_ns);
-                sl_balancer_observe(&px->up->states[px->target - px->up->targets], (uint64_t)x->upstream_first_byte_ns);
-                if (x->worker->metrics != NULL && x->snap->metrics != NULL)
-                    sl_metrics_observe_upstream(x->worker->metrics, x->snap->metrics, px->up_index,
-                                                (size_t)(px->target - px->up->targets),
-                                                (uint64_t)x->upstream_first_byte_ns);
-            }
+            note_first_byte(px);
             if (resp.status < 200) {
                 if (resp.status == 101) {
                     if (!px->upgrade) {
@@ -1522,6 +1628,366 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
     }
     if (!px->client_writing)
         response_process(px);
+}
+
+/* ---- HTTP/2 upstreams (protocol: h2, docs/grpc.md) ----------------------------------------- */
+
+/* The request as h2 fields: the same forwarding rules as build_request_head, with the request
+ * line and Host as pseudo-headers, no framing fields but Content-Length, and `te: trailers`
+ * kept (gRPC servers require it; it is the only TE value HTTP/2 allows). */
+static int build_h2_request(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    sl_str_t path = x->path;
+    sl_trace_begin(x);
+    if (sl_router_rewrite_path(x->snap->router, (size_t)x->route_index, x->path, &x->arena, &path) != 0)
+        return SL_ETOOBIG;
+    const sl_headers_t *h = &x->req_headers;
+    sl_header_t *f = sl_arena_alloc(&x->arena, (h->len + 12) * sizeof(*f));
+    size_t n = 0, extra = 0;
+    bool any_xff = false, any_fwd = false, te_trailers = false;
+    conn_fields_t cf;
+    conn_fields_collect(h->items, h->len, &cf);
+    for (size_t i = 0; i < h->len; i++) {
+        const sl_header_t *it = &h->items[i];
+        if (sl_str_caseeq(it->name, SL_STR_LIT("TE"))) {
+            te_trailers = te_trailers || list_has_token(it->value, SL_STR_LIT("trailers"));
+            continue;
+        }
+        if (sl_str_caseeq(it->name, SL_STR_LIT("X-Forwarded-For"))) {
+            any_xff = true;
+            extra += it->value.len + 2;
+        } else if (sl_str_caseeq(it->name, SL_STR_LIT("Forwarded"))) {
+            any_fwd = true;
+            extra += it->value.len + 2;
+        }
+        if (is_hop_by_hop(it->name, &cf) || is_replaced_request_header(it->name) ||
+            memchr(it->name.ptr, '_', it->name.len) != NULL || sl_str_caseeq(it->name, SL_STR_LIT("Host")))
+            continue;
+        if ((px->cstrip_cond || px->crevalidate) && (sl_str_caseeq(it->name, SL_STR_LIT("If-None-Match")) ||
+                                                     sl_str_caseeq(it->name, SL_STR_LIT("If-Modified-Since"))))
+            continue;
+        f[n++] = *it;
+    }
+    size_t cap = extra + 2 * sizeof(x->client_ip) + 2 * x->authority.len + 128;
+    char *v = sl_arena_alloc(&x->arena, cap), *p = v, *e;
+    e = put_xff(p, x, any_xff);
+    f[n++] = (sl_header_t){SL_STR_LIT("x-forwarded-for"), {p, (size_t)(e - p)}};
+    p = e;
+    e = put_forwarded(p, x, any_fwd);
+    f[n++] = (sl_header_t){SL_STR_LIT("forwarded"), {p, (size_t)(e - p)}};
+    p = e;
+    SL_BUG_ON((size_t)(p - v) > cap);
+    f[n++] = (sl_header_t){SL_STR_LIT("x-forwarded-proto"), x->client_tls ? SL_STR_LIT("https") : SL_STR_LIT("http")};
+    if (x->authority.len)
+        f[n++] = (sl_header_t){SL_STR_LIT("x-forwarded-host"), x->authority};
+    if (px->crevalidate && px->stale->etag.len)
+        f[n++] = (sl_header_t){SL_STR_LIT("if-none-match"), px->stale->etag};
+    if (px->crevalidate && px->stale->last_modified.len)
+        f[n++] = (sl_header_t){SL_STR_LIT("if-modified-since"), px->stale->last_modified};
+    f[n++] = (sl_header_t){SL_STR_LIT("x-request-id"), x->request_id};
+    char *tp = sl_arena_alloc(&x->arena, 56);
+    sl_trace_format(&x->trace, tp);
+    f[n++] = (sl_header_t){SL_STR_LIT("traceparent"), {tp, 55}};
+    if (te_trailers)
+        f[n++] = (sl_header_t){SL_STR_LIT("te"), SL_STR_LIT("trailers")};
+    if (x->req_body_kind == SL_BODY_LENGTH) {
+        char *cl = sl_arena_alloc(&x->arena, 24);
+        f[n++] =
+            (sl_header_t){SL_STR_LIT("content-length"), {cl, (size_t)(sl_put_u64(cl, x->req_content_length) - cl)}};
+    }
+    sl_str_t target = path;
+    if (x->query.len) {
+        char *t = sl_arena_alloc(&x->arena, path.len + 1 + x->query.len);
+        memcpy(t, path.ptr, path.len);
+        t[path.len] = '?';
+        memcpy(t + path.len + 1, x->query.ptr, x->query.len);
+        target = (sl_str_t){t, path.len + 1 + x->query.len};
+    }
+    px->h2req = (sl_h2up_request_t){
+        .method = x->method_token,
+        .scheme = upstream_conf_now(px)->tls.ctx != NULL ? SL_STR_LIT("https") : SL_STR_LIT("http"),
+        .authority = x->authority.len ? x->authority : px->target->conf->address,
+        .path = target,
+        .fields = f,
+        .nfields = n,
+        .has_body = x->req_body_kind != SL_BODY_NONE,
+    };
+    px->req_has_body = px->h2req.has_body;
+    return 0;
+}
+
+static proxy_t *h2_proxy(sl_h2up_stream_t *st)
+{
+    return st->user;
+}
+
+/* Writes what the stream has received to the client, one slice at a time; the window reopens
+ * as each write completes (on_client_written). Ends the exchange once the stream is complete
+ * and everything is out. */
+static void h2_pump(proxy_t *px)
+{
+    for (;;) {
+        sl_buf_t *b = px->h2s.body;
+        size_t avail = b != NULL ? b->len - b->off : 0;
+        if (avail == 0) {
+            if (px->h2_eos)
+                response_done(px);
+            return;
+        }
+        px->h2_inflight = avail;
+        if (!forward_slice(px, b->data + b->off, avail))
+            return; /* pending (on_client_written goes on), or the exchange ended */
+        px->h2_inflight = 0;
+        sl_h2up_stream_consume(&px->h2s, avail);
+    }
+}
+
+static void h2_on_head(sl_h2up_stream_t *st, int status, const sl_header_t *h, size_t n, bool end_stream)
+{
+    proxy_t *px = h2_proxy(st);
+    sl_exchange_t *x = px->x;
+    if (px->state != PX_AWAIT_HEAD)
+        return;
+    note_first_byte(px);
+    if (status < 200) {
+        if (status != 101)
+            x->down->send_informational(x, status, h, n);
+        return;
+    }
+    uint32_t status_bit = status == 502   ? SL_RETRY_ON_502
+                          : status == 503 ? SL_RETRY_ON_503
+                          : status == 504 ? SL_RETRY_ON_504
+                                          : 0;
+    report_outcome(px, status >= 500);
+    if (status_bit && retry_allowed(px, status_bit)) {
+        retry(px, status == 502 ? "status 502" : status == 503 ? "status 503" : "status 504");
+        return;
+    }
+    x->status = status;
+    bool has_length = false;
+    unsigned long long length = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (sl_str_caseeq(h[i].name, SL_STR_LIT("content-length"))) {
+            has_length = sl_str_to_u64(h[i].value, &length);
+            continue;
+        }
+        sl_headers_add(&x->arena, &x->resp_headers, h[i].name, h[i].value);
+    }
+    bool bodiless = end_stream || x->method == SL_METHOD_HEAD || status == 204 || status == 304;
+    sl_h1_response_t resp = {
+        .minor_version = 1,
+        .status = status,
+        .headers = (sl_header_t *)h,
+        .nheaders = n,
+        .body = bodiless     ? SL_H1_BODY_NONE
+                : has_length ? SL_H1_BODY_LENGTH
+                             : SL_H1_BODY_CHUNKED,
+        .content_length = length,
+        .keep_alive = true,
+    };
+    if (px->cc != NULL && cache_on_response(px, &resp, 0))
+        return;
+    if (has_length && (!bodiless || x->method == SL_METHOD_HEAD)) {
+        /* A HEAD response keeps the length the GET would have had (RFC 9110 §9.3.2). */
+        x->resp_body_kind = SL_BODY_LENGTH;
+        x->resp_content_length = length;
+    } else {
+        x->resp_body_kind = bodiless ? SL_BODY_NONE : SL_BODY_STREAM;
+    }
+    if (x->down->send_head(x) != 0) {
+        conn_drop(px);
+        proxy_cleanup(px);
+        x->down->abort(x);
+        return;
+    }
+    px->state = PX_BODY;
+    phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+}
+
+static void h2_on_data(sl_h2up_stream_t *st)
+{
+    proxy_t *px = h2_proxy(st);
+    if (px->state == PX_BODY && px->x->resp_body_kind == SL_BODY_NONE) {
+        /* Bytes after a head that has no body (nghttp2 refuses most): never to the client. */
+        sl_h2up_stream_consume(st, st->body->len - st->body->off);
+        return;
+    }
+    if (px->state != PX_BODY || px->client_writing)
+        return;
+    phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+    h2_pump(px);
+}
+
+static void h2_on_trailers(sl_h2up_stream_t *st, const sl_header_t *h, size_t n)
+{
+    proxy_t *px = h2_proxy(st);
+    sl_exchange_t *x = px->x;
+    if (px->state != PX_BODY)
+        return;
+    for (size_t i = 0; i < n; i++)
+        sl_headers_add(&x->arena, &x->resp_trailers, h[i].name, h[i].value);
+}
+
+static void h2_on_closed(sl_h2up_stream_t *st, enum sl_h2up_end how, const char *detail)
+{
+    proxy_t *px = h2_proxy(st);
+    if (px->state == PX_DONE)
+        return;
+    if (how == SL_H2UP_COMPLETE) {
+        px->h2_eos = true;
+        if (px->state == PX_BODY && !px->client_writing)
+            h2_pump(px);
+        return;
+    }
+    /* The detail may be the callee's buffer: the log needs it after this call. */
+    const char *d = sl_arena_strndup(&px->x->arena, detail, strlen(detail));
+    if (px->state != PX_AWAIT_HEAD) {
+        proxy_fail(px, how == SL_H2UP_PROTOCOL_ERROR ? SL_CAUSE_UPSTREAM_BAD_RESPONSE : SL_CAUSE_UPSTREAM_RESET, d);
+        return;
+    }
+    switch (how) {
+    case SL_H2UP_CONNECT_FAILED:
+        if (upstream_conf_now(px)->tls.ctx != NULL && strncmp(d, "tls", 3) == 0)
+            tls_failure_note(px, d);
+        try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, d, SL_RETRY_ON_CONNECT_FAILURE);
+        break;
+    case SL_H2UP_REFUSED:
+        /* Never processed: as safe to retry as a refused connect, whatever the method. */
+        try_failed(px, SL_CAUSE_UPSTREAM_RESET, d, SL_RETRY_ON_CONNECT_FAILURE);
+        break;
+    case SL_H2UP_TIMEOUT:
+        try_failed(px, SL_CAUSE_UPSTREAM_TIMEOUT, d, SL_RETRY_ON_TIMEOUT);
+        break;
+    case SL_H2UP_PROTOCOL_ERROR:
+        report_try(px, true, SL_CAUSE_UPSTREAM_BAD_RESPONSE);
+        proxy_fail(px, SL_CAUSE_UPSTREAM_BAD_RESPONSE, d);
+        break;
+    default:
+        try_failed(px, SL_CAUSE_UPSTREAM_RESET, d, SL_RETRY_ON_RESET);
+        break;
+    }
+}
+
+static void h2_request_body_cb(sl_exchange_t *x, int status, const char *data, size_t len)
+{
+    proxy_t *px = x->handler_data;
+    if (px->state == PX_DONE)
+        return;
+    if (status < 0) {
+        request_body_failed(px);
+        return;
+    }
+    if (len == 0)
+        px->req_body_done = true;
+    if (px->h2_active)
+        sl_h2up_stream_send_body(&px->h2s, data, len);
+}
+
+static void h2_on_body_taken(sl_h2up_stream_t *st)
+{
+    proxy_t *px = h2_proxy(st);
+    if (px->state != PX_DONE && !px->req_body_done)
+        px->x->down->body_resume(px->x);
+}
+
+static void h2_body_begin(proxy_t *px)
+{
+    px->h2_body_wait = false;
+    px->req_body_started = true;
+    px->x->down->body_start(px->x, h2_request_body_cb);
+}
+
+static void h2_on_connected(sl_h2up_stream_t *st)
+{
+    proxy_t *px = h2_proxy(st);
+    if (px->state != PX_AWAIT_HEAD)
+        return;
+    px->x->upstream_connect_ns = (int64_t)(sl_time_mono_ns() - px->connect_start_ns);
+    if (upstream_conf_now(px)->tls.ctx != NULL)
+        tls_success_note(px);
+    phase_timeout_set(px, try_timeout_ms(px), on_read_timeout);
+    if (px->h2_body_wait)
+        h2_body_begin(px);
+}
+
+static const struct sl_h2up_stream_ops h2_stream_ops = {
+    .head = h2_on_head,
+    .data = h2_on_data,
+    .trailers = h2_on_trailers,
+    .closed = h2_on_closed,
+    .body_taken = h2_on_body_taken,
+    .connected = h2_on_connected,
+};
+
+static void h2_submit(proxy_t *px, const sl_h2up_target_t *t)
+{
+    sl_exchange_t *x = px->x;
+    memset(&px->h2s, 0, sizeof(px->h2s));
+    px->h2s.ops = &h2_stream_ops;
+    px->h2s.user = px;
+    px->h2s.arena = &x->arena;
+    px->h2s.w = x->worker;
+    px->state = PX_AWAIT_HEAD;
+    px->connect_start_ns = sl_time_mono_ns();
+    int r = sl_h2up_stream_submit(x->worker, t, &px->h2req, &px->h2s);
+    if (r < 0) {
+        if (r == SL_ECLOSED) {
+            const char *d = sl_arena_strndup(&x->arena, px->h2s.fail_detail, strlen(px->h2s.fail_detail));
+            try_failed(px, SL_CAUSE_UPSTREAM_CONNECT_FAILED, d, SL_RETRY_ON_CONNECT_FAILURE);
+        } else {
+            proxy_fail(px, SL_CAUSE_BAD_REQUEST, "request head not valid for HTTP/2");
+        }
+        return;
+    }
+    px->h2_active = true;
+    px->reused = px->h2s.reused;
+    /* A new connection has its own connect timeout; the try's starts when it is up. */
+    uint64_t wait = px->h2s.reused ? try_timeout_ms(px) : px->up->conf->connect_timeout_ms + try_timeout_ms(px);
+    phase_timeout_set(px, wait, on_read_timeout);
+    if (px->req_has_body) {
+        if (px->h2s.reused)
+            h2_body_begin(px);
+        else
+            px->h2_body_wait = true;
+    }
+}
+
+/* `grpc-timeout` (gRPC over HTTP/2: 1-8 digits and a unit H M S m u n) in ms, rounded up. */
+static bool grpc_timeout_ms(const sl_exchange_t *x, uint64_t *out)
+{
+    const sl_header_t *g = sl_headers_find(&x->req_headers, SL_STR_LIT("grpc-timeout"));
+    if (g == NULL || g->value.len < 2 || g->value.len > 9)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i + 1 < g->value.len; i++) {
+        if (g->value.ptr[i] < '0' || g->value.ptr[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(g->value.ptr[i] - '0');
+    }
+    switch (g->value.ptr[g->value.len - 1]) {
+    case 'H':
+        v *= 3600000;
+        break;
+    case 'M':
+        v *= 60000;
+        break;
+    case 'S':
+        v *= 1000;
+        break;
+    case 'm':
+        break;
+    case 'u':
+        v = (v + 999) / 1000;
+        break;
+    case 'n':
+        v = (v + 999999) / 1000000;
+        break;
+    default:
+        return false;
+    }
+    *out = v > 0 ? v : 1;
+    return true;
 }
 
 /* ---- protocol upgrade: the tunnel after a 101 (docs/websocket.md) ------------------------------ */
@@ -2033,17 +2499,21 @@ static bool cache_on_response(proxy_t *px, const sl_h1_response_t *resp, size_t 
             sl_cache_invalidate(px->cache, px->ctag, px->chash, px->ckey);
         cache_unlock(px, 0);
         sl_arena_on_dispose(&x->arena, sl_cache_obj_release, fresh);
-        /* The 304 has no body: the connection goes back to the pool. */
-        px->conn->rbuf->off += head_len;
-        px->resp_kind = SL_H1_BODY_NONE;
-        px->resp_keep_alive = resp->keep_alive;
-        sl_upconn_t *c = px->conn;
-        px->conn = NULL;
-        c->pinned = false;
-        if (px->resp_keep_alive && !px->upstream_eof && !px->req_writing)
-            sl_connpool_release(c, px->up->conf->keepalive_max_idle, px->up->conf->keepalive_idle_timeout_ms);
-        else
-            sl_upconn_close(c);
+        /* The 304 has no body: the connection goes back to the pool (an h2 stream is over). */
+        if (px->conn != NULL) {
+            px->conn->rbuf->off += head_len;
+            px->resp_kind = SL_H1_BODY_NONE;
+            px->resp_keep_alive = resp->keep_alive;
+            sl_upconn_t *c = px->conn;
+            px->conn = NULL;
+            c->pinned = false;
+            if (px->resp_keep_alive && !px->upstream_eof && !px->req_writing)
+                sl_connpool_release(c, px->up->conf->keepalive_max_idle, px->up->conf->keepalive_idle_timeout_ms);
+            else
+                sl_upconn_close(c);
+        } else {
+            conn_drop(px);
+        }
         x->resp_headers.len = 0;
         cache_serve(px, fresh, "EXPIRED");
         return true;
@@ -2332,7 +2802,7 @@ static void proxy_begin(proxy_t *px)
     x->target_addr = px->target->conf->address;
     px->counted = true;
     atomic_fetch_add_explicit(&px->up->states[px->target - px->up->targets].inflight, 1, memory_order_relaxed);
-    if (build_request_head(px) != 0) {
+    if ((px->h2 ? build_h2_request(px) : build_request_head(px)) != 0) {
         proxy_fail(px, SL_CAUSE_URI_TOO_LONG, "rewritten path too long");
         return;
     }
@@ -2362,7 +2832,9 @@ static void proxy_start(sl_exchange_t *x, const sl_route_conf_t *route)
     x->handler_data = px;
     x->on_abort = proxy_on_abort;
     x->upstream_name = px->up->conf->name;
-    px->upgrade = upgrade_wanted(px);
+    /* HTTP/2 has no Upgrade (RFC 9113 §8.6); extended CONNECT (RFC 8441) is not built. */
+    px->h2 = px->up->conf->protocol == SL_UPSTREAM_H2;
+    px->upgrade = !px->h2 && upgrade_wanted(px);
     if (route->cache.enabled && u->cache != NULL && x->route_index >= 0 && !px->upgrade) {
         cache_start(px, u);
         return;
@@ -2378,8 +2850,14 @@ static void proxy_go(proxy_t *px)
         proxy_fail(px, SL_CAUSE_NO_HEALTHY_UPSTREAM, "no targets");
         return;
     }
-    if (route->timeout_ms)
-        sl_timeq_add_at(timeqs_of(px), &px->route_timeout, route->timeout_ms, on_route_timeout);
+    uint64_t timeout = route->timeout_ms, g;
+    /* A gRPC client's deadline: past it nobody waits for the answer (HTTP/2 requests only). */
+    if (px->x->minor_version == 2 && grpc_timeout_ms(px->x, &g) && (timeout == 0 || g < timeout)) {
+        timeout = g;
+        px->grpc_deadline = true;
+    }
+    if (timeout)
+        sl_timeq_add_at(timeqs_of(px), &px->route_timeout, timeout, on_route_timeout);
     uint32_t max_conn = px->up->conf->limits.max_connections;
     if (max_conn && !slot_take(px->up, max_conn)) {
         /* At the cap: wait for a slot if the queue has room, else say so at once rather than

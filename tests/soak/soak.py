@@ -9,8 +9,9 @@ For the whole run, at once: wrk on a keep-alive route (if installed), clients op
 connection per request, uploads of 256 KiB (echoed back as a digest), requests that fail
 upstream (500s, resets mid-body, a dead target: retries and the breaker), unknown routes, bad
 requests, an API-key route with good and bad keys, a rate-limited route, admin scrapes, and a
-config reload every 5 s alternating between two configs. HTTP/2 too (when python3-h2 and h2load
-are installed): h2load on the keep-alive route over h2c, and a checked HTTP/2 client running
+config reload every 5 s alternating between two configs. HTTP/2 to an upstream (the gateway itself,
+`protocol: h2`): uploads with their digest and an inner error through /viah2. HTTP/2 too (when python3-h2 and h2load
+are installed): h2load on the keep-alive route over h2c, directly and through /viah2, and a checked HTTP/2 client running
 several streams at once on one connection (a GET, an upload with its digest, an unknown route,
 and a stream it resets while the upstream is still answering).
 
@@ -64,7 +65,7 @@ def handler(ex):
         ex.respond(200, b"ok")
 
 
-def config(up, generation, dead_port):
+def config(up, generation, dead_port, self_port):
     keepalive = {"max_idle": 64, "idle_timeout": "1s"}
     return {
         "limits": {"max_connections": 20000},
@@ -73,6 +74,9 @@ def config(up, generation, dead_port):
             "app": harness.upstream(up.port, keepalive=keepalive),
             "flaky": {**harness.upstream(up.port, dead_port, keepalive=keepalive),
                       "retries": {"attempts": 2}},
+            # The gateway itself over h2c: /viah2/... goes out as HTTP/2 streams and comes back
+            # in as /... (protocol: h2, docs/grpc.md).
+            "self_h2": harness.upstream(self_port, protocol="h2", keepalive={"idle_timeout": "1s"}),
         },
         "routes": [
             {"name": "fast", "match": {"path_prefix": "/fast"}, "upstream": "app",
@@ -82,6 +86,7 @@ def config(up, generation, dead_port):
             {"name": "keyed", "match": {"path_prefix": "/keyed"}, "upstream": "app", "auth": ["api_key"]},
             {"name": "limited", "match": {"path_prefix": "/limited"}, "upstream": "app",
              "rate_limit": [{"key": "ip", "rate": "200/s", "burst": 20}]},
+            {"name": "viah2", "match": {"path_prefix": "/viah2"}, "upstream": "self_h2", "strip_prefix": True},
             {"name": "local", "match": {"path_prefix": "/local"},
              "respond": {"status": 200, "body": f"gen {generation}\n"}},
         ],
@@ -145,7 +150,8 @@ def main():
 
     up = B.Backend(handler, name="soak-backend", backlog=1024)
     dead_port = harness.free_port()
-    gw = harness.Gateway(out / "gw", config(up, 0, dead_port))
+    gw = harness.Gateway(out / "gw", {})
+    gw.config = gw.complete(config(up, 0, dead_port, gw.port))
     gw.config["logging"] = {"access": {"path": "off"}, "level": "warn"}
     if valgrind:
         vg_log = out / "valgrind.log"
@@ -250,6 +256,18 @@ def main():
             return False, f"h2 unknown route {n['status']} {hdr(n, 'sluice-error')}"
         return True, ""
 
+    def via_h2():
+        # HTTP/1.1 in, HTTP/2 to the upstream (the gateway itself), HTTP/1.1 to the backend: an
+        # upload's digest, and an inner error passed back with its cause.
+        body = os.urandom(32 * 1024)
+        r = harness.request(gw.port, "POST", "/viah2/app/upload", body=body, timeout=10)
+        ok, what = expect(r, 200)
+        if not ok:
+            return ok, "via h2 upload: " + what
+        if r.body != f"{len(body)} {hashlib.md5(body).hexdigest()}".encode():
+            return False, f"via h2 upload digest {r.body[:100]!r}"
+        return expect(harness.request(gw.port, "GET", "/viah2/nowhere", timeout=10), 404, "route_not_found")
+
     def slow_keepalive():
         with harness.RawConn(gw.port, timeout=10) as c:
             for _ in range(5):
@@ -260,7 +278,8 @@ def main():
 
     jobs = [("new_conn", new_conn_fast)] * 3 + [("upload", upload)] * 2 + [("errors", errors), ("flaky", flaky),
                                                                              ("reset", resets), ("limited", limited),
-                                                                             ("admin", admin), ("slow", slow_keepalive)]
+                                                                             ("admin", admin), ("slow", slow_keepalive),
+                                                                             ("via_h2", via_h2)]
     if importlib.util.find_spec("h2") is not None:  # python3-h2: the HTTP/2 job needs it
         jobs.append(("h2", h2_streams))
     else:
@@ -277,7 +296,8 @@ def main():
     h2load_proc = None
     if shutil.which("h2load"):
         h2load_proc = subprocess.Popen(["h2load", "-D", str(args.seconds), "-c", "8", "-m", "8",
-                                        f"http://127.0.0.1:{gw.port}/fast/h2load"],
+                                        f"http://127.0.0.1:{gw.port}/fast/h2load",
+                                        f"http://127.0.0.1:{gw.port}/viah2/fast/h2load"],
                                        stdout=open(out / "h2load.txt", "w"), stderr=subprocess.STDOUT)
 
     samples = open(out / "samples.tsv", "w")
@@ -290,7 +310,7 @@ def main():
         now = time.monotonic()
         if now >= next_reload:
             reloads += 1
-            gw.reload(config(up, reloads, dead_port) | {"logging": gw.config["logging"]})
+            gw.reload(config(up, reloads, dead_port, gw.port) | {"logging": gw.config["logging"]})
             next_reload += 5
         if now >= next_sample:
             up.reset()  # the backend's own records would grow for the whole run otherwise

@@ -190,6 +190,29 @@ static void test_https_targets(void **state)
                  "6:10: tls: false contradicts the https:// targets of upstream u");
 }
 
+/* `protocol` (docs/grpc.md): the default, h2, its ALPN-only context, and the errors. */
+static void test_protocol(void **state)
+{
+    (void)state;
+    sl_config_t *h1 = load_ok(HEAD "    tls: true\n");
+    sl_config_t *h2 = load_ok(HEAD "    protocol: h2\n    tls: true\n");
+    sl_config_t *plain = load_ok(HEAD "    protocol: h2\n");
+    assert_int_equal(h1->upstreams[0].protocol, SL_UPSTREAM_HTTP1);
+    assert_int_equal(h2->upstreams[0].protocol, SL_UPSTREAM_H2);
+    assert_int_equal(plain->upstreams[0].protocol, SL_UPSTREAM_H2);
+    assert_null(plain->upstreams[0].tls.ctx);
+    /* ALPN h2 alone is another context: pools never mix h2 and HTTP/1.1 connections. */
+    assert_true(sl_tls_client_ctx_id(h1->upstreams[0].tls.ctx) != sl_tls_client_ctx_id(h2->upstreams[0].tls.ctx));
+    assert_true(h1->upstreams[0].fingerprint != h2->upstreams[0].fingerprint);
+    sl_config_unref(h1);
+    sl_config_unref(h2);
+    sl_config_unref(plain);
+    expect_error(HEAD "    protocol: h3\n", "6:15: protocol: expected one of http1, h2, got 'h3'");
+    expect_error(HEAD "    protocol: h2\n    health: { active: { path: /healthz } }\n",
+                 "7:5: health.active is not supported with protocol: h2 (probes speak HTTP/1.1); use "
+                 "health.passive and circuit_breaker for upstream 'u'");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -200,6 +223,7 @@ int main(void)
         cmocka_unit_test(test_fingerprint_covers_tls),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_https_targets),
+        cmocka_unit_test(test_protocol),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
