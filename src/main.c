@@ -32,6 +32,10 @@ static void usage(FILE *fp)
           "                  (it drains and exits), then serve PATH for the next one (default: the\n"
           "                  SLUICE_HANDOFF environment variable); see docs/deploy.md\n"
           "\n"
+          "options of probe (https:// URLs and upstreams with TLS):\n"
+          "  --ca FILE      verify the server's certificate against this PEM CA bundle, not the system's\n"
+          "  --insecure     do not verify the certificate or the name (the output says so)\n"
+          "\n"
           "options of reload, health, routes, probe and doctor:\n"
           "  --admin URL    the admin API, e.g. http://127.0.0.1:8001 (default: admin.address of the\n"
           "                 config of -c, or of ./sluice.yaml, else 127.0.0.1:8001)\n"
@@ -78,7 +82,7 @@ static const char *opt_value(int argc, char **argv, int *i, const char *name, in
 }
 
 /* Options of the commands that talk to a running gateway; `arg` receives probe's operand. */
-static int admin_args(int argc, char **argv, sl_cli_opts_t *o, const char **arg, bool window_ok)
+static int admin_args(int argc, char **argv, sl_cli_opts_t *o, const char **arg, bool window_ok, bool probe_ok)
 {
     int bad = 0;
     const char *v;
@@ -92,6 +96,10 @@ static int admin_args(int argc, char **argv, sl_cli_opts_t *o, const char **arg,
             o->config_path = v;
         else if (window_ok && (v = opt_value(argc, argv, &i, "--window", &bad)) != NULL)
             o->window = v;
+        else if (probe_ok && (v = opt_value(argc, argv, &i, "--ca", &bad)) != NULL)
+            o->ca = v;
+        else if (probe_ok && strcmp(argv[i], "--insecure") == 0)
+            o->insecure = true;
         else if (bad)
             break;
         else if (arg != NULL && *arg == NULL && argv[i][0] != '-')
@@ -141,17 +149,21 @@ int main(int argc, char **argv)
     }
     sl_cli_opts_t o = {0};
     if (strcmp(cmd, "reload") == 0)
-        return admin_args(argc, argv, &o, NULL, false) ? 2 : sl_cli_reload(&o);
+        return admin_args(argc, argv, &o, NULL, false, false) ? 2 : sl_cli_reload(&o);
     if (strcmp(cmd, "health") == 0)
-        return admin_args(argc, argv, &o, NULL, false) ? 2 : sl_cli_health(&o);
+        return admin_args(argc, argv, &o, NULL, false, false) ? 2 : sl_cli_health(&o);
     if (strcmp(cmd, "routes") == 0)
-        return admin_args(argc, argv, &o, NULL, false) ? 2 : sl_cli_routes(&o);
+        return admin_args(argc, argv, &o, NULL, false, false) ? 2 : sl_cli_routes(&o);
     if (strcmp(cmd, "doctor") == 0)
-        return admin_args(argc, argv, &o, NULL, true) ? 2 : sl_cli_doctor(&o);
+        return admin_args(argc, argv, &o, NULL, true, false) ? 2 : sl_cli_doctor(&o);
     if (strcmp(cmd, "probe") == 0) {
         const char *what = NULL;
-        if (admin_args(argc, argv, &o, &what, false))
+        if (admin_args(argc, argv, &o, &what, false, true))
             return 2;
+        if (o.ca != NULL && o.insecure) {
+            fprintf(stderr, "sluice: --ca and --insecure contradict each other (see 'sluice help')\n");
+            return 2;
+        }
         if (what == NULL) {
             fprintf(stderr, "sluice: probe needs an upstream name or a URL, e.g. 'sluice probe users' or "
                             "'sluice probe http://127.0.0.1:9001/healthz'\n");

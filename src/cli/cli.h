@@ -20,6 +20,8 @@ typedef struct sl_cli_opts {
     bool json;               /* --json: the API's JSON, pretty-printed */
     int timeout_ms;          /* per request, connect and response each; 0 = 5000 */
     const char *window;      /* doctor --window SECONDS, or NULL: the API's default */
+    const char *ca;          /* probe --ca FILE: CA bundle for TLS targets instead of the system store */
+    bool insecure;           /* probe --insecure: TLS without verifying the certificate or the name */
 } sl_cli_opts_t;
 
 int sl_cli_reload(const sl_cli_opts_t *opts);

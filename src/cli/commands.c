@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "cli/client.h"
@@ -525,23 +526,36 @@ typedef struct probe {
     sl_cli_url_t url;
     const char *bad; /* the address could not be parsed: why */
     const char *host_header;
+    const sl_cli_tls_t *tls; /* NULL: TLS with the defaults when the URL is https:// */
+    bool h2;                 /* the HTTP/2 preface instead of a GET */
     sl_cli_timings_t t;
     int status; /* 0 = no response */
+    bool h2_ok; /* h2: the server answered with SETTINGS */
     const char *error;
+    char detail[300]; /* the reason of a TLS or h2 failure */
 } probe_t;
 
 static void run_probe(probe_t *p, int timeout_ms)
 {
-    p->t = (sl_cli_timings_t){-1, -1, -1, -1};
+    p->t = (sl_cli_timings_t){.dns_ms = -1, .connect_ms = -1, .tls_ms = -1, .first_byte_ms = -1, .total_ms = -1};
     if (p->bad != NULL) {
         p->error = p->bad;
         return;
     }
-    sl_cli_request_t req = {.method = "GET", .timeout_ms = timeout_ms, .host_header = p->host_header};
+    sl_cli_request_t req = {.method = "GET",
+                            .timeout_ms = timeout_ms,
+                            .host_header = p->host_header,
+                            .tls = p->tls,
+                            .detail = p->detail,
+                            .detail_len = sizeof(p->detail)};
     sl_cli_response_t resp;
-    int rc = sl_cli_http(&p->url, &req, &resp, &p->t);
+    int rc = p->h2 ? sl_cli_h2_preface(&p->url, &req, &p->t) : sl_cli_http(&p->url, &req, &resp, &p->t);
     if (rc != 0) {
-        p->error = sl_cli_strerror(rc);
+        p->error = (rc == SL_CLI_ETLS || rc == SL_CLI_EH2) && p->detail[0] != '\0' ? p->detail : sl_cli_strerror(rc);
+        return;
+    }
+    if (p->h2) {
+        p->h2_ok = true;
         return;
     }
     p->status = resp.status;
@@ -568,7 +582,8 @@ static bool probe_failed(const probe_t *p)
     return p->error != NULL || p->status >= 500;
 }
 
-static int print_probes(const admin_t *a, probe_t *ps, size_t n, const char *what, const char *path)
+/* `header` (NULL: none) and `note` (NULL: none) are lines printed before the table. */
+static int print_probes(const admin_t *a, probe_t *ps, size_t n, const char *header, const char *note)
 {
     bool failed = false;
     for (size_t i = 0; i < n; i++)
@@ -577,11 +592,11 @@ static int print_probes(const admin_t *a, probe_t *ps, size_t n, const char *wha
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++) {
             const probe_t *p = &ps[i];
-            json_array_append_new(arr, json_pack("{s:s, s:o, s:o, s:n, s:o, s:o, s:o, s:o}", "address", p->address,
+            json_array_append_new(arr, json_pack("{s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "address", p->address,
                                                  "dns_ms", ms_json(p->t.dns_ms), "connect_ms", ms_json(p->t.connect_ms),
-                                                 "tls_ms", "first_byte_ms", ms_json(p->t.first_byte_ms), "total_ms",
-                                                 ms_json(p->t.total_ms), "status",
-                                                 p->status ? json_integer(p->status) : json_null(), "error",
+                                                 "tls_ms", ms_json(p->t.tls_ms), "first_byte_ms",
+                                                 ms_json(p->t.first_byte_ms), "total_ms", ms_json(p->t.total_ms),
+                                                 "status", p->status ? json_integer(p->status) : json_null(), "error",
                                                  p->error ? json_string(p->error) : json_null()));
         }
         json_t *out = json_pack("{s:o}", "targets", arr);
@@ -590,30 +605,39 @@ static int print_probes(const admin_t *a, probe_t *ps, size_t n, const char *wha
         json_decref(out);
         return failed ? EXIT_FAIL : EXIT_OK;
     }
-    if (what != NULL)
-        printf("probing upstream %s: GET %s on %zu target%s\n\n", what, path, n, n == 1 ? "" : "s");
+    if (header != NULL)
+        printf("%s\n", header);
+    if (note != NULL)
+        printf("note: %s\n", note);
+    if (header != NULL || note != NULL)
+        putchar('\n');
     static const char *const head[] = {"TARGET", "DNS", "CONNECT", "TLS", "FIRST BYTE", "TOTAL", "STATUS"};
     sl_cli_table_t *t = sl_cli_table_create(SL_ARRAY_SIZE(head), head);
     for (size_t c = 1; c <= 5; c++)
         sl_cli_table_align_right(t, c);
     for (size_t i = 0; i < n; i++) {
         const probe_t *p = &ps[i];
-        char dns[32], conn[32], fb[32], total[32], status[160];
+        char dns[32], conn[32], tls[32], fb[32], total[32], status[400];
         ms_text(p->t.dns_ms, dns, sizeof(dns));
         ms_text(p->t.connect_ms, conn, sizeof(conn));
+        ms_text(p->t.tls_ms, tls, sizeof(tls));
         ms_text(p->t.first_byte_ms, fb, sizeof(fb));
         ms_text(p->t.total_ms, total, sizeof(total));
         if (p->error != NULL)
             snprintf(status, sizeof(status), "%s", p->error);
+        else if (p->h2_ok)
+            snprintf(status, sizeof(status), "h2 ok");
         else
             snprintf(status, sizeof(status), "%d", p->status);
-        const char *cells[] = {p->address, dns, conn, "-", fb, total, status};
+        const char *cells[] = {p->address, dns, conn, tls, fb, total, status};
         sl_cli_table_add(t, cells);
     }
     sl_cli_table_print(t, stdout);
     sl_cli_table_destroy(t);
     return failed ? EXIT_FAIL : EXIT_OK;
 }
+
+static const char insecure_note[] = "--insecure: the server's certificate and name are not verified";
 
 static int probe_url(const sl_cli_opts_t *opts, const char *spec)
 {
@@ -625,10 +649,117 @@ static int probe_url(const sl_cli_opts_t *opts, const char *spec)
         fprintf(stderr, "sluice: bad URL '%s': %s\n", spec, why);
         return EXIT_USAGE;
     }
+    if (!p.url.tls && (opts->ca != NULL || opts->insecure)) {
+        fprintf(stderr, "sluice: --ca and --insecure are for https:// URLs and TLS upstreams, not '%s'\n", spec);
+        return EXIT_USAGE;
+    }
+    sl_cli_tls_t tls = {.verify = !opts->insecure, .ca = opts->ca};
+    p.tls = p.url.tls ? &tls : NULL;
     bool v6 = strchr(p.url.host, ':') != NULL;
     snprintf(p.address, sizeof(p.address), "%s%s%s:%u", v6 ? "[" : "", p.url.host, v6 ? "]" : "", (unsigned)p.url.port);
     run_probe(&p, opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT);
-    return print_probes(&a, &p, 1, NULL, p.url.path);
+    return print_probes(&a, &p, 1, NULL, opts->insecure ? insecure_note : NULL);
+}
+
+/* An upstream's TLS settings as GET /upstreams/NAME shows them (the config as written). */
+typedef struct upstream_tls {
+    sl_cli_tls_t o;
+    bool enabled;
+    char ca[4096], cert[4096], key[4096], sni[256];
+} upstream_tls_t;
+
+/* The directory part of `path` ("." when it has none). */
+static void dir_of(const char *path, char *out, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        snprintf(out, len, ".");
+    else if (slash == path)
+        snprintf(out, len, "/");
+    else
+        snprintf(out, len, "%.*s", (int)(slash - path), path);
+}
+
+/*
+ * The directory the gateway resolves the config's relative paths against (the config file's,
+ * as the loader does): that of -c FILE when given (the same file, named from here), else that of
+ * `config.path` in GET /status (relative to this directory when the gateway reports a relative
+ * one: run the CLI where the gateway runs), else this directory.
+ */
+static void config_dir(const sl_cli_opts_t *opts, const admin_t *a, char *out, size_t len)
+{
+    if (opts->config_path != NULL) {
+        dir_of(opts->config_path, out, len);
+        return;
+    }
+    snprintf(out, len, ".");
+    json_t *st;
+    int status;
+    if (admin_call(a, "GET", "/status", &st, &status) != EXIT_OK)
+        return;
+    const char *path = json_string_value(json_object_get(json_object_get(st, "config"), "path"));
+    if (status == 200 && path != NULL && path[0] != '\0')
+        dir_of(path, out, len);
+    json_decref(st);
+}
+
+/* A path of the config: absolute as it is, relative ones joined to the config's directory. */
+static void config_file(const char *dir, const char *path, char *out, size_t len)
+{
+    if (path[0] == '/' || strcmp(dir, ".") == 0)
+        snprintf(out, len, "%s", path);
+    else
+        snprintf(out, len, "%s/%s", dir, path);
+}
+
+/* Reads `tls` of an upstream (true, or an object of docs/tls.md "Upstream TLS"), with --ca and
+ * --insecure overriding `ca` and `verify`. */
+static void upstream_tls(const sl_cli_opts_t *opts, const admin_t *a, const json_t *up, upstream_tls_t *u)
+{
+    memset(u, 0, sizeof(*u));
+    const json_t *tls = json_object_get(up, "tls");
+    u->enabled = json_is_true(tls) || json_is_object(tls);
+    const json_t *targets = json_object_get(up, "targets");
+    for (size_t i = 0; i < json_array_size(targets); i++) {
+        const char *addr = json_string_value(json_object_get(json_array_get(targets, i), "address"));
+        if (addr != NULL && strncasecmp(addr, "https://", 8) == 0)
+            u->enabled = true;
+    }
+    u->o.verify = !json_is_false(json_object_get(tls, "verify")) && !opts->insecure;
+    const char *ca = json_string_value(json_object_get(tls, "ca"));
+    const char *cert = json_string_value(json_object_get(tls, "client_cert"));
+    const char *key = json_string_value(json_object_get(tls, "client_key"));
+    const char *sni = json_string_value(json_object_get(tls, "sni"));
+    const json_t *minv = json_object_get(tls, "min_version");
+    if ((json_is_string(minv) && strcmp(json_string_value(minv), "1.3") == 0) ||
+        (json_is_number(minv) && json_number_value(minv) > 1.25))
+        u->o.min_version = 13;
+    if (sni != NULL && sni[0] != '\0') {
+        snprintf(u->sni, sizeof(u->sni), "%s", sni);
+        u->o.sni = u->sni;
+    }
+    if (opts->ca != NULL) {
+        snprintf(u->ca, sizeof(u->ca), "%s", opts->ca);
+        u->o.ca = u->ca;
+        ca = NULL;
+    }
+    if (!u->enabled || (ca == NULL && cert == NULL))
+        return;
+    char dir[4096];
+    bool relative = (ca != NULL && ca[0] != '/') || (cert != NULL && cert[0] != '/') || (key != NULL && key[0] != '/');
+    snprintf(dir, sizeof(dir), ".");
+    if (relative)
+        config_dir(opts, a, dir, sizeof(dir));
+    if (ca != NULL) {
+        config_file(dir, ca, u->ca, sizeof(u->ca));
+        u->o.ca = u->ca;
+    }
+    if (cert != NULL && key != NULL) {
+        config_file(dir, cert, u->cert, sizeof(u->cert));
+        config_file(dir, key, u->key, sizeof(u->key));
+        u->o.client_cert = u->cert;
+        u->o.client_key = u->key;
+    }
 }
 
 static int probe_upstream(const sl_cli_opts_t *opts, const char *name)
@@ -666,20 +797,35 @@ static int probe_upstream(const sl_cli_opts_t *opts, const char *name)
         json_decref(up);
         return EXIT_FAIL;
     }
+    const char *proto = json_string_value(json_object_get(up, "protocol"));
+    bool h2 = proto != NULL && strcmp(proto, "h2") == 0;
+    upstream_tls_t *ut = sl_xcalloc(1, sizeof(*ut));
+    upstream_tls(opts, &a, up, ut);
     probe_t *ps = sl_xcalloc(n, sizeof(*ps));
     for (size_t i = 0; i < n; i++) {
         const char *addr = json_string_value(json_object_get(json_array_get(targets, i), "address"));
         probe_t *p = &ps[i];
         snprintf(p->address, sizeof(p->address), "%s", addr ? addr : "?");
         p->host_header = hhost != NULL && hhost[0] != '\0' ? hhost : NULL;
+        p->tls = ut->enabled ? &ut->o : NULL;
+        p->h2 = h2;
         if (addr == NULL)
             p->bad = "the target has no address";
         else if (sl_cli_url_from_address(addr, hpath, &p->url, &p->bad) != 0 && p->bad == NULL)
             p->bad = "bad address";
         run_probe(p, a.timeout_ms);
     }
-    rc = print_probes(&a, ps, n, name, hpath);
+    char header[1200];
+    const char *how = !ut->enabled ? "" : ut->o.verify ? " over TLS" : " over TLS (certificate not verified)";
+    if (h2)
+        snprintf(header, sizeof(header), "probing upstream %s: the HTTP/2 preface%s on %zu target%s", name,
+                 ut->enabled ? how : " (h2c)", n, n == 1 ? "" : "s");
+    else
+        snprintf(header, sizeof(header), "probing upstream %s: GET %s%s on %zu target%s", name, hpath, how, n,
+                 n == 1 ? "" : "s");
+    rc = print_probes(&a, ps, n, header, NULL);
     free(ps);
+    free(ut);
     json_decref(up);
     return rc;
 }

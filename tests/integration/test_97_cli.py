@@ -3,12 +3,18 @@
 Most tests run the real binary against a fake admin API (FakeAdmin: http.server on a free
 loopback port serving the JSON shapes of docs/admin.md), which also lets them serve bad
 answers: not JSON, 500, 401, a refused connection, a server that never answers. `probe` also
-runs against real backends, a closed port and a name that does not resolve. The last tests run
-against a real gateway's admin API, and skip an endpoint that gateway does not have yet."""
+runs against real backends, a closed port and a name that does not resolve, and over TLS against
+Python ssl backends with certificates made at test time by the openssl CLI (verification with
+--ca, the system store, --insecure, a name mismatch, an upstream's own `tls` settings) and the
+HTTP/2 preface check of `protocol: h2` upstreams against a second sluice's h2c and TLS listeners.
+The last tests run against a real gateway's admin API, and skip an endpoint that gateway does
+not have yet."""
 import json
 import os
 import re
+import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -441,13 +447,17 @@ def test_admin_never_answers(tmp_path):
 
 def test_usage_errors(tmp_path):
     for args in (["probe"], ["routes", "--bogus"], ["health", "extra"], ["routes", "--admin"],
-                 ["probe", "a", "b"], ["probe", "https://127.0.0.1:1/"], ["probe", "http://h:99999/"]):
+                 ["probe", "a", "b"], ["probe", "ftp://127.0.0.1:1/"], ["probe", "http://h:99999/"],
+                 ["probe", "--ca", "ca.pem", "http://127.0.0.1:1/"], ["probe", "--insecure", "http://127.0.0.1:1/"],
+                 ["probe", "--ca", "ca.pem", "--insecure", "https://127.0.0.1:1/"], ["probe", "--ca"],
+                 ["routes", "--insecure"], ["health", "--ca", "x.pem"]):
         r = cli(args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         one_line_error(r)
     r = cli(["help"])
     assert r.returncode == 0
-    for cmd in ("reload", "health", "routes", "probe", "doctor", "--admin", "--json", "SLUICE_ADMIN_TOKEN"):
+    for cmd in ("reload", "health", "routes", "probe", "doctor", "--admin", "--json", "SLUICE_ADMIN_TOKEN", "--ca",
+                "--insecure"):
         assert cmd in r.stdout
 
 
@@ -537,6 +547,272 @@ def test_probe_upstream(env, fake, tmp_path):
     r = cli(["probe", "nope", "--admin", fake.url], cwd=tmp_path)
     assert r.returncode == 1
     assert one_line_error(r) == "sluice: no upstream named 'nope'"
+
+
+# ---- probe over TLS ----------------------------------------------------------------------------
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _leaf(d, name, sans, ca="ca"):
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{name}.key",
+             "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+    (d / f"{name}.ext").write_text("subjectAltName=" + ",".join(sans) + "\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """A test CA; `server` (localhost and 127.0.0.1) and `other` (other.test only) signed by it;
+    `self`, self-signed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI")
+    d = tmp_path_factory.mktemp("probecerts")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
+             "-out", "ca.crt", "-days", "3", "-subj", "/CN=probe test CA", cwd=d)
+    _leaf(d, "server", ["DNS:localhost", "IP:127.0.0.1"])
+    _leaf(d, "other", ["DNS:other.test"])
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "self.key",
+             "-out", "self.crt", "-days", "2", "-subj", "/CN=self", cwd=d)
+    return d
+
+
+class TLSBackend(be.Backend):
+    """The harness backend behind TLS (each accepted socket wrapped server side), recording the
+    SNI and the ALPN protocol each handshake agreed."""
+
+    def __init__(self, certs, cert="server", handler=None, alpn=("http/1.1",)):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(certs / f"{cert}.crt"), str(certs / f"{cert}.key"))
+        self.ctx.set_alpn_protocols(list(alpn))
+        self.ctx.sni_callback = self._on_sni
+        self.snis = []
+        self.alpns = []
+        self.tls_errors = []
+        super().__init__(handler or be.fixed(200, b"ok"), name="tlsprobe")
+
+    def _on_sni(self, sslobj, name, ctx):
+        with self.lock:
+            self.snis.append(name)
+
+    def _serve(self, sock, rec):
+        sock.settimeout(10)
+        try:
+            ssock = self.ctx.wrap_socket(sock, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            with self.lock:
+                self.tls_errors.append(str(e))
+            sock.close()
+            rec.closed.set()
+            return
+        with self.lock:
+            self.alpns.append(ssock.selected_alpn_protocol())
+            self._live.add(ssock)
+        super()._serve(ssock, rec)
+
+
+def tls_backend(env, certs, **kw):
+    b = TLSBackend(certs, **kw)
+    env.backends.append(b)
+    return b
+
+
+MS = r"\d+\.\dms"
+
+
+def probe_row(r, header_lines=0):
+    """The one target row of a probe's table, after `header_lines` lines before the table."""
+    rows = table(r.stdout)
+    assert rows[header_lines] == ["TARGET", "DNS", "CONNECT", "TLS", "FIRST BYTE", "TOTAL", "STATUS"], r.stdout
+    assert len(rows) == header_lines + 2, r.stdout
+    return rows[header_lines + 1]
+
+
+@needs_openssl
+def test_probe_https_url(env, certs, tmp_path):
+    """An https:// URL with --ca: SNI and the name from the URL's host, ALPN http/1.1, the TLS
+    column is the handshake's time and the GET goes over TLS; --json has tls_ms as a number."""
+    b = tls_backend(env, certs, handler=be.fixed(204))
+    r = cli(["probe", "--ca", str(certs / "ca.crt"), f"https://localhost:{b.port}/x?y=1"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = probe_row(r)
+    assert row[0] == f"localhost:{b.port}" and row[6] == "204", row
+    assert all(re.fullmatch(MS, c) for c in row[1:6]), row
+    req = b.wait_requests(1)[0]
+    assert (req.method, req.target) == ("GET", "/x?y=1")
+    assert req.header("host") == f"localhost:{b.port}"
+    assert b.snis == ["localhost"] and b.alpns == ["http/1.1"]
+
+    r = cli(["probe", "--json", f"--ca={certs / 'ca.crt'}", f"https://127.0.0.1:{b.port}/"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    t = json.loads(r.stdout)["targets"][0]
+    assert t["status"] == 204 and t["error"] is None
+    assert isinstance(t["tls_ms"], float) and 0 < t["tls_ms"] <= t["total_ms"], t
+    assert t["connect_ms"] + t["tls_ms"] + t["first_byte_ms"] <= t["total_ms"] + 0.01, t
+    assert b.snis[-1] is None, "no SNI for an IP literal (RFC 6066); its IP SAN matched"
+
+
+@needs_openssl
+def test_probe_https_verification_failures(env, certs, tmp_path):
+    """Without --ca the test CA is unknown (the system store is used): the handshake's reason is
+    the STATUS, exit 1, no first byte. A certificate for another name, and a self-signed one,
+    fail with their own reasons; --insecure skips verification and says so."""
+    b = tls_backend(env, certs)
+    url = f"https://localhost:{b.port}/"
+    r = cli(["probe", url], cwd=tmp_path)
+    assert r.returncode == 1, r.stdout
+    row = probe_row(r)
+    assert row[6] == "tls: certificate verify failed: unable to get local issuer certificate", row
+    assert re.fullmatch(MS, row[2]) and row[3] == "-" and row[4] == "-" and row[5] == "-", row
+    assert b.requests == []
+
+    r = cli(["probe", "--json", url], cwd=tmp_path)
+    assert r.returncode == 1
+    t = json.loads(r.stdout)["targets"][0]
+    assert t["error"].startswith("tls: certificate verify failed") and t["tls_ms"] is None and t["status"] is None
+
+    r = cli(["probe", "--insecure", url], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == "note: --insecure: the server's certificate and name are not verified"
+    row = probe_row(r, header_lines=1)
+    assert row[6] == "200" and re.fullmatch(MS, row[3]), row
+
+    other = tls_backend(env, certs, cert="other")
+    r = cli(["probe", "--ca", str(certs / "ca.crt"), f"https://localhost:{other.port}/"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert probe_row(r)[6] == "tls: certificate verify failed: hostname mismatch", r.stdout
+
+    selfsigned = tls_backend(env, certs, cert="self")
+    r = cli(["probe", "--ca", str(certs / "ca.crt"), f"https://localhost:{selfsigned.port}/"], cwd=tmp_path)
+    assert r.returncode == 1
+    assert probe_row(r)[6] == "tls: certificate verify failed: self-signed certificate", r.stdout
+    r = cli(["probe", "--insecure", f"https://localhost:{selfsigned.port}/"], cwd=tmp_path)
+    assert r.returncode == 0 and probe_row(r, header_lines=1)[6] == "200", r.stdout
+
+    r = cli(["probe", "--ca", str(tmp_path / "missing.pem"), url], cwd=tmp_path)
+    assert r.returncode == 1
+    assert probe_row(r)[6] == f"tls: cannot read the CA file {tmp_path / 'missing.pem'}: No such file or directory"
+
+
+@needs_openssl
+def test_probe_https_to_plain_server(env, tmp_path, certs):
+    """A server that does not speak TLS: a `tls:` reason from OpenSSL, exit 1."""
+    plain = env.backend(be.fixed(200, b"plain"))
+    r = cli(["probe", "--ca", str(certs / "ca.crt"), f"https://127.0.0.1:{plain.port}/"], cwd=tmp_path)
+    assert r.returncode == 1
+    status = probe_row(r)[6]
+    assert status.startswith("tls: ") and len(status) > 5, status
+
+
+@needs_openssl
+def test_probe_tls_upstream_settings(env, fake, certs, tmp_path):
+    """`sluice probe NAME` uses the upstream's `tls` as GET /upstreams/NAME shows it: `ca`
+    relative to the config file's directory (from GET /status), `sni`, https:// targets;
+    `verify: false` is said in the header line."""
+    b = tls_backend(env, certs)
+    fake.on("/status", dict(STATUS, config={"path": str(certs / "sluice.yaml"), "generation": 1}))
+    fake.on("/upstreams/sec", {"targets": [{"address": f"https://127.0.0.1:{b.port}"}],
+                               "tls": {"ca": "ca.crt", "sni": "localhost"},
+                               "health": {"active": {"path": "/hz"}}})
+    r = cli(["probe", "sec", "--admin", fake.url], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == "probing upstream sec: GET /hz over TLS on 1 target"
+    row = probe_row(r, header_lines=1)
+    assert row[0] == f"https://127.0.0.1:{b.port}" and row[6] == "200" and re.fullmatch(MS, row[3]), row
+    assert b.snis == ["localhost"], "the configured sni is sent (and checked: the certificate names localhost)"
+    assert b.wait_requests(1)[0].path == "/hz"
+
+    # The same upstream with a `ca` that is not the issuer: verification fails.
+    (tmp_path / "conf").mkdir()
+    shutil.copy(certs / "self.crt", tmp_path / "conf" / "ca.crt")
+    r = cli(["probe", "sec", "--admin", fake.url, "-c", str(tmp_path / "conf" / "sluice.yaml")], cwd=tmp_path)
+    assert r.returncode == 1, "-c FILE's directory is used for relative paths: its ca.crt is the wrong CA"
+    assert probe_row(r, header_lines=1)[6].startswith("tls: certificate verify failed"), r.stdout
+
+    fake.on("/upstreams/sec", {"targets": [{"address": b.address}], "tls": {"verify": False}})
+    r = cli(["probe", "sec", "--admin", fake.url], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.splitlines()[0] == "probing upstream sec: GET / over TLS (certificate not verified) on 1 target"
+    assert probe_row(r, header_lines=1)[6] == "200"
+
+    fake.on("/upstreams/sec", {"targets": [{"address": b.address}], "tls": True})
+    r = cli(["probe", "sec", "--admin", fake.url], cwd=tmp_path)
+    assert r.returncode == 1, "tls: true verifies against the system store, which lacks the test CA"
+    assert probe_row(r, header_lines=1)[6] == "tls: certificate verify failed: unable to get local issuer certificate"
+    r = cli(["probe", "sec", "--admin", fake.url, "--ca", str(certs / "ca.crt")], cwd=tmp_path)
+    assert r.returncode == 0, "--ca overrides the upstream's trust: " + r.stdout
+
+
+@needs_openssl
+def test_real_tls_upstream_probe(env, certs, tmp_path):
+    """Against a real gateway: an upstream with `tls: {ca: ca.crt}` (relative to its config
+    file) is probed over TLS with that CA: a TLS time and 200."""
+    b = tls_backend(env, certs)
+    gw = env.gateway(start=False, routes=[{"name": "r", "match": {"path_prefix": "/"}, "upstream": "u"}],
+                     upstreams={"u": {"targets": [{"address": b.address}], "tls": {"ca": "ca.crt"}}})
+    shutil.copy(certs / "ca.crt", gw.dir / "ca.crt")
+    gw.start()
+    r = cli(["probe", "u", "--admin", f"http://127.0.0.1:{gw.admin_port}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == "probing upstream u: GET / over TLS on 1 target"
+    row = probe_row(r, header_lines=1)
+    assert row[0] == b.address and row[6] == "200" and re.fullmatch(MS, row[3]), row
+    assert b.alpns[-1] == "http/1.1"
+
+
+@needs_openssl
+def test_probe_h2_upstream(env, certs, tmp_path):
+    """A `protocol: h2` upstream: the probe sends the HTTP/2 preface instead of a GET and times
+    the server's SETTINGS as FIRST BYTE: `h2 ok` against a second sluice's h2c listener and its
+    TLS listener (ALPN h2); an HTTP/1.1-only server and a TLS server without h2 in ALPN fail."""
+    inner = env.gateway(routes=[{"name": "hi", "match": {"path_prefix": "/"}, "respond": {"status": 200}}])
+    tls_port = free_port()
+    env.gateway(
+        listen=[{"address": f"127.0.0.1:{tls_port}",
+                 "tls": {"certificates": [{"cert": str(certs / "server.crt"), "key": str(certs / "server.key")}]}}],
+        routes=[{"name": "hi", "match": {"path_prefix": "/"}, "respond": {"status": 200}}])
+    http1 = env.backend(be.fixed(200, b"h1"))
+    no_h2 = tls_backend(env, certs)
+    outer = env.gateway(
+        routes=[{"name": "r", "match": {"path_prefix": "/"}, "respond": {"status": 204}}],
+        upstreams={"grpc": {"protocol": "h2", "targets": [{"address": f"127.0.0.1:{inner.port}"}]},
+                   "grpcs": {"protocol": "h2", "targets": [{"address": f"https://localhost:{tls_port}"},
+                                                           {"address": f"https://{no_h2.address}"}],
+                             "tls": {"ca": str(certs / "ca.crt"), "sni": "localhost"}},
+                   "h1": {"protocol": "h2", "targets": [{"address": http1.address}]}})
+    admin = ["--admin", f"http://127.0.0.1:{outer.admin_port}"]
+    needs(outer, "/upstreams/grpc")
+
+    r = cli(["probe", "grpc", *admin], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0] == "probing upstream grpc: the HTTP/2 preface (h2c) on 1 target"
+    row = probe_row(r, header_lines=1)
+    assert row[6] == "h2 ok" and row[3] == "-", row
+    assert all(re.fullmatch(MS, c) for c in (row[2], row[4], row[5])), row
+
+    r = cli(["probe", "grpcs", *admin], cwd=tmp_path)
+    assert r.returncode == 1, "the second target does not select h2"
+    assert r.stdout.splitlines()[0] == "probing upstream grpcs: the HTTP/2 preface over TLS on 2 targets"
+    rows = table(r.stdout)[2:]
+    assert rows[0][0] == f"https://localhost:{tls_port}" and rows[0][6] == "h2 ok", rows
+    assert all(re.fullmatch(MS, c) for c in rows[0][1:6]), rows
+    assert rows[1][6] == "tls: the server did not select h2 (ALPN)", rows
+    assert no_h2.requests == []
+
+    r = cli(["probe", "--json", "grpc", *admin], cwd=tmp_path)
+    assert r.returncode == 0
+    t = json.loads(r.stdout)["targets"][0]
+    assert t["error"] is None and t["status"] is None and t["tls_ms"] is None and t["first_byte_ms"] >= 0, t
+
+    r = cli(["probe", "h1", *admin], cwd=tmp_path)
+    assert r.returncode == 1
+    status = probe_row(r, header_lines=1)[6]
+    assert status.startswith("h2: "), status
 
 
 # ---- against a real gateway --------------------------------------------------------------------

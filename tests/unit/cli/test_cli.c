@@ -2,7 +2,8 @@
  * Unit tests of the operator commands' building blocks: URL and address parsing (good and bad
  * input), aligned tables, and the blocking HTTP client against a scripted loopback server
  * (Content-Length, chunked and close-delimited bodies, a 1xx first, garbage, a silent server
- * that must end in a timeout, a refused connect).
+ * that must end in a timeout, a refused connect, TLS to a server that does not speak it) and the
+ * HTTP/2 preface check (SETTINGS first, or the reason it is not).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,6 +60,39 @@ static void test_url_good(void **state)
     assert_string_equal(buf, "http://[::1]:9001/x");
 }
 
+static void test_url_https(void **state)
+{
+    sl_cli_url_t u;
+    char buf[256];
+    assert_int_equal(sl_cli_url_parse("https://api.example.com/healthz", &u, NULL), 0);
+    assert_true(u.tls);
+    assert_int_equal(u.port, 443);
+    assert_string_equal(u.host, "api.example.com");
+    assert_string_equal(u.path, "/healthz");
+    sl_cli_url_format(&u, buf, sizeof(buf));
+    assert_string_equal(buf, "https://api.example.com:443/healthz");
+
+    assert_int_equal(sl_cli_url_parse("HTTPS://[::1]:8443", &u, NULL), 0);
+    assert_true(u.tls && u.host_is_ip);
+    assert_int_equal(u.port, 8443);
+
+    assert_int_equal(sl_cli_url_parse("http://h/", &u, NULL), 0);
+    assert_false(u.tls);
+    assert_int_equal(u.port, 80);
+
+    /* Targets written https://host:port are TLS ones; the port stays required. */
+    assert_int_equal(sl_cli_url_from_address("https://10.0.0.7:8443", "/hz", &u, NULL), 0);
+    assert_true(u.tls);
+    assert_string_equal(u.host, "10.0.0.7");
+    assert_int_equal(u.port, 8443);
+    assert_string_equal(u.path, "/hz");
+    assert_int_equal(sl_cli_url_from_address("10.0.0.7:8443", "/hz", &u, NULL), 0);
+    assert_false(u.tls);
+    const char *why = NULL;
+    assert_int_equal(sl_cli_url_from_address("https://h", "/", &u, &why), SL_EINVALID);
+    assert_non_null(strstr(why, "host:port"));
+}
+
 static void test_url_bad(void **state)
 {
     static const struct {
@@ -67,7 +101,8 @@ static void test_url_bad(void **state)
     } bad[] = {
         {"127.0.0.1:8001", "expected http://"},
         {"ftp://h/", "expected http://"},
-        {"https://h/", "https"},
+        {"https://", "host is empty"},
+        {"https://h:0/", "port"},
         {"http://", "host is empty"},
         {"http:///x", "host is empty"},
         {"http://:80/", "host is empty"},
@@ -285,6 +320,97 @@ static void test_http_chunked_close_interim(void **state)
     sl_cli_response_dispose(&r);
 }
 
+/* sl_cli_http (or, with `h2`, sl_cli_h2_preface) against a scripted server sending
+ * reply[0..len) (NULs allowed) once it has read a blank line. */
+static int fetch_raw(const char *scheme, const char *reply, size_t len, sl_cli_request_t *req, sl_cli_timings_t *t,
+                     server_t *s, bool h2)
+{
+    memset(s, 0, sizeof(*s));
+    s->fd = listener(&s->port);
+    s->reply = reply;
+    s->reply_len = len;
+    pthread_create(&s->thread, NULL, serve, s);
+    sl_cli_url_t u;
+    char url[64];
+    snprintf(url, sizeof(url), "%s://127.0.0.1:%u/", scheme, (unsigned)s->port);
+    assert_int_equal(sl_cli_url_parse(url, &u, NULL), 0);
+    sl_cli_response_t resp;
+    int rc = h2 ? sl_cli_h2_preface(&u, req, t) : sl_cli_http(&u, req, &resp, t);
+    if (rc == 0 && !h2)
+        sl_cli_response_dispose(&resp);
+    pthread_join(s->thread, NULL);
+    close(s->fd);
+    return rc;
+}
+
+static void test_tls_to_plain_server(void **state)
+{
+    server_t s;
+    sl_cli_timings_t t;
+    char detail[256];
+    sl_cli_request_t req = {.method = "GET", .timeout_ms = 2000, .detail = detail, .detail_len = sizeof(detail)};
+    const char *reply = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    /* The server waits for a blank line the ClientHello never has: the handshake times out
+     * within the request's timeout, and says so as a TLS failure. */
+    req.timeout_ms = 300;
+    int rc = fetch_raw("https", reply, strlen(reply), &req, &t, &s, false);
+    assert_int_equal(rc, SL_CLI_ETLS);
+    assert_string_equal(detail, "tls: handshake timed out");
+    assert_true(t.connect_ms >= 0);
+    assert_true(t.tls_ms < 0);
+    assert_true(t.first_byte_ms < 0);
+    /* A ClientHello was sent: a TLS handshake record (content type 22). */
+    assert_int_equal((unsigned char)s.request[0], 22);
+
+    /* Plain http: no TLS time. */
+    req.timeout_ms = 2000;
+    assert_int_equal(fetch_raw("http", reply, strlen(reply), &req, &t, &s, false), 0);
+    assert_true(t.tls_ms < 0);
+    assert_true(t.connect_ms >= 0);
+}
+
+static void test_h2_preface(void **state)
+{
+    server_t s;
+    sl_cli_timings_t t;
+    char detail[256];
+    sl_cli_request_t req = {.timeout_ms = 2000, .detail = detail, .detail_len = sizeof(detail)};
+    /* SETTINGS with one setting (MAX_CONCURRENT_STREAMS 100), then a PING that is never read. */
+    static const char settings[] = "\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64"
+                                   "\x00\x00\x08\x06\x00\x00\x00\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08";
+    assert_int_equal(fetch_raw("http", settings, sizeof(settings) - 1, &req, &t, &s, true), 0);
+    assert_memory_equal(s.request, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24);
+    assert_true(t.first_byte_ms >= 0);
+    assert_true(t.total_ms >= t.first_byte_ms);
+    assert_true(t.tls_ms < 0);
+
+    /* The SETTINGS header arrives, its payload never does. */
+    req.timeout_ms = 300;
+    assert_int_equal(fetch_raw("http", settings, 12, &req, &t, &s, true), SL_CLI_EH2);
+    assert_string_equal(detail, "h2: the server closed the connection before its SETTINGS");
+    req.timeout_ms = 2000;
+
+    static const char goaway[] = "\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01";
+    assert_int_equal(fetch_raw("http", goaway, sizeof(goaway) - 1, &req, &t, &s, true), SL_CLI_EH2);
+    assert_string_equal(detail, "h2: the server's first frame is GOAWAY, not SETTINGS");
+
+    static const char ack[] = "\x00\x00\x00\x04\x01\x00\x00\x00\x00";
+    assert_int_equal(fetch_raw("http", ack, sizeof(ack) - 1, &req, &t, &s, true), SL_CLI_EH2);
+    assert_string_equal(detail, "h2: the server's SETTINGS frame is malformed");
+
+    static const char odd[] = "\x00\x00\x05\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00";
+    assert_int_equal(fetch_raw("http", odd, sizeof(odd) - 1, &req, &t, &s, true), SL_CLI_EH2);
+    assert_string_equal(detail, "h2: the server's SETTINGS frame is malformed");
+
+    const char *h1 = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_int_equal(fetch_raw("http", h1, strlen(h1), &req, &t, &s, true), SL_CLI_EH2);
+    assert_string_equal(detail, "h2: the server answered in HTTP/1.x, not HTTP/2");
+
+    assert_int_equal(fetch_raw("http", "", 0, &req, &t, &s, true), SL_CLI_EH2);
+    assert_string_equal(detail, "h2: the server closed the connection before its SETTINGS");
+    assert_true(t.first_byte_ms < 0);
+}
+
 static void test_http_errors(void **state)
 {
     server_t s;
@@ -328,10 +454,16 @@ static void test_http_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_url_good),    cmocka_unit_test(test_url_bad),
-        cmocka_unit_test(test_address),     cmocka_unit_test(test_table),
-        cmocka_unit_test(test_http_length), cmocka_unit_test(test_http_chunked_close_interim),
+        cmocka_unit_test(test_url_good),
+        cmocka_unit_test(test_url_bad),
+        cmocka_unit_test(test_address),
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_http_length),
+        cmocka_unit_test(test_http_chunked_close_interim),
         cmocka_unit_test(test_http_errors),
+        cmocka_unit_test(test_url_https),
+        cmocka_unit_test(test_tls_to_plain_server),
+        cmocka_unit_test(test_h2_preface),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
