@@ -58,6 +58,7 @@ struct sl_h2up_conn {
     bool dirty;     /* something was submitted during the flush loop: run mem_send again */
     bool any_taken; /* a request body slice was packed: tell its stream */
     bool failed;    /* torn down (deferred while inside a callback) */
+    bool we_ended;  /* nghttp2 sent GOAWAY with an error: the server broke the protocol */
     enum sl_h2up_end fail_how;
     char fail_detail[160];
 };
@@ -209,7 +210,10 @@ static void conn_maybe_close(sl_h2up_conn_t *hc)
     bool over = !nghttp2_session_want_read(hc->ng) && !nghttp2_session_want_write(hc->ng);
     if ((hc->no_new && hc->nstreams == 0) || over) {
         if (hc->nstreams != 0) {
-            conn_fail(hc, SL_H2UP_RESET, "upstream ended the HTTP/2 session");
+            if (hc->we_ended)
+                conn_fail(hc, SL_H2UP_PROTOCOL_ERROR, "invalid HTTP/2 from upstream (connection error)");
+            else
+                conn_fail(hc, SL_H2UP_RESET, "upstream ended the HTTP/2 session");
             return;
         }
         conn_destroy(hc);
@@ -525,6 +529,15 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     return 0;
 }
 
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
+{
+    (void)ng;
+    sl_h2up_conn_t *hc = user;
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
+        hc->we_ended = true;
+    return 0;
+}
+
 static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *frame, int lib_error, void *user)
 {
     (void)ng;
@@ -534,19 +547,19 @@ static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *frame, int
     return 0;
 }
 
+/* nghttp2 copies the callbacks into the session: a table per connection, freed at once. */
 static nghttp2_session_callbacks *session_callbacks(void)
 {
-    static _Thread_local nghttp2_session_callbacks *cbs;
-    if (cbs == NULL) {
-        int rv = nghttp2_session_callbacks_new(&cbs);
-        SL_BUG_ON(rv != 0); /* out of memory */
-        nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
-        nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
-        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
-        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
-        nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
-        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
-    }
+    nghttp2_session_callbacks *cbs;
+    int rv = nghttp2_session_callbacks_new(&cbs);
+    SL_BUG_ON(rv != 0); /* out of memory */
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     return cbs;
 }
 
@@ -667,7 +680,9 @@ static sl_h2up_conn_t *conn_open(sl_worker_t *w, const sl_h2up_target_t *t)
     /* WINDOW_UPDATE only for what the user consumed: flow control is our backpressure. */
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(opt, INITIAL_PEER_STREAMS);
-    rv = nghttp2_session_client_new2(&hc->ng, session_callbacks(), hc, opt);
+    nghttp2_session_callbacks *cbs = session_callbacks();
+    rv = nghttp2_session_client_new2(&hc->ng, cbs, hc, opt);
+    nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
     SL_BUG_ON(rv != 0); /* out of memory */
     nghttp2_settings_entry iv[] = {

@@ -494,13 +494,14 @@ typedef struct proxy {
     bool up_shut;            /* ... and the upstream was told so (SHUT_WR) */
     bool down_shut;          /* the upstream's EOF was passed on to the client */
     /* HTTP/2 upstream (`protocol: h2`, docs/grpc.md): a stream instead of a connection */
-    bool h2;            /* the upstream speaks h2: tries run as streams */
-    bool h2_active;     /* h2s was submitted and sl_h2up_stream_end not called yet */
-    bool h2_eos;        /* the upstream's response is complete */
-    bool h2_body_wait;  /* the request body starts once the connection is up */
-    bool grpc_deadline; /* the route timeout was shortened by grpc-timeout */
-    size_t h2_inflight; /* bytes of h2s.body being written to the client */
-    sl_buf_t *h2_held;  /* the stream's buffer while a failed exchange's write is still out */
+    bool h2;              /* the upstream speaks h2: tries run as streams */
+    bool h2_active;       /* h2s was submitted and sl_h2up_stream_end not called yet */
+    bool h2_eos;          /* the upstream's response is complete */
+    bool h2_body_wait;    /* the request body starts once the connection is up */
+    bool grpc_deadline;   /* the route timeout was shortened by grpc-timeout */
+    bool h2_head_pending; /* a Content-Length response's head waits for its first DATA */
+    size_t h2_inflight;   /* bytes of h2s.body being written to the client */
+    sl_buf_t *h2_held;    /* the stream's buffer while a failed exchange's write is still out */
     sl_h2up_request_t h2req;
     sl_h2up_stream_t h2s;
 } proxy_t;
@@ -748,6 +749,12 @@ static void try_failed(proxy_t *px, enum sl_cause cause, const char *detail, uin
 static void proxy_fail(proxy_t *px, enum sl_cause cause, const char *detail)
 {
     sl_exchange_t *x = px->x;
+    if (px->h2_head_pending) {
+        /* The upstream's head never left: the error replaces it. */
+        px->h2_head_pending = false;
+        x->resp_headers.len = 0;
+        x->resp_trailers.len = 0;
+    }
     conn_drop(px);
     proxy_cleanup(px);
     x->cause = cause;
@@ -1456,6 +1463,59 @@ static void note_first_byte(proxy_t *px)
                                     (size_t)(px->target - px->up->targets), (uint64_t)x->upstream_first_byte_ns);
 }
 
+/* Trailer fields that may be passed on: none that frames, routes, authenticates or controls
+ * the response (RFC 9110 §6.5.1), nor a hop-by-hop one. */
+static bool trailer_allowed(sl_str_t name)
+{
+    static const char *const denied[] = {"content-length",
+                                         "transfer-encoding",
+                                         "host",
+                                         "authorization",
+                                         "proxy-authorization",
+                                         "set-cookie",
+                                         "content-type",
+                                         "content-range",
+                                         "content-encoding",
+                                         "trailer",
+                                         "te",
+                                         "connection",
+                                         "keep-alive",
+                                         "upgrade",
+                                         "cache-control",
+                                         "expires",
+                                         "age",
+                                         "date",
+                                         "location",
+                                         "retry-after",
+                                         "www-authenticate",
+                                         "proxy-authenticate",
+                                         "vary"};
+    for (size_t i = 0; i < SL_ARRAY_SIZE(denied); i++)
+        if (sl_str_caseeq_cstr(name, denied[i]))
+            return false;
+    return name.len > 0 && name.ptr[0] != ':';
+}
+
+/* One trailer line of a chunked response ("name: value", validated by the decoder), copied:
+ * the read buffer moves on. */
+static void trailer_add(proxy_t *px, sl_str_t line)
+{
+    const char *colon = memchr(line.ptr, ':', line.len);
+    if (colon == NULL)
+        return;
+    sl_str_t name = {line.ptr, (size_t)(colon - line.ptr)};
+    const char *v = colon + 1, *e = line.ptr + line.len;
+    while (v < e && (*v == ' ' || *v == '\t'))
+        v++;
+    while (e > v && (e[-1] == ' ' || e[-1] == '\t'))
+        e--;
+    if (!trailer_allowed(name))
+        return;
+    sl_exchange_t *x = px->x;
+    sl_headers_add(&x->arena, &x->resp_trailers, sl_arena_str_dup(&x->arena, name),
+                   sl_arena_str_dup(&x->arena, (sl_str_t){v, (size_t)(e - v)}));
+}
+
 static void response_process(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
@@ -1570,8 +1630,10 @@ static void response_process(proxy_t *px)
                 proxy_fail(px, SL_CAUSE_UPSTREAM_RESET, "upstream closed mid-body");
             return;
         }
-        if (r == SL_H1_CHUNK_TRAILER)
+        if (r == SL_H1_CHUNK_TRAILER) {
+            trailer_add(px, out);
             continue;
+        }
         if (r == SL_H1_CHUNK_DONE) {
             response_done(px);
             return;
@@ -1722,11 +1784,15 @@ static proxy_t *h2_proxy(sl_h2up_stream_t *st)
     return st->user;
 }
 
+static bool h2_send_head(proxy_t *px);
+
 /* Writes what the stream has received to the client, one slice at a time; the window reopens
  * as each write completes (on_client_written). Ends the exchange once the stream is complete
  * and everything is out. */
 static void h2_pump(proxy_t *px)
 {
+    if (px->h2_head_pending && !h2_send_head(px))
+        return;
     for (;;) {
         sl_buf_t *b = px->h2s.body;
         size_t avail = b != NULL ? b->len - b->off : 0;
@@ -1741,6 +1807,20 @@ static void h2_pump(proxy_t *px)
         px->h2_inflight = 0;
         sl_h2up_stream_consume(&px->h2s, avail);
     }
+}
+
+/* Returns false when the exchange ended (px must not be touched). */
+static bool h2_send_head(proxy_t *px)
+{
+    sl_exchange_t *x = px->x;
+    px->h2_head_pending = false;
+    if (x->down->send_head(x) != 0) {
+        conn_drop(px);
+        proxy_cleanup(px);
+        x->down->abort(x);
+        return false;
+    }
+    return true;
 }
 
 static void h2_on_head(sl_h2up_stream_t *st, int status, const sl_header_t *h, size_t n, bool end_stream)
@@ -1795,14 +1875,16 @@ static void h2_on_head(sl_h2up_stream_t *st, int status, const sl_header_t *h, s
     } else {
         x->resp_body_kind = bodiless ? SL_BODY_NONE : SL_BODY_STREAM;
     }
-    if (x->down->send_head(x) != 0) {
-        conn_drop(px);
-        proxy_cleanup(px);
-        x->down->abort(x);
-        return;
-    }
     px->state = PX_BODY;
     phase_timeout_set(px, px->up->conf->read_timeout_ms, on_read_timeout);
+    /* A head with a Content-Length waits for the first DATA (nghttp2 checks it against the
+     * length before handing it over): a body that breaks the length is then still a 502, not
+     * a head and a cut connection. Streams (gRPC) get their head at once. */
+    if (has_length && !end_stream) {
+        px->h2_head_pending = true;
+        return;
+    }
+    h2_send_head(px);
 }
 
 static void h2_on_data(sl_h2up_stream_t *st)
@@ -1826,7 +1908,8 @@ static void h2_on_trailers(sl_h2up_stream_t *st, const sl_header_t *h, size_t n)
     if (px->state != PX_BODY)
         return;
     for (size_t i = 0; i < n; i++)
-        sl_headers_add(&x->arena, &x->resp_trailers, h[i].name, h[i].value);
+        if (trailer_allowed(h[i].name))
+            sl_headers_add(&x->arena, &x->resp_trailers, h[i].name, h[i].value);
 }
 
 static void h2_on_closed(sl_h2up_stream_t *st, enum sl_h2up_end how, const char *detail)
