@@ -36,6 +36,16 @@
 #define MAX_HEAD_BYTES  (64 * 1024)
 #define MAX_HEAD_FIELDS 128
 
+/* What nghttp2 holds as a stream's user data: the stream, or NULL once its user let go. A
+ * stream's user data cannot be reliably cleared through nghttp2 before its HEADERS are sent
+ * (a request queued behind the server's stream limit has no stream object yet), so the user's
+ * stream (in its arena) is never handed to nghttp2 directly. Freed at the stream's close, or
+ * with the connection. */
+typedef struct slot {
+    sl_h2up_stream_t *st;
+    struct slot *prev, *next; /* the connection's live slots, or its free list (next) */
+} slot_t;
+
 struct sl_h2up_conn {
     sl_upconn_t *c;
     nghttp2_session *ng;
@@ -50,15 +60,17 @@ struct sl_h2up_conn {
     sl_timeq_entry_t timer; /* connect, send (a write pending) or idle (no stream) */
     sl_buf_t *out;
     uv_buf_t iov[2];
-    bool up;        /* connected, TLS done: frames may be written */
-    bool no_new;    /* GOAWAY received, draining, or failing: no new stream */
-    bool in_recv;   /* inside nghttp2_session_mem_recv */
-    bool in_flush;  /* inside the flush loop */
-    bool writing;   /* a write is queued */
-    bool dirty;     /* something was submitted during the flush loop: run mem_send again */
-    bool any_taken; /* a request body slice was packed: tell its stream */
-    bool failed;    /* torn down (deferred while inside a callback) */
-    bool we_ended;  /* nghttp2 sent GOAWAY with an error: the server broke the protocol */
+    bool up;            /* connected, TLS done: frames may be written */
+    bool no_new;        /* GOAWAY received, draining, or failing: no new stream */
+    bool in_recv;       /* inside nghttp2_session_mem_recv */
+    bool in_flush;      /* inside the flush loop */
+    bool writing;       /* a write is queued */
+    bool dirty;         /* something was submitted during the flush loop: run mem_send again */
+    bool any_taken;     /* a request body slice was packed: tell its stream */
+    bool failed;        /* torn down (deferred while inside a callback) */
+    bool we_ended;      /* nghttp2 sent GOAWAY with an error: the server broke the protocol */
+    slot_t *slots;      /* live */
+    slot_t *free_slots; /* for reuse: no malloc per stream once the connection is warm */
     enum sl_h2up_end fail_how;
     char fail_detail[160];
 };
@@ -106,7 +118,49 @@ static void stream_unlink(sl_h2up_stream_t *st)
         st->next->prev = st->prev;
     st->prev = st->next = NULL;
     st->conn = NULL;
+    if (st->slot != NULL) {
+        ((slot_t *)st->slot)->st = NULL;
+        st->slot = NULL;
+    }
     hc->nstreams--;
+}
+
+static slot_t *slot_take(sl_h2up_conn_t *hc, sl_h2up_stream_t *st)
+{
+    slot_t *sl = hc->free_slots;
+    if (sl != NULL)
+        hc->free_slots = sl->next;
+    else
+        sl = sl_xmalloc(sizeof(*sl));
+    sl->st = st;
+    sl->prev = NULL;
+    sl->next = hc->slots;
+    if (hc->slots != NULL)
+        hc->slots->prev = sl;
+    hc->slots = sl;
+    return sl;
+}
+
+static void slot_give(sl_h2up_conn_t *hc, slot_t *sl)
+{
+    if (sl->prev != NULL)
+        sl->prev->next = sl->next;
+    else
+        hc->slots = sl->next;
+    if (sl->next != NULL)
+        sl->next->prev = sl->prev;
+    sl->st = NULL;
+    sl->next = hc->free_slots;
+    hc->free_slots = sl;
+}
+
+static void slots_free(slot_t *sl)
+{
+    while (sl != NULL) {
+        slot_t *next = sl->next;
+        free(sl);
+        sl = next;
+    }
 }
 
 /* ---- timers -------------------------------------------------------------------------------- */
@@ -172,6 +226,8 @@ static void conn_destroy(sl_h2up_conn_t *hc)
     pool_unlist(hc);
     sl_timeq_cancel(&hc->timer);
     nghttp2_session_del(hc->ng);
+    slots_free(hc->slots);
+    slots_free(hc->free_slots);
     sl_buf_put(bufs(hc), hc->out);
     if (hc->tls != NULL)
         sl_tls_client_ctx_unref((sl_tls_client_ctx_t *)hc->tls);
@@ -331,7 +387,8 @@ static void conn_kick(sl_h2up_conn_t *hc)
 
 static sl_h2up_stream_t *stream_of(nghttp2_session *ng, int32_t id)
 {
-    return nghttp2_session_get_stream_user_data(ng, id);
+    slot_t *sl = nghttp2_session_get_stream_user_data(ng, id);
+    return sl != NULL ? sl->st : NULL;
 }
 
 static ssize_t on_request_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
@@ -441,12 +498,21 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 }
 
 /* The response is complete while our request is still going (RFC 9113 §8.1 allows an early
- * response): the rest of the request is not wanted, and the stream closes cleanly. */
+ * response): the rest of the request is not wanted. Our side ends with an empty DATA frame
+ * rather than RST_STREAM, which servers count against rapid reset (a server that wanted the
+ * body cut short has reset the stream itself). */
 static void remote_end(nghttp2_session *ng, sl_h2up_stream_t *st)
 {
     st->resp_eos = true;
-    if (st->has_body && nghttp2_session_get_stream_local_close(ng, st->id) == 0)
-        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+    if (st->has_body && !st->req_eof && nghttp2_session_get_stream_local_close(ng, st->id) == 0) {
+        st->req_eof = true;
+        st->req_data = NULL;
+        st->req_len = st->req_off = 0;
+        if (st->req_deferred) {
+            st->req_deferred = false;
+            nghttp2_session_resume_data(ng, st->id);
+        }
+    }
 }
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user)
@@ -491,11 +557,16 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *user)
 {
-    (void)user;
-    sl_h2up_stream_t *st = stream_of(ng, id);
-    if (st == NULL)
+    sl_h2up_conn_t *hc = user;
+    slot_t *sl = nghttp2_session_get_stream_user_data(ng, id);
+    if (sl == NULL)
         return 0;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
+    sl_h2up_stream_t *st = sl->st;
+    slot_give(hc, sl);
+    if (st == NULL)
+        return 0;
+    st->slot = NULL;
     /* What the user has not consumed yet is in our buffer: the connection window need not
      * wait for it. */
     if (st->body != NULL && st->body->len > st->body->off)
@@ -538,6 +609,25 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
     return 0;
 }
 
+/* A request that never left (the server sent GOAWAY first, or the session is ending): nghttp2
+ * has no stream for it, so it tells nobody else. Not processed: refused. */
+static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *frame, int lib_error, void *user)
+{
+    (void)ng;
+    (void)lib_error;
+    sl_h2up_conn_t *hc = user;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    for (sl_h2up_stream_t *st = hc->streams; st != NULL; st = st->next) {
+        if (st->id == frame->hd.stream_id) {
+            stream_unlink(st);
+            st->ops->closed(st, SL_H2UP_REFUSED, "request not sent: the upstream connection is going away");
+            break;
+        }
+    }
+    return 0;
+}
+
 static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *frame, int lib_error, void *user)
 {
     (void)ng;
@@ -560,6 +650,7 @@ static nghttp2_session_callbacks *session_callbacks(void)
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, on_frame_not_send);
     return cbs;
 }
 
@@ -764,14 +855,17 @@ int sl_h2up_stream_submit(sl_worker_t *w, const sl_h2up_target_t *t, const sl_h2
 #undef NV
     nghttp2_data_provider dp = {.source.ptr = NULL, .read_callback = on_request_body};
     st->has_body = req->has_body;
-    int32_t id = nghttp2_submit_request(hc->ng, NULL, nv, n, req->has_body ? &dp : NULL, st);
+    slot_t *sl = slot_take(hc, st);
+    int32_t id = nghttp2_submit_request(hc->ng, NULL, nv, n, req->has_body ? &dp : NULL, sl);
     if (id < 0) {
+        slot_give(hc, sl);
         sl_log_debug("upstream h2: submit_request: %s", nghttp2_strerror(id));
         if (hc->nstreams == 0 && !hc->up)
             conn_destroy(hc);
         return SL_EINVALID;
     }
     st->id = id;
+    st->slot = sl;
     st->reused = hc->up;
     stream_link(hc, st);
     timer_update(hc);
@@ -821,8 +915,7 @@ void sl_h2up_stream_end(sl_h2up_stream_t *st)
 {
     sl_h2up_conn_t *hc = st->conn;
     if (hc != NULL) {
-        stream_unlink(st);
-        nghttp2_session_set_stream_user_data(hc->ng, st->id, NULL);
+        stream_unlink(st); /* its slot forgets it: nghttp2's later callbacks see no stream */
         if (st->body != NULL && st->body->len > st->body->off)
             nghttp2_session_consume(hc->ng, st->id, st->body->len - st->body->off);
         if (!hc->failed) {

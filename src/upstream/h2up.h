@@ -72,6 +72,7 @@ struct sl_h2up_stream {
     void *user;
     sl_arena_t *arena;    /* where header fields are copied; the user's */
     sl_h2up_conn_t *conn; /* NULL when not linked */
+    void *slot;           /* what nghttp2 knows it by (h2up.c) */
     sl_h2up_stream_t *prev, *next;
     int32_t id;
     /* response body received and not yet consumed; never larger than the stream window */

@@ -501,7 +501,6 @@ typedef struct proxy {
     bool grpc_deadline;   /* the route timeout was shortened by grpc-timeout */
     bool h2_head_pending; /* a Content-Length response's head waits for its first DATA */
     size_t h2_inflight;   /* bytes of h2s.body being written to the client */
-    sl_buf_t *h2_held;    /* the stream's buffer while a failed exchange's write is still out */
     sl_h2up_request_t h2req;
     sl_h2up_stream_t h2s;
 } proxy_t;
@@ -534,16 +533,32 @@ static uint64_t try_timeout_ms(const proxy_t *px)
     return per_try ? per_try : px->up->conf->read_timeout_ms;
 }
 
-/* The h2 stream is reset if still open (nghttp2 forgets it: it lives in the arena); a slice of
- * its buffer being written to the client stays ours until that write ends. */
+typedef struct held_buf {
+    sl_buf_pool_t *pool;
+    sl_buf_t *buf;
+} held_buf_t;
+
+static void held_buf_release(void *p)
+{
+    held_buf_t *h = p;
+    sl_buf_put(h->pool, h->buf);
+}
+
+/* The h2 stream is reset if still open (nghttp2 forgets it: it lives in the arena). A slice of
+ * its buffer being written to the client stays valid until the exchange is recycled, which
+ * the codec does only once no write of it is pending (a stalled client's connection may be
+ * closed without the write callback ever running). */
 static void h2_drop(proxy_t *px)
 {
     if (!px->h2_active)
         return;
     px->h2_active = false;
-    if (px->client_writing) {
-        px->h2_held = px->h2s.body;
+    if (px->client_writing && px->h2s.body != NULL) {
+        held_buf_t *h = sl_arena_alloc(&px->x->arena, sizeof(*h));
+        h->pool = sl__connpool_h2_bufs(px->x->worker);
+        h->buf = px->h2s.body;
         px->h2s.body = NULL;
+        sl_arena_on_dispose(&px->x->arena, held_buf_release, h);
     }
     sl_h2up_stream_end(&px->h2s);
 }
@@ -560,14 +575,6 @@ static void conn_drop(proxy_t *px)
 
 /* An unfinished fill is dropped (upstream failed mid-body, client left) and the coalescing lock
  * released, so waiters look again and go upstream themselves. */
-static void h2_held_release(proxy_t *px)
-{
-    if (px->h2_held != NULL) {
-        sl_buf_put(sl__connpool_h2_bufs(px->x->worker), px->h2_held);
-        px->h2_held = NULL;
-    }
-}
-
 static void cache_abandon(proxy_t *px)
 {
     if (px->fill != NULL) {
@@ -774,7 +781,6 @@ static void proxy_on_abort(sl_exchange_t *x)
 {
     proxy_t *px = x->handler_data;
     conn_drop(px);
-    h2_held_release(px); /* the codec is done with every slice */
     proxy_cleanup(px);
 }
 
@@ -1318,7 +1324,6 @@ static void on_client_written(sl_exchange_t *x, int status)
     px->client_writing = false;
     if (px->conn)
         px->conn->pinned = false;
-    h2_held_release(px);
     if (px->state == PX_DONE) {
         x->down->abort(x);
         return;
