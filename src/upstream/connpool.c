@@ -37,6 +37,7 @@ struct sl_upstream_worker {
     sl_timeq_entry_t *tick; /* the proxy's resilience tick; first member of its object */
     void (*tick_free)(void *);
     sl_buf_pool_t h2_bufs; /* H2UP_BUF bytes each: h2 stream windows and output */
+    void *h2up;            /* h2up.c's per-worker state (its flush handle), or NULL */
 };
 
 /* An h2 stream's receive window and an h2 connection's gathered output (h2up.c). */
@@ -50,6 +51,11 @@ void **sl__connpool_mux(sl_connpool_t *p)
 sl_buf_pool_t *sl__connpool_h2_bufs(sl_worker_t *w)
 {
     return &w->up->h2_bufs;
+}
+
+void **sl__connpool_h2up_state(sl_worker_t *w)
+{
+    return &w->up->h2up;
 }
 
 sl_worker_t *sl__connpool_worker(sl_connpool_t *p)

@@ -60,27 +60,39 @@ struct sl_h2up_conn {
     sl_timeq_entry_t timer; /* connect, send (a write pending) or idle (no stream) */
     sl_buf_t *out;
     uv_buf_t iov[2];
-    bool up;            /* connected, TLS done: frames may be written */
-    bool no_new;        /* GOAWAY received, draining, or failing: no new stream */
-    bool in_recv;       /* inside nghttp2_session_mem_recv */
-    bool in_flush;      /* inside the flush loop */
-    bool writing;       /* a write is queued */
-    bool dirty;         /* something was submitted during the flush loop: run mem_send again */
-    bool any_taken;     /* a request body slice was packed: tell its stream */
-    bool failed;        /* torn down (deferred while inside a callback) */
-    bool we_ended;      /* nghttp2 sent GOAWAY with an error: the server broke the protocol */
-    slot_t *slots;      /* live */
-    slot_t *free_slots; /* for reuse: no malloc per stream once the connection is warm */
+    bool up;                    /* connected, TLS done: frames may be written */
+    bool no_new;                /* GOAWAY received, draining, or failing: no new stream */
+    bool in_recv;               /* inside nghttp2_session_mem_recv */
+    bool in_flush;              /* inside the flush loop */
+    bool writing;               /* a write is queued */
+    bool dirty;                 /* something was submitted during the flush loop: run mem_send again */
+    bool any_taken;             /* a request body slice was packed: tell its stream */
+    bool any_end_check;         /* a stream was answered early: see end_checks_run */
+    bool failed;                /* torn down (deferred while inside a callback) */
+    bool we_ended;              /* nghttp2 sent GOAWAY with an error: the server broke the protocol */
+    sl_h2up_conn_t *flush_next; /* the worker's list of connections to flush this loop turn */
+    bool queued;                /* in that list */
+    slot_t *slots;              /* live */
+    slot_t *free_slots;         /* for reuse: no malloc per stream once the connection is warm */
     enum sl_h2up_end fail_how;
     char fail_detail[160];
 };
 
 static _Thread_local char end_detail[160];
 
+/* Per worker: the connections whose output waits for the end of this loop turn, so the
+ * frames of many streams (and a request's HEADERS, DATA and END_STREAM) leave in one write. */
+typedef struct h2up_worker {
+    uv_idle_t idle;
+    bool active;
+    sl_h2up_conn_t *flush_head;
+} h2up_worker_t;
+
 void sl__connpool_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 void sl__connpool_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void conn_flush(sl_h2up_conn_t *hc);
+static void conn_unqueue(sl_h2up_conn_t *hc);
 static void conn_fail(sl_h2up_conn_t *hc, enum sl_h2up_end how, const char *detail);
 static void conn_maybe_close(sl_h2up_conn_t *hc);
 
@@ -224,6 +236,7 @@ static void conn_destroy(sl_h2up_conn_t *hc)
 {
     SL_BUG_ON(hc->nstreams != 0);
     pool_unlist(hc);
+    conn_unqueue(hc);
     sl_timeq_cancel(&hc->timer);
     nghttp2_session_del(hc->ng);
     slots_free(hc->slots);
@@ -374,13 +387,61 @@ static void conn_flush(sl_h2up_conn_t *hc)
     conn_maybe_close(hc);
 }
 
-/* Output wanted: now, or after the receive / flush on the stack returns. */
+static void on_flush_idle(uv_idle_t *h)
+{
+    h2up_worker_t *hw = h->data;
+    while (hw->flush_head != NULL) {
+        sl_h2up_conn_t *hc = hw->flush_head;
+        hw->flush_head = hc->flush_next;
+        hc->queued = false;
+        conn_flush(hc);
+    }
+    hw->active = false;
+    uv_idle_stop(&hw->idle);
+}
+
+static h2up_worker_t *worker_state(sl_worker_t *w)
+{
+    void **p = sl__connpool_h2up_state(w);
+    if (*p == NULL) {
+        h2up_worker_t *hw = sl_xcalloc(1, sizeof(*hw));
+        uv_idle_init(&w->loop, &hw->idle);
+        hw->idle.data = hw;
+        *p = hw;
+    }
+    return *p;
+}
+
+static void conn_unqueue(sl_h2up_conn_t *hc)
+{
+    if (!hc->queued)
+        return;
+    hc->queued = false;
+    h2up_worker_t *hw = worker_state(hc->w);
+    for (sl_h2up_conn_t **p = &hw->flush_head; *p != NULL; p = &(*p)->flush_next)
+        if (*p == hc) {
+            *p = hc->flush_next;
+            break;
+        }
+}
+
+/* Output wanted: at the end of this loop turn (or of the flush on the stack). */
 static void conn_kick(sl_h2up_conn_t *hc)
 {
-    if (hc->in_flush)
+    if (hc->in_flush) {
         hc->dirty = true;
-    else
-        conn_flush(hc);
+        return;
+    }
+    if (hc->queued || hc->failed)
+        return;
+    h2up_worker_t *hw = worker_state(hc->w);
+    hc->queued = true;
+    hc->flush_next = hw->flush_head;
+    hw->flush_head = hc;
+    if (!hw->active) {
+        hw->active = true;
+        uv_idle_start(&hw->idle, on_flush_idle);
+    }
 }
 
 /* ---- session callbacks -------------------------------------------------------------------- */
@@ -411,6 +472,11 @@ static ssize_t on_request_body(nghttp2_session *ng, int32_t id, uint8_t *buf, si
             st->req_len = st->req_off = 0;
             st->req_taken = true;
             hc->any_taken = true;
+            if (st->req_last) {
+                /* END_STREAM on this frame, not on an empty one after it. */
+                st->req_eof = true;
+                *flags |= NGHTTP2_DATA_FLAG_EOF;
+            }
         }
         return (ssize_t)n;
     }
@@ -498,20 +564,32 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 }
 
 /* The response is complete while our request is still going (RFC 9113 §8.1 allows an early
- * response): the rest of the request is not wanted. Our side ends with an empty DATA frame
- * rather than RST_STREAM, which servers count against rapid reset (a server that wanted the
- * body cut short has reset the stream itself). */
-static void remote_end(nghttp2_session *ng, sl_h2up_stream_t *st)
+ * response): the rest of the request is not wanted. Our side cannot end with END_STREAM (the
+ * body would be shorter than its Content-Length: malformed), so it is reset with NO_ERROR; but
+ * only after this read, and only if the server did not reset the stream itself right behind
+ * its response (as sluice and most servers do): servers count a client's resets against rapid
+ * reset, and an upstream sluice closed the connection after 1,000 of them. */
+static void remote_end(nghttp2_session *ng, sl_h2up_conn_t *hc, sl_h2up_stream_t *st)
 {
     st->resp_eos = true;
-    if (st->has_body && !st->req_eof && nghttp2_session_get_stream_local_close(ng, st->id) == 0) {
-        st->req_eof = true;
-        st->req_data = NULL;
-        st->req_len = st->req_off = 0;
-        if (st->req_deferred) {
-            st->req_deferred = false;
-            nghttp2_session_resume_data(ng, st->id);
-        }
+    if (st->has_body && nghttp2_session_get_stream_local_close(ng, st->id) == 0) {
+        st->end_check = true;
+        hc->any_end_check = true;
+    }
+}
+
+/* After a read: the early-answered streams the server left open are reset. */
+static void end_checks_run(sl_h2up_conn_t *hc)
+{
+    if (!hc->any_end_check)
+        return;
+    hc->any_end_check = false;
+    for (sl_h2up_stream_t *st = hc->streams; st != NULL; st = st->next) {
+        if (!st->end_check)
+            continue;
+        st->end_check = false;
+        if (nghttp2_session_get_stream_local_close(hc->ng, st->id) == 0)
+            nghttp2_submit_rst_stream(hc->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
     }
 }
 
@@ -534,17 +612,17 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
             if (st->status >= 200)
                 st->head_seen = true;
             if (eos)
-                remote_end(ng, st);
+                remote_end(ng, hc, st);
             st->ops->head(st, st->status, st->hdr, st->nhdr, eos);
         } else {
             if (eos)
-                remote_end(ng, st);
+                remote_end(ng, hc, st);
             st->ops->trailers(st, st->hdr, st->nhdr);
         }
         break;
     case NGHTTP2_DATA:
         if (eos)
-            remote_end(ng, st);
+            remote_end(ng, hc, st);
         break;
     case NGHTTP2_RST_STREAM:
         st->remote_rst = true;
@@ -743,6 +821,7 @@ void sl__h2up_on_read(sl_upconn_t *c, ssize_t nread)
         conn_fail(hc, hc->fail_how, hc->fail_detail);
         return;
     }
+    end_checks_run(hc);
     conn_flush(hc);
 }
 
@@ -874,10 +953,10 @@ int sl_h2up_stream_submit(sl_worker_t *w, const sl_h2up_target_t *t, const sl_h2
     return 0;
 }
 
-void sl_h2up_stream_send_body(sl_h2up_stream_t *st, const char *data, size_t len)
+void sl_h2up_stream_send_body(sl_h2up_stream_t *st, const char *data, size_t len, bool last)
 {
     sl_h2up_conn_t *hc = st->conn;
-    if (hc == NULL)
+    if (hc == NULL || st->req_eof)
         return;
     if (len == 0) {
         st->req_eof = true;
@@ -885,6 +964,7 @@ void sl_h2up_stream_send_body(sl_h2up_stream_t *st, const char *data, size_t len
         st->req_data = data;
         st->req_len = len;
         st->req_off = 0;
+        st->req_last = last;
     }
     if (st->req_deferred) {
         st->req_deferred = false;
@@ -951,4 +1031,19 @@ void sl_h2up_close_idle(sl_worker_t *w)
             hc = next;
         }
     }
+}
+
+static void free_worker_state(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void sl_h2up_worker_dispose(sl_worker_t *w)
+{
+    void **p = sl__connpool_h2up_state(w);
+    h2up_worker_t *hw = *p;
+    if (hw == NULL)
+        return;
+    *p = NULL;
+    uv_close((uv_handle_t *)&hw->idle, free_worker_state);
 }

@@ -81,12 +81,14 @@ struct sl_h2up_stream {
     const char *req_data;
     size_t req_len, req_off;
     bool req_eof;            /* the user said the body ended */
+    bool req_last;           /* the slice being packed ends the body */
     bool req_deferred;       /* nghttp2 waits for a slice */
     bool req_taken;          /* the slice was packed: body_taken is due */
     bool has_body;           /* a data provider was submitted */
     bool head_seen;          /* a final (>= 200) head arrived */
     bool reused;             /* the connection was already up when the stream was submitted */
     bool resp_eos;           /* the server ended its side */
+    bool end_check;          /* answered while our body was still going: reset unless the server did */
     bool remote_rst;         /* the server sent RST_STREAM */
     bool bad_head;           /* the response head passed the limits */
     bool bad_flow;           /* the server sent more than the window */
@@ -127,8 +129,9 @@ int sl_h2up_stream_submit(sl_worker_t *w, const sl_h2up_target_t *t, const sl_h2
                           sl_h2up_stream_t *st);
 
 /** Gives the next request body slice (held by reference until body_taken), or the end of the
- *  body (len 0). */
-void sl_h2up_stream_send_body(sl_h2up_stream_t *st, const char *data, size_t len);
+ *  body (len 0). `last`: this slice ends the body (END_STREAM goes on its last frame; a later
+ *  end is then ignored). */
+void sl_h2up_stream_send_body(sl_h2up_stream_t *st, const char *data, size_t len, bool last);
 
 /** The user wrote `n` bytes of st->body on: they leave the buffer and the window reopens. */
 void sl_h2up_stream_consume(sl_h2up_stream_t *st, size_t n);
@@ -141,6 +144,9 @@ void sl_h2up_stream_end(sl_h2up_stream_t *st);
 /** Closes every h2 connection of the worker without streams; the others stop taking streams
  *  and close after their last (drain). */
 void sl_h2up_close_idle(sl_worker_t *w);
+
+/** Closes the worker's flush handle (after its loop ended; run the loop once more to finish). */
+void sl_h2up_worker_dispose(sl_worker_t *w);
 
 /* connpool.c hands a connection's reads and handshake result here when c->mux is set. */
 void sl__h2up_on_read(sl_upconn_t *c, ssize_t nread);

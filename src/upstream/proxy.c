@@ -420,6 +420,9 @@ void sl_upstream_worker_close_idle(sl_worker_t *w)
 
 void sl_upstream_worker_dispose(sl_worker_t *w)
 {
+    /* The h2 flush handle closes on the finished loop: one more turn runs its close callback. */
+    sl_h2up_worker_dispose(w);
+    uv_run(&w->loop, UV_RUN_NOWAIT);
     sl__connpool_worker_destroy(w->up);
     w->up = NULL;
 }
@@ -494,13 +497,14 @@ typedef struct proxy {
     bool up_shut;            /* ... and the upstream was told so (SHUT_WR) */
     bool down_shut;          /* the upstream's EOF was passed on to the client */
     /* HTTP/2 upstream (`protocol: h2`, docs/grpc.md): a stream instead of a connection */
-    bool h2;              /* the upstream speaks h2: tries run as streams */
-    bool h2_active;       /* h2s was submitted and sl_h2up_stream_end not called yet */
-    bool h2_eos;          /* the upstream's response is complete */
-    bool h2_body_wait;    /* the request body starts once the connection is up */
-    bool grpc_deadline;   /* the route timeout was shortened by grpc-timeout */
-    bool h2_head_pending; /* a Content-Length response's head waits for its first DATA */
-    size_t h2_inflight;   /* bytes of h2s.body being written to the client */
+    bool h2;               /* the upstream speaks h2: tries run as streams */
+    bool h2_active;        /* h2s was submitted and sl_h2up_stream_end not called yet */
+    bool h2_eos;           /* the upstream's response is complete */
+    bool h2_body_wait;     /* the request body starts once the connection is up */
+    bool grpc_deadline;    /* the route timeout was shortened by grpc-timeout */
+    bool h2_head_pending;  /* a Content-Length response's head waits for its first DATA */
+    size_t h2_inflight;    /* bytes of h2s.body being written to the client */
+    uint64_t h2_body_sent; /* request body bytes given to the stream */
     sl_h2up_request_t h2req;
     sl_h2up_stream_t h2s;
 } proxy_t;
@@ -679,6 +683,7 @@ static void retry(proxy_t *px, const char *detail)
     conn_drop(px);
     px->h2_eos = px->h2_body_wait = false;
     px->h2_inflight = 0;
+    px->h2_body_sent = 0;
     sl_timeq_cancel(&px->phase_timeout);
     target_rt_t *failed = px->target, *next = NULL;
     for (int i = 0; i < 4 && (next == NULL || (next == failed && up->ntargets > 1)); i++)
@@ -1968,8 +1973,11 @@ static void h2_request_body_cb(sl_exchange_t *x, int status, const char *data, s
     }
     if (len == 0)
         px->req_body_done = true;
+    px->h2_body_sent += len;
+    /* A body of known length ends with its last byte: END_STREAM rides on that DATA frame. */
+    bool last = len > 0 && x->req_body_kind == SL_BODY_LENGTH && px->h2_body_sent == x->req_content_length;
     if (px->h2_active)
-        sl_h2up_stream_send_body(&px->h2s, data, len);
+        sl_h2up_stream_send_body(&px->h2s, data, len, last);
 }
 
 static void h2_on_body_taken(sl_h2up_stream_t *st)
