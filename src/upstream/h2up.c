@@ -6,8 +6,9 @@
  * Re-entrancy: nghttp2_session_mem_recv / mem_send must never run inside one of their own
  * callbacks, and a session must not be deleted under them. Stream callbacks (which may submit
  * new streams, cancel streams or give body slices) therefore only mark the connection; output
- * is flushed after the receive returns, and a connection that failed inside a callback is torn
- * down after it.
+ * is flushed after the receive returns or once per event-loop turn (a per-worker idle handle,
+ * so the frames of many requests share a write), and a connection that failed inside a
+ * callback is torn down after it.
  */
 #include "upstream/h2up.h"
 

@@ -18,12 +18,16 @@
  * slice is held by reference until nghttp2 has packed it into frames (the peer's window
  * permitting), then `body_taken` asks for the next one.
  *
- * Ownership: sl_h2up_conn_t is malloc'd, owned by its pool (listed there) and freed when it
- * closes; sl_h2up_stream_t is the user's (the proxy's arena), linked into its connection from
- * submit until `closed` runs or the user ends it (sl_h2up_stream_end). Callbacks run on the worker thread from
- * socket reads and writes, never from inside a call the user made, except `closed` from
- * sl_h2up_stream_submit (submit returns its error instead), except that a stream's `closed` or
- * `data` may lead its user to submit or end other streams: that is allowed from any callback.
+ * Output of all of a worker's h2 connections is written once per event-loop turn (an idle
+ * handle), so the frames of many requests share a write.
+ *
+ * Ownership: sl_h2up_conn_t is malloc'd and owned by this file (listed in its pool while it
+ * takes new streams), freed when it closes. sl_h2up_stream_t is the user's (the proxy's arena),
+ * linked into its connection from submit until `closed` runs or the user ends it
+ * (sl_h2up_stream_end); nghttp2 only ever holds a slot that forgets the stream when it ends.
+ * Callbacks run on the worker thread from socket reads, writes, timers and the loop-turn flush,
+ * never from inside a call the user made. A callback may submit or end streams (its own and
+ * others).
  */
 #ifndef SL_UPSTREAM_H2UP_H
 #define SL_UPSTREAM_H2UP_H
