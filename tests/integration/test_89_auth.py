@@ -491,9 +491,11 @@ def test_token_introspection(env):
                          "client_secret_env": "SLUICE_TEST_INTROSPECT_SECRET", "timeout": "300ms",
                          "cache_ttl": "30s"}}
     try:
-        gw, _ = gateway(env, introspection=endpoints, consumers={"alice": {"groups": ["readers"]}}, routes=[
-            {"name": "opaque", "match": {"path_prefix": "/o"}, "upstream": "app",
-             "auth": [{"introspection": "idp"}]}])
+        # One worker: the verdict cache is per worker, and with two the connections' spread
+        # decided whether a cached token met its cache (a flake under ASan).
+        gw, _ = gateway(env, introspection=endpoints, consumers={"alice": {"groups": ["readers"]}}, workers=1,
+                        routes=[{"name": "opaque", "match": {"path_prefix": "/o"}, "upstream": "app",
+                                 "auth": [{"introspection": "idp"}]}])
     finally:
         del os.environ["SLUICE_TEST_INTROSPECT_SECRET"]
 
@@ -508,7 +510,7 @@ def test_token_introspection(env):
     n = len(calls)
     for _ in range(5):  # cached for the token's lifetime (bounded by cache_ttl): no more calls
         assert call("tok-alice").status == 200
-    assert len(calls) <= n + 1  # at most once more: each worker has its own cache
+    assert len(calls) == n  # one worker, one cache: no call at all
     assert backend_headers(call("tok-bob"))["x-consumer-id"] == ["bob"]
     for tok, cause, detail in (("tok-revoked", "auth_invalid", "token_inactive"),
                                ("tok-unknown", "auth_invalid", "token_inactive"),
@@ -531,10 +533,7 @@ def test_token_introspection(env):
     r = call("tok-new-2")
     harness.assert_gateway_error(r, 502, "upstream_connect_failed")
     assert last_log(gw, "/o", r)["detail"] == "introspection_unavailable"
-    for _ in range(4):
-        s = call("tok-alice").status
-        assert s in (200, 502)  # 502 only on a worker that never cached it
-    assert [call("tok-alice").status for _ in range(6)].count(200) >= 3
+    assert [call("tok-alice").status for _ in range(6)] == [200] * 6
     assert "c3cr3t" not in gw.stderr_path.read_text() + gw.access_log_path.read_text()
 
 
