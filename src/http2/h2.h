@@ -29,6 +29,7 @@
 
 #include <uv.h>
 
+#include "net/buf.h"
 #include "net/worker.h"
 
 typedef struct sl_h2_session sl_h2_session_t;
@@ -90,5 +91,17 @@ void sl_h2_session_closed(sl_h2_session_t *s);
 
 /** Frees the session after the connection's close callback (queued writes cancelled). */
 void sl_h2_session_destroy(sl_h2_session_t *s);
+
+struct nghttp2_session;
+
+/**
+ * Everything nghttp2 session `ng` wants to send (nghttp2_session_mem_send until it has nothing
+ * more), gathered into `b` (rewound first) as `*n` buffers in `iov`: 0 (nothing to send), 1 (all
+ * in `b`), or 2 when a frame larger than what was left in `b` follows it: that second buffer is
+ * nghttp2's own, valid until the next mem_send, so the next gather must wait for the write.
+ * Returns 0 or nghttp2's negative error. Shared by the server sessions and the upstream client
+ * (src/upstream/h2up.c).
+ */
+int sl_h2_output_gather(struct nghttp2_session *ng, sl_buf_t *b, uv_buf_t iov[2], unsigned *n);
 
 #endif

@@ -292,33 +292,14 @@ static void session_flush(sl_h2_session_t *s)
             break;
         if (s->out == NULL)
             s->out = sl_buf_get(&s->hw->bufs);
-        sl_buf_t *b = s->out;
-        b->off = b->len = 0;
-        unsigned n = 0;
-        for (;;) {
-            const uint8_t *data;
-            ssize_t len = nghttp2_session_mem_send(s->ng, &data);
-            if (len < 0) {
-                sl_log_debug("h2: mem_send: %s", nghttp2_strerror((int)len));
-                s->flags &= ~SESS_IN_FLUSH;
-                session_close(s);
-                return;
-            }
-            if (len == 0)
-                break;
-            if ((size_t)len <= b->cap - b->len) {
-                memcpy(b->data + b->len, data, (size_t)len);
-                b->len += (size_t)len;
-                continue;
-            }
-            /* Too big to gather (a large DATA frame): it goes out as a second buffer, valid
-             * until the next mem_send, which waits for this write. */
-            s->iov[n++] = uv_buf_init(b->data, (unsigned)b->len);
-            s->iov[n++] = uv_buf_init((char *)data, (unsigned)len);
-            break;
+        unsigned n;
+        int rv = sl_h2_output_gather(s->ng, s->out, s->iov, &n);
+        if (rv < 0) {
+            sl_log_debug("h2: mem_send: %s", nghttp2_strerror(rv));
+            s->flags &= ~SESS_IN_FLUSH;
+            session_close(s);
+            return;
         }
-        if (n == 0 && b->len > 0)
-            s->iov[n++] = uv_buf_init(b->data, (unsigned)b->len);
         if (n == 0) {
             /* Nothing to send. */
             sl_buf_put(&s->hw->bufs, s->out);

@@ -58,11 +58,6 @@ void **sl__connpool_h2up_state(sl_worker_t *w)
     return &w->up->h2up;
 }
 
-sl_worker_t *sl__connpool_worker(sl_connpool_t *p)
-{
-    return p->worker;
-}
-
 size_t sl__connpool_count(sl_worker_t *w)
 {
     return w->up == NULL ? 0 : w->up->npools;

@@ -110,7 +110,6 @@ void sl_connpool_close_idle(sl_worker_t *w);
 void **sl__connpool_mux(sl_connpool_t *p);
 sl_buf_pool_t *sl__connpool_h2_bufs(sl_worker_t *w);
 void **sl__connpool_h2up_state(sl_worker_t *w);
-sl_worker_t *sl__connpool_worker(sl_connpool_t *p);
 size_t sl__connpool_count(sl_worker_t *w);
 sl_connpool_t *sl__connpool_at(sl_worker_t *w, size_t i);
 

@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/str.h"
+#include "http2/h2.h"
 #include "net/timeq.h"
 
 /* Our receive window per stream: one worker h2 buffer (connpool.c H2UP_BUF), so everything the
@@ -333,32 +334,13 @@ static void conn_flush(sl_h2up_conn_t *hc)
         hc->dirty = false;
         if (hc->out == NULL)
             hc->out = sl_buf_get(bufs(hc));
-        sl_buf_t *b = hc->out;
-        b->off = b->len = 0;
-        unsigned n = 0;
-        for (;;) {
-            const uint8_t *data;
-            ssize_t len = nghttp2_session_mem_send(hc->ng, &data);
-            if (len < 0) {
-                hc->in_flush = false;
-                conn_fail(hc, SL_H2UP_PROTOCOL_ERROR, nghttp2_strerror((int)len));
-                return;
-            }
-            if (len == 0)
-                break;
-            if ((size_t)len <= b->cap - b->len) {
-                memcpy(b->data + b->len, data, (size_t)len);
-                b->len += (size_t)len;
-                continue;
-            }
-            /* Larger than what is left: it goes as a second buffer, valid until the next
-             * mem_send, which waits for this write. */
-            hc->iov[n++] = uv_buf_init(b->data, (unsigned)b->len);
-            hc->iov[n++] = uv_buf_init((char *)data, (unsigned)len);
-            break;
+        unsigned n;
+        int rv = sl_h2_output_gather(hc->ng, hc->out, hc->iov, &n);
+        if (rv < 0) {
+            hc->in_flush = false;
+            conn_fail(hc, SL_H2UP_PROTOCOL_ERROR, nghttp2_strerror(rv));
+            return;
         }
-        if (n == 0 && b->len > 0)
-            hc->iov[n++] = uv_buf_init(b->data, (unsigned)b->len);
         if (hc->failed)
             break;
         if (n > 0) {
@@ -896,10 +878,19 @@ static bool conn_has_room(const sl_h2up_conn_t *hc)
 
 /* ---- the API --------------------------------------------------------------------------- */
 
-static void lower_into(char *dst, sl_str_t s)
+/* HTTP/2 field names are lower-case (RFC 9113 §8.2.1). Names from an HTTP/2 client, and the
+ * ones the proxy adds, already are: only others are copied. */
+static const char *lower_name(sl_arena_t *a, sl_str_t name)
 {
-    for (size_t i = 0; i < s.len; i++)
-        dst[i] = sl_ascii_lower(s.ptr[i]);
+    size_t i = 0;
+    while (i < name.len && !(name.ptr[i] >= 'A' && name.ptr[i] <= 'Z'))
+        i++;
+    if (i == name.len)
+        return name.ptr;
+    char *l = sl_arena_alloc(a, name.len);
+    for (size_t j = 0; j < name.len; j++)
+        l[j] = sl_ascii_lower(name.ptr[j]);
+    return l;
 }
 
 int sl_h2up_stream_submit(sl_worker_t *w, const sl_h2up_target_t *t, const sl_h2up_request_t *req, sl_h2up_stream_t *st)
@@ -928,9 +919,13 @@ int sl_h2up_stream_submit(sl_worker_t *w, const sl_h2up_target_t *t, const sl_h2
     nv[n++] = NV(":path", 5, req->path.ptr, req->path.len);
     for (size_t i = 0; i < req->nfields; i++) {
         const sl_header_t *f = &req->fields[i];
-        char *name = sl_arena_alloc(st->arena, f->name.len ? f->name.len : 1);
-        lower_into(name, f->name);
-        nv[n++] = NV(name, f->name.len, f->value.ptr, f->value.len);
+        nv[n] = NV(lower_name(st->arena, f->name), f->name.len, f->value.ptr, f->value.len);
+        /* Unique per request: indexed, they would only push reusable fields out of the
+         * server's HPACK table. */
+        if ((f->name.len == 12 && sl_str_caseeq(f->name, SL_STR_LIT("x-request-id"))) ||
+            (f->name.len == 11 && sl_str_caseeq(f->name, SL_STR_LIT("traceparent"))))
+            nv[n].flags = NGHTTP2_NV_FLAG_NO_INDEX;
+        n++;
     }
 #undef NV
     nghttp2_data_provider dp = {.source.ptr = NULL, .read_callback = on_request_body};

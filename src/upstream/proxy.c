@@ -916,12 +916,37 @@ static char *put_forwarded(char *p, const sl_exchange_t *x, bool any)
     return p;
 }
 
+/* The path sent upstream (the route's rewrite applied); starts our span of the trace. */
+static int request_path(proxy_t *px, sl_str_t *path)
+{
+    sl_exchange_t *x = px->x;
+    *path = x->path;
+    sl_trace_begin(x);
+    return sl_router_rewrite_path(x->snap->router, (size_t)x->route_index, x->path, &x->arena, path) != 0 ? SL_ETOOBIG
+                                                                                                          : 0;
+}
+
+/* Whether a client field goes upstream as it is (both protocols; Host and TE are each head
+ * builder's own business). */
+static bool field_forwarded(const proxy_t *px, const sl_header_t *f, const conn_fields_t *cf)
+{
+    if (is_hop_by_hop(f->name, cf) || is_replaced_request_header(f->name))
+        return false;
+    /* Some backends (CGI-style) read '_' as '-', so "Transfer_Encoding" could smuggle framing
+     * past us; such fields are dropped, as nginx does by default. */
+    if (memchr(f->name.ptr, '_', f->name.len) != NULL)
+        return false;
+    /* A cacheable fetch asks for the whole response (or its own revalidation), not the
+     * client's: the client's conditions are answered from what comes back. */
+    return !((px->cstrip_cond || px->crevalidate) && (sl_str_caseeq(f->name, SL_STR_LIT("If-None-Match")) ||
+                                                      sl_str_caseeq(f->name, SL_STR_LIT("If-Modified-Since"))));
+}
+
 static int build_request_head(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
-    sl_str_t path = x->path;
-    sl_trace_begin(x);
-    if (sl_router_rewrite_path(x->snap->router, (size_t)x->route_index, x->path, &x->arena, &path) != 0)
+    sl_str_t path;
+    if (request_path(px, &path) != 0)
         return SL_ETOOBIG;
     const sl_headers_t *h = &x->req_headers;
     const sl_header_t *xff = NULL, *fwd = NULL;
@@ -953,16 +978,7 @@ static int build_request_head(proxy_t *px)
     conn_fields_collect(h->items, h->len, &cf);
     for (size_t i = 0; i < h->len; i++) {
         const sl_header_t *f = &h->items[i];
-        if (is_hop_by_hop(f->name, &cf) || is_replaced_request_header(f->name))
-            continue;
-        /* Some backends (CGI-style) read '_' as '-', so "Transfer_Encoding" could smuggle
-         * framing past us; such fields are dropped, as nginx does by default. */
-        if (memchr(f->name.ptr, '_', f->name.len) != NULL)
-            continue;
-        /* A cacheable fetch asks for the whole response (or its own revalidation), not the
-         * client's: the client's conditions are answered from what comes back. */
-        if ((px->cstrip_cond || px->crevalidate) && (sl_str_caseeq(f->name, SL_STR_LIT("If-None-Match")) ||
-                                                     sl_str_caseeq(f->name, SL_STR_LIT("If-Modified-Since"))))
+        if (!field_forwarded(px, f, &cf))
             continue;
         if (sl_str_caseeq(f->name, SL_STR_LIT("Host"))) {
             /* absolute-form wins over Host (RFC 9112 §3.2.2): send the authority we routed on */
@@ -1710,9 +1726,8 @@ void sl__proxy_on_upstream_read(sl_upconn_t *c, ssize_t nread)
 static int build_h2_request(proxy_t *px)
 {
     sl_exchange_t *x = px->x;
-    sl_str_t path = x->path;
-    sl_trace_begin(x);
-    if (sl_router_rewrite_path(x->snap->router, (size_t)x->route_index, x->path, &x->arena, &path) != 0)
+    sl_str_t path;
+    if (request_path(px, &path) != 0)
         return SL_ETOOBIG;
     const sl_headers_t *h = &x->req_headers;
     sl_header_t *f = sl_arena_alloc(&x->arena, (h->len + 12) * sizeof(*f));
@@ -1733,13 +1748,8 @@ static int build_h2_request(proxy_t *px)
             any_fwd = true;
             extra += it->value.len + 2;
         }
-        if (is_hop_by_hop(it->name, &cf) || is_replaced_request_header(it->name) ||
-            memchr(it->name.ptr, '_', it->name.len) != NULL || sl_str_caseeq(it->name, SL_STR_LIT("Host")))
-            continue;
-        if ((px->cstrip_cond || px->crevalidate) && (sl_str_caseeq(it->name, SL_STR_LIT("If-None-Match")) ||
-                                                     sl_str_caseeq(it->name, SL_STR_LIT("If-Modified-Since"))))
-            continue;
-        f[n++] = *it;
+        if (field_forwarded(px, it, &cf) && !sl_str_caseeq(it->name, SL_STR_LIT("Host")))
+            f[n++] = *it;
     }
     size_t cap = extra + 2 * sizeof(x->client_ip) + 2 * x->authority.len + 128;
     char *v = sl_arena_alloc(&x->arena, cap), *p = v, *e;
