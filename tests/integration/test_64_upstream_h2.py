@@ -245,15 +245,19 @@ def test_trailers_to_an_http1_client_when_chunked(env):
 
 def test_http1_upstream_trailers_to_an_h2_client(env):
     """Trailers of a chunked HTTP/1.1 upstream response reach an HTTP/2 client as a trailing
-    HEADERS frame too (the trailers are the upstream's, whatever its protocol)."""
+    HEADERS frame too (the trailers are the upstream's, whatever its protocol); fields not
+    allowed as trailers (RFC 9110 §6.5.1) are dropped."""
     up = env.backend(be.chunked([b"abc", b"def"], headers=[("Trailer", "x-checksum")],
-                                trailers=[("x-checksum", "h1-sum"), ("grpc-status", "0")]), name="h1up")
+                                trailers=[("x-checksum", "h1-sum"), ("grpc-status", "0"),
+                                          ("set-cookie", "s=1"), ("content-length", "99")]), name="h1up")
     gw = env.gateway(routes=[route()], upstreams={"up": harness.upstream(up)})
     with H2TrailerClient(gw.port) as c:
         st = c.request("GET", "/t", headers=[("te", "trailers")])
     assert st["status"] == 200 and bytes(st["body"]) == b"abcdef", st
     tr = dict(st["trailers"])
     assert tr.get("x-checksum") == "h1-sum" and tr.get("grpc-status") == "0", st["trailers"]
+    # fields that control the response or carry credentials never travel as trailers
+    assert "set-cookie" not in tr and "content-length" not in tr, st["trailers"]
 
 
 # ---- TLS and ALPN ---------------------------------------------------------------------------------------
